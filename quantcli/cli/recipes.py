@@ -1,0 +1,74 @@
+"""`quantcli recipes list|show|schema`: the built-in recipes and the recipe format."""
+from __future__ import annotations
+
+import json as jsonlib
+from typing import Annotated
+
+import typer
+
+from ._common import JsonOpt, out, run
+
+app = typer.Typer(help="List, show and describe recipes.", no_args_is_help=True, rich_markup_mode="rich")
+
+
+@app.command("list")
+def list_(json: JsonOpt = False) -> None:
+    """List the built-in recipes.
+
+    [bold]Example[/]: quantcli recipes list
+    """
+    def body() -> None:
+        from ..recipe import builtin_names, builtin_path, load_recipe
+
+        rows = [(n, load_recipe(builtin_path(n))) for n in builtin_names()]
+        if json:
+            out.print_json(jsonlib.dumps([{"name": n, "description": r.description,
+                                           "outputs": [o.type for o in r.outputs]} for n, r in rows]))
+            return
+        from rich.table import Table
+
+        table = Table("name", "outputs", "description")
+        for n, r in rows:
+            table.add_row(n, ", ".join(o.type for o in r.outputs), r.description)
+        out.print(table)
+
+    run(body)
+
+
+@app.command("show")
+def show(name: Annotated[str, typer.Argument(help="Built-in name or recipe file.")], json: JsonOpt = False) -> None:
+    """Show a recipe in its canonical form (every default filled in).
+
+    [bold]Example[/]: quantcli recipes show q4_k_m
+    """
+    def body() -> None:
+        import yaml
+
+        from ..recipe import resolve_recipe
+
+        canonical = resolve_recipe(name).canonical()
+        if json:
+            out.print_json(jsonlib.dumps(canonical))
+        else:
+            out.print(yaml.safe_dump(_plain(canonical), sort_keys=False), end="", highlight=False)
+
+    run(body)
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the recipe JSON Schema (for editors): quantcli recipes schema > recipe.schema.json"""
+    def body() -> None:
+        from ..recipe import recipe_json_schema
+
+        print(jsonlib.dumps(recipe_json_schema(), indent=2))
+
+    run(body)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

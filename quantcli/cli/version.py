@@ -1,0 +1,32 @@
+"""`quantcli version`: versions and the active quantization backend."""
+from __future__ import annotations
+
+import json as jsonlib
+
+from ._common import JsonOpt, out, run
+
+
+def version(json: JsonOpt = False) -> None:
+    """Show quantcli's version, the active backend (QUANTCLI_BACKEND) and the versions of its key libraries.
+
+    [bold]Example[/]: quantcli version --json
+    """
+    def body() -> None:
+        import importlib.metadata as md
+
+        from .. import __version__
+        from ..quant.backend import get_backend
+
+        info = {"quantcli": __version__, "backend": get_backend().name}
+        for pkg in ("gguf", "numpy", "safetensors", "huggingface_hub"):
+            try:
+                info[pkg] = md.version(pkg)
+            except md.PackageNotFoundError:
+                info[pkg] = None
+        if json:
+            out.print_json(jsonlib.dumps(info))
+        else:
+            for k, v in info.items():
+                out.print(f"{k}: {v}", highlight=False)
+
+    run(body)

@@ -1,0 +1,1 @@
+"""File formats: the safetensors reader and the streaming GGUF writer."""

@@ -1,0 +1,1 @@
+"""Architecture adapters (HF config -> GGUF metadata, tensor names, transforms) and tokenizer export."""

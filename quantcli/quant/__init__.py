@@ -1,0 +1,1 @@
+"""Block quantization: one class per ggml type (types/), backend dispatch, mix rules."""

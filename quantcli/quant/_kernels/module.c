@@ -1,0 +1,112 @@
+/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads).
+ *
+ * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread.
+ * Each row is quantized independently, so the bytes do not depend on the thread count. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include "kernels.h"
+
+typedef struct {
+    qc_row_quantizer fn;
+    const float *src;
+    uint8_t *dst;
+    const float *qw;
+    int64_t n_per_row;
+    int64_t row_bytes;
+    int64_t row_begin;
+    int64_t row_end;
+} qc_job;
+
+static void *qc_run_job(void *arg) {
+    const qc_job *job = (const qc_job *)arg;
+    for (int64_t r = job->row_begin; r < job->row_end; r++) {
+        job->fn(job->src + r * job->n_per_row, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
+    }
+    return NULL;
+}
+
+static PyObject *qc_quantize(PyObject *self, PyObject *args) {
+    int type_id, threads;
+    Py_buffer src, dst, qw;
+    PyObject *qw_obj;
+    Py_ssize_t n_per_row;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*nw*Oi", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads)) {
+        return NULL;
+    }
+    qw.buf = NULL;
+    PyObject *result = NULL;
+    qc_row_quantizer fn = qc_find_quantizer(type_id);
+    if (fn == NULL) {
+        PyErr_Format(PyExc_NotImplementedError, "no C kernel for ggml type %d", type_id);
+        goto done;
+    }
+    if (n_per_row <= 0 || src.len % (Py_ssize_t)(n_per_row * sizeof(float)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "src length is not a whole number of float32 rows");
+        goto done;
+    }
+    const int64_t nrows = src.len / (Py_ssize_t)(n_per_row * sizeof(float));
+    if (nrows == 0 || dst.len % nrows != 0) {
+        PyErr_SetString(PyExc_ValueError, "dst length is not a whole number of rows");
+        goto done;
+    }
+    if (qw_obj != Py_None) {
+        if (PyObject_GetBuffer(qw_obj, &qw, PyBUF_SIMPLE) < 0) goto done;
+        if (qw.len != (Py_ssize_t)(n_per_row * sizeof(float))) {
+            PyErr_SetString(PyExc_ValueError, "imatrix must hold one float32 per column");
+            goto done;
+        }
+    }
+    if (threads < 1) threads = 1;
+    if (threads > nrows) threads = (int)nrows;
+    if (threads > 256) threads = 256;
+
+    qc_job jobs[256];
+    pthread_t tids[256];
+    const int64_t per = nrows / threads, extra = nrows % threads;
+    int64_t begin = 0;
+    for (int t = 0; t < threads; t++) {
+        const int64_t count = per + (t < extra ? 1 : 0);
+        jobs[t] = (qc_job){fn, (const float *)src.buf, (uint8_t *)dst.buf, (const float *)qw.buf,
+                           n_per_row, dst.len / nrows, begin, begin + count};
+        begin += count;
+    }
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tids[t], NULL, qc_run_job, &jobs[t]) != 0) break;
+        started = t;
+    }
+    qc_run_job(&jobs[0]);
+    /* Any chunk whose thread could not start runs here, so the result is complete either way. */
+    for (int t = started + 1; t < threads; t++) qc_run_job(&jobs[t]);
+    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (qw.buf != NULL) PyBuffer_Release(&qw);
+    return result;
+}
+
+static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
+    (void)self;
+    long type_id = PyLong_AsLong(arg);
+    if (type_id == -1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(qc_find_quantizer((int)type_id) != NULL);
+}
+
+static PyMethodDef qc_methods[] = {
+    {"quantize", qc_quantize, METH_VARARGS,
+     "quantize(type_id, src, n_per_row, dst, imatrix, threads): quantize float32 rows of src into dst."},
+    {"has_type", qc_has_type, METH_O, "has_type(type_id) -> bool: whether a C kernel exists for the type."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef qc_module = {PyModuleDef_HEAD_INIT, "_kernels", "quantcli's C quantization kernels.",
+                                       -1, qc_methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&qc_module); }

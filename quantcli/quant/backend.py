@@ -1,0 +1,78 @@
+"""Backend policy: the C kernels (quantcli._kernels) or the NumPy reference, chosen by QUANTCLI_BACKEND.
+
+auto (default): C where a kernel exists, else the reference; a missing extension gives a one-line warning.
+c: the C kernels only; a type without a kernel is an error.
+reference: the NumPy classes only (slow, readable; the same bytes).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import InputError
+from .base import quant_class
+
+BACKENDS = ("auto", "c", "reference")
+
+
+def _load_kernels() -> ModuleType | None:
+    try:
+        from .. import _kernels  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _kernels
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The active quantization backend; `name` is what `quantcli version` shows."""
+
+    policy: str
+    kernels: ModuleType | None
+
+    @property
+    def name(self) -> str:
+        if self.policy == "reference" or self.kernels is None:
+            return "reference (NumPy)"
+        return "c (quantcli._kernels)" if self.policy == "c" else "auto: c (quantcli._kernels)"
+
+    def uses_c(self, qtype: GGMLQuantizationType) -> bool:
+        return self.policy != "reference" and self.kernels is not None and bool(self.kernels.has_type(int(qtype)))
+
+    def quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None = None,
+                 threads: int = 1) -> np.ndarray:
+        """Quantize (nrows, n_per_row) float32 rows into (nrows, row_bytes) uint8 with this backend."""
+        cls = quant_class(qtype)
+        if not self.uses_c(qtype):
+            if self.policy == "c":
+                raise InputError(f"QUANTCLI_BACKEND=c but there is no C kernel for {qtype.name}.",
+                                 hint="Use QUANTCLI_BACKEND=auto or reference.")
+            return cls.quantize(rows, imatrix)
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] % cls.block_size != 0:
+            raise ValueError(f"{qtype.name} needs rows of a multiple of {cls.block_size} values, got {rows.shape}")
+        out = np.empty((rows.shape[0], cls.row_bytes(rows.shape[1])), dtype=np.uint8)
+        if rows.shape[0]:
+            qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+            self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads))  # type: ignore[union-attr]
+        return out
+
+
+def get_backend(policy: str | None = None) -> Backend:
+    """The backend named by `policy`, or by QUANTCLI_BACKEND when policy is None."""
+    policy = (policy or os.environ.get("QUANTCLI_BACKEND") or "auto").lower()
+    if policy not in BACKENDS:
+        raise InputError(f"QUANTCLI_BACKEND={policy!r} is not a backend.", hint=f"Use one of: {', '.join(BACKENDS)}.")
+    kernels = None if policy == "reference" else _load_kernels()
+    if kernels is None and policy == "c":
+        raise InputError("QUANTCLI_BACKEND=c but the C extension quantcli._kernels is not built.",
+                         hint="Run `make install` (or `pip install -e .`) to build it, or use QUANTCLI_BACKEND=reference.")
+    if kernels is None and policy == "auto":
+        print("warning: quantcli._kernels is not built; using the slow NumPy reference. Run `make install` to build it.",
+              file=sys.stderr)
+    return Backend(policy, kernels)

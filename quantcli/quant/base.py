@@ -1,0 +1,84 @@
+"""The base of every quant type: shapes, checks and the registry; subclasses only encode and decode.
+
+A subclass names its ggml type and implements the reference (NumPy) encoder and decoder:
+
+    class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
+        @classmethod
+        def encode_rows(cls, rows, imatrix): ...      # (nrows, n_per_row) float32 -> (nrows, row_bytes) uint8
+        @classmethod
+        def decode_blocks(cls, blocks): ...           # (n_blocks, type_size) uint8 -> (n_blocks, block_size) float32
+
+The C twin of a class lives in quant/_kernels/<name>.c and must give the same bytes.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+_REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
+
+
+class QuantType:
+    qtype: ClassVar[GGMLQuantizationType]
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+
+    def __init_subclass__(cls, qtype: GGMLQuantizationType, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.qtype = qtype
+        cls.block_size, cls.type_size = GGML_QUANT_SIZES[qtype]
+        if qtype in _REGISTRY:
+            raise TypeError(f"{qtype.name} is registered twice ({_REGISTRY[qtype].__name__}, {cls.__name__})")
+        _REGISTRY[qtype] = cls
+
+    @classmethod
+    def row_bytes(cls, n_per_row: int) -> int:
+        """Bytes of one quantized row of n_per_row values (a multiple of block_size)."""
+        return n_per_row // cls.block_size * cls.type_size
+
+    @classmethod
+    def quantize(cls, rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """Reference quantizer: (nrows, n_per_row) float32 -> (nrows, row_bytes) uint8.
+
+        imatrix holds one importance weight per column (llama.cpp's quant_weights) or is None.
+        """
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] % cls.block_size != 0:
+            raise ValueError(f"{cls.qtype.name} needs rows of a multiple of {cls.block_size} values, got {rows.shape}")
+        if imatrix is not None:
+            imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+            if imatrix.shape != (rows.shape[1],):
+                raise ValueError(f"imatrix has shape {imatrix.shape}, expected ({rows.shape[1]},)")
+        out = cls.encode_rows(rows, imatrix)
+        assert out.dtype == np.uint8 and out.shape == (rows.shape[0], cls.row_bytes(rows.shape[1]))
+        return out
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray, n_per_row: int) -> np.ndarray:
+        """(nrows, row_bytes) uint8 -> (nrows, n_per_row) float32."""
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        blocks = data.reshape(-1, cls.type_size)
+        return cls.decode_blocks(blocks).reshape(-1, n_per_row)
+
+    @classmethod
+    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def quant_class(qtype: GGMLQuantizationType) -> type[QuantType]:
+    """The reference class of a block type; raises KeyError for types without one."""
+    from . import types  # noqa: F401  (importing the package registers every class)
+
+    return _REGISTRY[qtype]
+
+
+def registered_types() -> list[GGMLQuantizationType]:
+    from . import types  # noqa: F401
+
+    return sorted(_REGISTRY, key=int)

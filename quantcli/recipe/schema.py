@@ -1,0 +1,267 @@
+"""The recipe schema, its strict loader and its JSON Schema export.
+
+Every error names the file and line: unknown keys, wrong types and bad type names are rejected, never ignored.
+A recipe has either one `quantize:` section (shorthand) or an `outputs:` list; both load to the same canonical
+form, a Recipe with a tuple of OutputSpec, which the run manifest records.
+
+    >>> recipe = load_recipe(Path("recipes/q4_k_m.yaml"))
+    >>> recipe.outputs[0].type, recipe.outputs[0].file
+    ('Q4_K_M', '{model}-{type}.gguf')
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..errors import RecipeError
+
+DEFAULT_FILE = "{model}-{type}.gguf"
+FILE_FIELDS = ("model", "type", "recipe")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output file: its mix, tensor-type overrides and file-name template."""
+
+    type: str
+    file: str = DEFAULT_FILE
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    pure: bool = False
+    tensor_types: tuple[tuple[str, str], ...] = ()
+    pre_tokenizer: str | None = None
+
+    def filename(self, model: str, recipe: str = "") -> str:
+        return self.file.format(model=model, type=self.type, recipe=recipe)
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """Thresholds a written file must meet; None disables a check."""
+
+    min_snr_db: float | None = None        # lowest allowed per-tensor signal-to-noise ratio, in dB
+    max_rmse: float | None = None          # highest allowed per-tensor RMSE against the source
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    repo: str | None = None
+    private: bool = False
+    max_shard_size: str | None = None      # e.g. "2G": larger files are split gguf-split style
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str = ""
+    outputs: tuple[OutputSpec, ...] = ()
+    verify: VerifySpec = field(default_factory=VerifySpec)
+    publish: PublishSpec = field(default_factory=PublishSpec)
+    source: str = "<string>"
+
+    def canonical(self) -> dict[str, Any]:
+        """The recipe as plain data with every default filled in (what the manifest and the cache key use)."""
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+
+# ---- strict loading ----------------------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, node: yaml.Node | None, message: str, hint: str | None = None) -> RecipeError:
+        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
+        return RecipeError(f"{where}: {message}", hint=hint)
+
+
+def _mapping(ctx: _Ctx, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.fail(node, f"{what} must be a mapping (key: value lines).")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        if not isinstance(k, yaml.ScalarNode):
+            raise ctx.fail(k, f"{what} has a non-text key.")
+        if k.value in out:
+            raise ctx.fail(k, f"{what} repeats the key {k.value!r}.")
+        out[k.value] = (k, v)
+    return out
+
+
+def _scalar(ctx: _Ctx, node: yaml.Node, key: str, kind: type) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.fail(node, f"{key} must be a single {kind.__name__}.")
+    value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ctx.fail(node, f"{key} must be a {kind.__name__}, got {node.value!r}.")
+    return value
+
+
+def _check_keys(ctx: _Ctx, items: dict, allowed: tuple[str, ...], what: str) -> None:
+    for key, (knode, _) in items.items():
+        if key not in allowed:
+            raise ctx.fail(knode, f"unknown key {key!r} in {what}.", hint=f"Allowed keys: {', '.join(allowed)}.")
+
+
+def _type_name(ctx: _Ctx, node: yaml.Node, key: str, valid: Callable[[str], bool], names: str) -> str:
+    value = _scalar(ctx, node, key, str).upper()
+    if not valid(value):
+        raise ctx.fail(node, f"{key}: {value!r} is not a known type.", hint=f"Valid: {names}.")
+    return value
+
+
+def _valid_mix(name: str) -> bool:
+    from ..quant.mixes import MIXES
+
+    return name in MIXES
+
+
+def _valid_ggml(name: str) -> bool:
+    from gguf import GGMLQuantizationType
+
+    return name in GGMLQuantizationType.__members__
+
+
+def _mix_names() -> str:
+    from ..quant.mixes import MIXES
+
+    return ", ".join(MIXES)
+
+
+_OUTPUT_KEYS = tuple(f.name for f in fields(OutputSpec))
+
+
+def _output(ctx: _Ctx, node: yaml.Node, what: str) -> OutputSpec:
+    items = _mapping(ctx, node, what)
+    _check_keys(ctx, items, _OUTPUT_KEYS, what)
+    if "type" not in items:
+        raise ctx.fail(node, f"{what} needs a 'type' (e.g. type: Q4_K_M).")
+    kw: dict[str, Any] = {"type": _type_name(ctx, items["type"][1], "type", _valid_mix, _mix_names())}
+    ggml_names = "F32, F16, BF16, Q8_0, Q4_0, Q6_K, ..."
+    for key in ("output_tensor_type", "token_embedding_type"):
+        if key in items:
+            kw[key] = _type_name(ctx, items[key][1], key, _valid_ggml, ggml_names)
+    if "pure" in items:
+        kw["pure"] = _scalar(ctx, items["pure"][1], "pure", bool)
+    if "pre_tokenizer" in items:
+        kw["pre_tokenizer"] = _scalar(ctx, items["pre_tokenizer"][1], "pre_tokenizer", str)
+    if "file" in items:
+        fnode = items["file"][1]
+        template = _scalar(ctx, fnode, "file", str)
+        for fld in re.findall(r"{([^{}]*)}", template):
+            if fld not in FILE_FIELDS:
+                raise ctx.fail(fnode, f"file template uses {{{fld}}}.", hint=f"Available: {', '.join('{%s}' % f for f in FILE_FIELDS)}.")
+        if "/" in template or template.startswith("."):
+            raise ctx.fail(fnode, "file must be a plain file name (no folders, no leading dot).")
+        kw["file"] = template
+    if "tensor_types" in items:
+        tnode = items["tensor_types"][1]
+        pairs = []
+        for key, (pk, pv) in _mapping(ctx, tnode, "tensor_types").items():
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise ctx.fail(pk, f"tensor_types pattern {key!r} is not a valid regex ({exc}).")
+            pairs.append((key, _type_name(ctx, pv, f"tensor_types[{key}]", _valid_ggml, ggml_names)))
+        kw["tensor_types"] = tuple(pairs)
+    return OutputSpec(**kw)
+
+
+def _section(ctx: _Ctx, node: yaml.Node, cls: type, what: str) -> Any:
+    items = _mapping(ctx, node, what)
+    names = {f.name: f for f in fields(cls)}
+    _check_keys(ctx, items, tuple(names), what)
+    kw = {}
+    for key, (_, vnode) in items.items():
+        ftype = names[key].type
+        kind = bool if "bool" in str(ftype) else float if "float" in str(ftype) else str
+        kw[key] = _scalar(ctx, vnode, f"{what}.{key}", kind)
+    return cls(**kw)
+
+
+_TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish")
+
+
+def parse_recipe(text: str, source: str = "<string>", default_name: str = "recipe") -> Recipe:
+    ctx = _Ctx(source)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from exc
+    if root is None:
+        raise RecipeError(f"{source}: the recipe is empty.", hint="Start with `quantize: {type: Q4_K_M}`.")
+    items = _mapping(ctx, root, "the recipe")
+    _check_keys(ctx, items, _TOP_KEYS, "the recipe")
+    if ("quantize" in items) == ("outputs" in items):
+        raise ctx.fail(root, "a recipe needs exactly one of 'quantize' (one output) or 'outputs' (a list).")
+    if "quantize" in items:
+        outputs = (_output(ctx, items["quantize"][1], "quantize"),)
+    else:
+        lnode = items["outputs"][1]
+        if not isinstance(lnode, yaml.SequenceNode) or not lnode.value:
+            raise ctx.fail(lnode, "outputs must be a non-empty list of output sections.")
+        outputs = tuple(_output(ctx, n, f"outputs[{i}]") for i, n in enumerate(lnode.value))
+        files = [o.file.replace("{type}", o.type) for o in outputs]
+        if len(set(files)) != len(files):
+            raise ctx.fail(lnode, "two outputs would write the same file name.",
+                           hint="Give each output a distinct 'file' template or type.")
+    name = _scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
+    desc = _scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
+    verify = _section(ctx, items["verify"][1], VerifySpec, "verify") if "verify" in items else VerifySpec()
+    publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
+    return Recipe(name, desc, outputs, verify, publish, source)
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}.",
+                          hint="Give a recipe file path or a built-in name (quantcli recipes list).") from exc
+    return parse_recipe(text, str(path), default_name=Path(path).stem)
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) of the recipe format, for editors."""
+    from ..quant.mixes import MIXES
+    from gguf import GGMLQuantizationType
+
+    ggml = sorted(GGMLQuantizationType.__members__)
+    output = {
+        "type": "object", "additionalProperties": False, "required": ["type"],
+        "properties": {
+            "type": {"enum": list(MIXES), "description": "The llama.cpp mix or type of this output."},
+            "file": {"type": "string", "default": DEFAULT_FILE, "description": "File name template: {model}, {type}, {recipe}."},
+            "output_tensor_type": {"enum": ggml}, "token_embedding_type": {"enum": ggml},
+            "pure": {"type": "boolean", "default": False},
+            "tensor_types": {"type": "object", "additionalProperties": {"enum": ggml},
+                             "description": "Regex on the GGUF tensor name -> type; the first match wins."},
+            "pre_tokenizer": {"type": "string"},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "quantcli recipe", "type": "object",
+        "additionalProperties": False,
+        "oneOf": [{"required": ["quantize"]}, {"required": ["outputs"]}],
+        "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "quantize": output, "outputs": {"type": "array", "minItems": 1, "items": output},
+            "verify": {"type": "object", "additionalProperties": False, "properties": {
+                "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number"}, "enabled": {"type": "boolean"}}},
+            "publish": {"type": "object", "additionalProperties": False, "properties": {
+                "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
+        },
+    }

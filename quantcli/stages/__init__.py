@@ -1,0 +1,1 @@
+"""The pipeline's stages: download, quantize (read -> transform -> kernel -> pack), verify, publish."""

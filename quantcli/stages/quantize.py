@@ -1,0 +1,119 @@
+"""The quantize stage: run a Plan over a checkpoint and stream the GGUF file to disk.
+
+One tensor is in memory at a time (its float32 copy and its encoded bytes), so peak memory follows the largest
+tensor. 16-bit sources written in their own type skip the float32 round trip entirely.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from contextlib import ExitStack
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import InputError, OutputError
+from ..io.checkpoint import Checkpoint
+from ..io.gguf_writer import GGUFStreamWriter
+from ..io.safetensors import to_float32
+from ..plan import Plan, TensorPlan
+from ..quant.backend import Backend, get_backend
+
+F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
+_RAW_DTYPES = {F32: "F32", F16: "F16", BF16: "BF16"}
+
+Progress = Callable[[TensorPlan, int], None]
+
+
+def float32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 bit patterns, nearest-even (ggml's conversion; NaN was rejected earlier)."""
+    u = x.view(np.uint32)
+    return ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+
+
+def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None:
+    """Reject NaN/Inf; BF16 arrives as uint16 bit patterns, where an all-ones exponent marks them."""
+    if dtype == "BF16":
+        bad = int(np.count_nonzero((values & np.uint16(0x7F80)) == np.uint16(0x7F80)))
+    else:
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise InputError(f"tensor {t.spec.sources[0]!r} holds {bad} NaN/Inf values.",
+                         hint="The checkpoint is corrupt or was saved after a diverged training step; fix the weights.")
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Turns one planned tensor into its GGUF bytes."""
+
+    backend: Backend
+    threads: int
+    imatrix: Mapping[str, np.ndarray] | None = None
+
+    def encode(self, t: TensorPlan, raw: list[np.ndarray]) -> np.ndarray:
+        spec = t.spec
+        if spec.transform.exact and all(d == _RAW_DTYPES.get(t.qtype) for d in t.source_dtypes):
+            out = np.ascontiguousarray(spec.transform.apply(raw))
+            _check_finite(t, out, t.source_dtypes[0])
+            return out
+        values = np.ascontiguousarray(
+            spec.transform.apply([to_float32(a, d) for a, d in zip(raw, t.source_dtypes)]), dtype=np.float32)
+        _check_finite(t, values)
+        if t.qtype == F32:
+            return values
+        if t.qtype == F16:
+            return values.astype(np.float16)
+        if t.qtype == BF16:
+            return float32_to_bf16(values)
+        rows = values.reshape(-1, t.ggml_shape[0])
+        weights = None if self.imatrix is None else self.imatrix.get(t.name)
+        return self.backend.quantize(t.qtype, rows, weights, self.threads)
+
+
+def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
+    """Refuse to start when the planned files do not fit on their file systems."""
+    needed: dict[int, tuple[Path, int]] = {}
+    for plan, path in outputs:
+        folder = path.parent if path.parent.exists() else Path(".")
+        dev = folder.stat().st_dev
+        prev = needed.get(dev, (folder, 0))
+        needed[dev] = (prev[0], prev[1] + plan.total_bytes)
+    for folder, size in needed.values():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise OutputError(f"{folder} has {free / 1e9:.2f} GB free but the output needs {size / 1e9:.2f} GB.",
+                              hint="Free disk space or write elsewhere with -o.")
+
+
+def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threads: int = 1,
+                backend: Backend | None = None, imatrix: Mapping[str, np.ndarray] | None = None,
+                progress: Progress | None = None) -> list[Path]:
+    """Write several planned GGUFs from one read of `ckpt`: each source tensor is read once for all outputs.
+
+    Every file goes to a temporary name and is renamed only when complete; on any error or interrupt the
+    temporary files are removed and no final name is touched.
+    """
+    names = [t.name for t in outputs[0][0].tensors]
+    for plan, _ in outputs[1:]:
+        if [t.name for t in plan.tensors] != names:
+            raise ValueError("outputs of one run must plan the same tensors in the same order")
+    check_free_space(outputs)
+    enc = Encoder(backend or get_backend(), threads, imatrix)
+    with ExitStack() as stack:
+        writers = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
+                   for plan, path in outputs]
+        for i, name in enumerate(names):
+            first = outputs[0][0].tensors[i]
+            raw = [ckpt.read_raw(s) for s in first.spec.sources]
+            for (plan, _), writer in zip(outputs, writers):
+                t = plan.tensors[i]
+                data = enc.encode(t, raw)
+                writer.write_tensor(name, data)
+                if progress is not None:
+                    progress(t, data.nbytes)
+            del raw
+        for w in writers:
+            w.commit()
+    return [path for _, path in outputs]
