@@ -1,0 +1,148 @@
+"""Benchmark quantcli against llama.cpp in one run and write docs/benchmarks.md.
+
+    python -m benchmarks.run --models models --out docs/benchmarks.md [--repeats 3] [--threads 2]
+
+Peer and quantcli run as separate processes on the same input, threads and machine, one after the other, so the
+ratios are what matters (these machines are noisy). Peak RSS is each process's own maximum resident set.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .measure import Measurement, measure
+from .peer import convert_command, convert_env, llama_cpp_source, quantize_command
+
+QUANT_TYPES = ("Q8_0", "Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
+CONVERT_TYPES = {"F16": "f16", "Q8_0": "q8_0"}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def same_tensors(a: Path, b: Path) -> str:
+    """'identical' when every tensor has the same name, type and bytes in both files; else what differs."""
+    from gguf import GGUFReader
+
+    ra, rb = GGUFReader(a), GGUFReader(b)
+    ta = {t.name: t for t in ra.tensors}
+    tb = {t.name: t for t in rb.tensors}
+    if set(ta) != set(tb):
+        return f"different tensor sets ({len(ta)} vs {len(tb)})"
+    diff = [n for n in ta if ta[n].tensor_type != tb[n].tensor_type or bytes(ta[n].data.tobytes()) != bytes(tb[n].data.tobytes())]
+    return "identical" if not diff else f"{len(diff)} of {len(ta)} tensors differ (first {diff[0]})"
+
+
+def quantcli(model: Path, out: Path, qtype: str, threads: int) -> list[str]:
+    return [sys.executable, "-m", "quantcli.cli.app", "convert", str(model), "--type", qtype, "-o", str(out),
+            "--verify", "none", "--threads", str(threads)]
+
+
+def row(label: str, peer: Measurement, ours: Measurement, check: str = "") -> dict:
+    return {"step": label, "llama.cpp s": round(peer.seconds, 3), "quantcli s": round(ours.seconds, 3),
+            "time ratio": round(ours.seconds / peer.seconds, 3),
+            "llama.cpp RSS MB": round(peer.peak_rss_mb), "quantcli RSS MB": round(ours.peak_rss_mb),
+            "RSS ratio": round(ours.peak_rss_mb / peer.peak_rss_mb, 3), "bytes": check}
+
+
+def run(models: Path, out: Path, repeats: int, threads: int, work: Path, cache: Path, quick: bool) -> list[dict]:
+    from quantcli.quant.mixes import MIXES
+
+    tree = llama_cpp_source(cache)
+    env_peer = convert_env(tree)
+    env_ours = {"QUANTCLI_NO_PROGRESS": "1"}
+    rows: list[dict] = []
+    bench_models = [models / "bench-llama-168m"] + ([] if quick else [models / "SmolLM2-135M-Instruct"])
+    for model in bench_models:
+        for qtype, outtype in CONVERT_TYPES.items():
+            peer_out, our_out = work / f"peer-{model.name}-{qtype}.gguf", work / f"ours-{model.name}-{qtype}.gguf"
+            peer = measure("peer", convert_command(tree, model, peer_out, outtype), repeats, env_peer)
+            ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
+            rows.append(row(f"{model.name}: HF -> {qtype} (convert_hf_to_gguf.py vs quantcli convert)", peer, ours,
+                            same_tensors(peer_out, our_out) if qtype == "F16" else ""))
+            print(json.dumps(rows[-1]), flush=True)
+    model = bench_models[0]
+    f16 = work / f"peer-{model.name}-F16.gguf"
+    for qtype in QUANT_TYPES[:3] if quick else QUANT_TYPES:
+        peer_out, our_out = work / f"peer-q-{qtype}.gguf", work / f"ours-q-{qtype}.gguf"
+        ftype = int(MIXES[qtype].ftype)
+        peer = measure("peer", quantize_command(f16, peer_out, ftype, threads), repeats)
+        ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
+        rows.append(row(f"{model.name}: {qtype} (llama_model_quantize on F16 GGUF vs quantcli from HF)", peer, ours,
+                        same_tensors(peer_out, our_out)))
+        print(json.dumps(rows[-1]), flush=True)
+        if qtype == "Q4_K_M":
+            convert_f16 = next(r for r in rows if r["step"].startswith(f"{model.name}: HF -> F16"))
+            total_peer = convert_f16["llama.cpp s"] + peer.seconds
+            rows.append({"step": f"{model.name}: end to end HF -> Q4_K_M (convert + quantize vs one command)",
+                         "llama.cpp s": round(total_peer, 3), "quantcli s": round(ours.seconds, 3),
+                         "time ratio": round(ours.seconds / total_peer, 3),
+                         "llama.cpp RSS MB": max(convert_f16["llama.cpp RSS MB"], round(peer.peak_rss_mb)),
+                         "quantcli RSS MB": round(ours.peak_rss_mb),
+                         "RSS ratio": round(ours.peak_rss_mb / max(convert_f16["llama.cpp RSS MB"], peer.peak_rss_mb), 3),
+                         "bytes": rows[-1]["bytes"]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_report(rows: list[dict], out: Path, repeats: int, threads: int) -> None:
+    from quantcli import __version__
+
+    cols = list(rows[0])
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (benchmarks/run.py); every figure below comes from one run in which llama.cpp and",
+        "quantcli ran one after the other on the same machine, input (page cache warm) and thread count.",
+        "Times are medians; RSS is the process's peak resident set. Ratios are quantcli / llama.cpp: below 1 is",
+        "better for quantcli. The 'bytes' column compares every tensor's type and bytes between the two outputs.",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- threads: {threads}; repeats: {repeats} (median)",
+        f"- quantcli {__version__} (backend: C kernels); peer: llama.cpp vendored by llama-cpp-python 0.3.36",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=Path(".cache/peer"))
+    ap.add_argument("--quick", action="store_true", help="One model and three types (a smoke run).")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
+    try:
+        rows = run(args.models, args.out, args.repeats, args.threads, work, args.cache, args.quick)
+        write_report(rows, args.out, args.repeats, args.threads)
+        print(f"wrote {args.out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
