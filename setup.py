@@ -9,7 +9,7 @@ from setuptools import Extension, setup
 # -ffp-contract=off: the kernels must give the same bits as the NumPy reference and as llama.cpp's
 # reference quantizer, so the compiler may not fuse a*b+c into an FMA behind our back.
 # -march=native pays off for the row loops; QUANTCLI_PORTABLE=1 builds for the baseline ISA instead.
-flags = ["-O3", "-std=gnu11", "-pthread", "-ffp-contract=off", "-fno-math-errno"]
+flags = ["-O3", "-std=gnu11", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
 if not os.environ.get("QUANTCLI_PORTABLE"):
     flags.append("-march=native")
 
