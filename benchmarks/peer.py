@@ -1,12 +1,8 @@
 """The peer: llama.cpp's own converter and quantizer from the llama-cpp-python release we test against."""
 from __future__ import annotations
 
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
-
-LLAMA_CPP_PYTHON = "0.3.36"
 
 # Run in a subprocess so that its peak RSS is measured on its own.
 QUANTIZE_SCRIPT = """
@@ -20,21 +16,12 @@ sys.exit(rc)
 """
 
 
-def llama_cpp_source(cache: Path) -> Path:
-    """The vendored llama.cpp tree of the llama-cpp-python sdist (downloaded once into `cache`)."""
-    root = cache / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
-    tree = root / "vendor" / "llama.cpp"
-    if (tree / "convert_hf_to_gguf.py").exists():
-        return tree
-    cache.mkdir(parents=True, exist_ok=True)
-    sdist = cache / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-    if not sdist.exists():
-        # --no-binary only for this package: its build dependencies still come as wheels.
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(cache)], check=True)
-    with tarfile.open(sdist) as tar:
-        tar.extractall(cache, filter="data")
-    return tree
+def llama_cpp_source() -> Path:
+    """llama.cpp's converter tree from the llama-cpp-python sdist, the one the mix tests use (cached in .cache/)."""
+    from tests.quant.mix_fixtures import _build_lock, llama_cpp_source as source
+
+    with _build_lock():
+        return source()
 
 
 def convert_command(tree: Path, model: Path, out: Path, outtype: str) -> list[str]:

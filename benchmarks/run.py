@@ -36,7 +36,23 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+COMPARE_SCRIPT = """
+import sys
+from benchmarks.run import compare_tensors
+print(compare_tensors(sys.argv[1], sys.argv[2]))
+"""
+
+
 def same_tensors(a: Path, b: Path) -> str:
+    """Compare in a child process: Linux keeps a process's peak RSS across exec, so a parent that read two model
+    files would hand its own peak to every command measured after it."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", COMPARE_SCRIPT, str(a), str(b)], capture_output=True, text=True, check=True)
+    return res.stdout.strip()
+
+
+def compare_tensors(a: str, b: str) -> str:
     """'identical' when every tensor has the same name, type and bytes in both files; else what differs."""
     from gguf import GGUFReader
 
@@ -61,10 +77,10 @@ def row(label: str, peer: Measurement, ours: Measurement, check: str = "") -> di
             "RSS ratio": round(ours.peak_rss_mb / peer.peak_rss_mb, 3), "bytes": check}
 
 
-def run(models: Path, out: Path, repeats: int, threads: int, work: Path, cache: Path, quick: bool) -> list[dict]:
+def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> list[dict]:
     from quantcli.quant.mixes import MIXES
 
-    tree = llama_cpp_source(cache)
+    tree = llama_cpp_source()
     env_peer = convert_env(tree)
     env_ours = {"QUANTCLI_NO_PROGRESS": "1"}
     rows: list[dict] = []
@@ -132,12 +148,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache", type=Path, default=Path(".cache/peer"))
     ap.add_argument("--quick", action="store_true", help="One model and three types (a smoke run).")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
     try:
-        rows = run(args.models, args.out, args.repeats, args.threads, work, args.cache, args.quick)
+        rows = run(args.models, args.repeats, args.threads, work, args.quick)
         write_report(rows, args.out, args.repeats, args.threads)
         print(f"wrote {args.out}")
     finally:

@@ -15,6 +15,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..errors import InputError
+from ..io.safetensors import to_float32
 from .base import quant_class
 
 BACKENDS = ("auto", "c", "reference")
@@ -43,6 +44,26 @@ class Backend:
 
     def uses_c(self, qtype: GGMLQuantizationType) -> bool:
         return self.policy != "reference" and self.kernels is not None and bool(self.kernels.has_type(int(qtype)))
+
+    def _c_convert(self) -> bool:
+        return self.policy != "reference" and self.kernels is not None
+
+    def to_float32(self, array: np.ndarray, dtype: str, threads: int = 1) -> np.ndarray:
+        """Widen stored F16/BF16 values to float32 (exact; the C loop uses F16C where the CPU has it)."""
+        kind = {"F16": 0, "BF16": 1}.get(dtype)
+        if kind is None or not self._c_convert():
+            return to_float32(array, dtype)
+        out = np.empty(array.shape, dtype=np.float32)
+        self.kernels.convert(kind, np.ascontiguousarray(array), out, max(1, threads))  # type: ignore[union-attr]
+        return out
+
+    def to_float16(self, values: np.ndarray, threads: int = 1) -> np.ndarray:
+        """float32 -> float16, round to nearest even (the same bits as NumPy's astype)."""
+        if not self._c_convert():
+            return values.astype(np.float16)
+        out = np.empty(values.shape, dtype=np.float16)
+        self.kernels.convert(2, np.ascontiguousarray(values, dtype=np.float32), out, max(1, threads))  # type: ignore[union-attr]
+        return out
 
     def quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None = None,
                  threads: int = 1) -> np.ndarray:

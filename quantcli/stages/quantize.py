@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import ExitStack
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -20,6 +20,7 @@ from ..io.gguf_writer import GGUFStreamWriter
 from ..io.safetensors import to_float32
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
+from ..quant.imatrix import ImportanceMatrix
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
 _RAW_DTYPES = {F32: "F32", F16: "F16", BF16: "BF16"}
@@ -40,7 +41,8 @@ def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None
     else:
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
     if bad:
-        raise InputError(f"tensor {t.spec.sources[0]!r} holds {bad} NaN/Inf values.",
+        what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
+        raise InputError(f"tensor {what!r} holds {bad} NaN/Inf values.",
                          hint="The checkpoint is corrupt or was saved after a diverged training step; fix the weights.")
 
 
@@ -50,25 +52,27 @@ class Encoder:
 
     backend: Backend
     threads: int
-    imatrix: Mapping[str, np.ndarray] | None = None
+    imatrix: ImportanceMatrix | None = None
 
     def encode(self, t: TensorPlan, raw: list[np.ndarray]) -> np.ndarray:
         spec = t.spec
-        if spec.transform.exact and all(d == _RAW_DTYPES.get(t.qtype) for d in t.source_dtypes):
+        # a generated tensor (no sources) always takes the float32 path below
+        if t.source_dtypes and spec.transform.exact and all(d == _RAW_DTYPES.get(t.qtype) for d in t.source_dtypes):
             out = np.ascontiguousarray(spec.transform.apply(raw))
             _check_finite(t, out, t.source_dtypes[0])
             return out
         values = np.ascontiguousarray(
-            spec.transform.apply([to_float32(a, d) for a, d in zip(raw, t.source_dtypes)]), dtype=np.float32)
+            spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
+            dtype=np.float32)
         _check_finite(t, values)
         if t.qtype == F32:
             return values
         if t.qtype == F16:
-            return values.astype(np.float16)
+            return self.backend.to_float16(values, self.threads)
         if t.qtype == BF16:
             return float32_to_bf16(values)
         rows = values.reshape(-1, t.ggml_shape[0])
-        weights = None if self.imatrix is None else self.imatrix.get(t.name)
+        weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
         return self.backend.quantize(t.qtype, rows, weights, self.threads)
 
 
@@ -76,7 +80,10 @@ def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
     """Refuse to start when the planned files do not fit on their file systems."""
     needed: dict[int, tuple[Path, int]] = {}
     for plan, path in outputs:
-        folder = path.parent if path.parent.exists() else Path(".")
+        # The folder may not exist yet: its nearest existing ancestor is the file system it will be on.
+        folder = path.parent.absolute()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
         dev = folder.stat().st_dev
         prev = needed.get(dev, (folder, 0))
         needed[dev] = (prev[0], prev[1] + plan.total_bytes)
@@ -88,7 +95,7 @@ def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
 
 
 def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threads: int = 1,
-                backend: Backend | None = None, imatrix: Mapping[str, np.ndarray] | None = None,
+                backend: Backend | None = None, imatrix: ImportanceMatrix | None = None,
                 progress: Progress | None = None) -> list[Path]:
     """Write several planned GGUFs from one read of `ckpt`: each source tensor is read once for all outputs.
 

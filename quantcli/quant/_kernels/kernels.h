@@ -28,6 +28,12 @@ enum qc_type {
 uint16_t qc_fp32_to_fp16(float f);
 float qc_fp16_to_fp32(uint16_t h);
 
+/* Element conversions (convert.c); n is the element count. f32_to_f16 writes uint16 bit patterns. */
+typedef void (*qc_converter)(const void *src, float *dst, int64_t n);
+void qc_f16_to_f32(const void *src, float *dst, int64_t n);
+void qc_bf16_to_f32(const void *src, float *dst, int64_t n);
+void qc_f32_to_f16(const void *src, float *dst, int64_t n);
+
 /* Returns the row quantizer for a ggml type id, or NULL when the type has no C kernel. */
 qc_row_quantizer qc_find_quantizer(int type_id);
 

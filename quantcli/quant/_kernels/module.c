@@ -92,6 +92,64 @@ done:
     return result;
 }
 
+typedef struct {
+    qc_converter fn;
+    const uint8_t *src;
+    uint8_t *dst;
+    int64_t src_size, dst_size, begin, end;
+} qc_conv_job;
+
+static void *qc_run_conv(void *arg) {
+    const qc_conv_job *job = (const qc_conv_job *)arg;
+    job->fn(job->src + job->begin * job->src_size, (float *)(job->dst + job->begin * job->dst_size), job->end - job->begin);
+    return NULL;
+}
+
+/* convert(kind, src, dst, threads): kind 0 f16->f32, 1 bf16->f32, 2 f32->f16; element-wise, split across threads. */
+static PyObject *qc_convert(PyObject *self, PyObject *args) {
+    int kind, threads;
+    Py_buffer src, dst;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*w*i", &kind, &src, &dst, &threads)) return NULL;
+    static const qc_converter fns[3] = {qc_f16_to_f32, qc_bf16_to_f32, qc_f32_to_f16};
+    static const int64_t sizes[3][2] = {{2, 4}, {2, 4}, {4, 2}};
+    PyObject *result = NULL;
+    if (kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "unknown conversion kind");
+        goto done;
+    }
+    const int64_t n = src.len / sizes[kind][0];
+    if (src.len % sizes[kind][0] != 0 || dst.len != n * sizes[kind][1]) {
+        PyErr_SetString(PyExc_ValueError, "src and dst sizes do not match the conversion");
+        goto done;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    if (n < (1 << 16)) threads = 1;  /* not worth a thread for small tensors */
+    qc_conv_job jobs[64];
+    pthread_t tids[64];
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (qc_conv_job){fns[kind], (const uint8_t *)src.buf, (uint8_t *)dst.buf, sizes[kind][0],
+                                sizes[kind][1], n * t / threads, n * (t + 1) / threads};
+    }
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tids[t], NULL, qc_run_conv, &jobs[t]) != 0) break;
+        started = t;
+    }
+    qc_run_conv(&jobs[0]);
+    for (int t = started + 1; t < threads; t++) qc_run_conv(&jobs[t]);
+    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
     (void)self;
     long type_id = PyLong_AsLong(arg);
@@ -102,6 +160,8 @@ static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
 static PyMethodDef qc_methods[] = {
     {"quantize", qc_quantize, METH_VARARGS,
      "quantize(type_id, src, n_per_row, dst, imatrix, threads): quantize float32 rows of src into dst."},
+    {"convert", qc_convert, METH_VARARGS,
+     "convert(kind, src, dst, threads): 0 f16->f32, 1 bf16->f32, 2 f32->f16 (round to nearest even)."},
     {"has_type", qc_has_type, METH_O, "has_type(type_id) -> bool: whether a C kernel exists for the type."},
     {NULL, NULL, 0, NULL},
 };
