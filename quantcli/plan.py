@@ -111,7 +111,7 @@ def make_plan(ckpt: Checkpoint, options: QuantOptions, *, extra_metadata: list[M
     """Plan the conversion of `ckpt`: adapter, tokenizer metadata, tensor specs and the mix's type per tensor."""
     from .models.tokenizer import tokenizer_metadata
 
-    adapter = adapter_for(ckpt.config)
+    adapter = adapter_for(ckpt.config, ckpt.path)
     mix = (options.mix or default_mix(ckpt)).upper()
     if mix not in MIXES:
         raise InputError(f"unknown type {mix!r}.", hint=f"Valid types: {', '.join(MIXES)}.")

@@ -6,20 +6,50 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
 
-out = Console(soft_wrap=True)                   # results
-err = Console(stderr=True, soft_wrap=True)      # diagnostics and progress
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich.console costs tens of milliseconds that `--help`
+    (and every command that prints nothing) should not pay. Attribute access goes to the real Console."""
+
+    def __init__(self, **options: object) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> "Console":
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)  # type: ignore[arg-type]
+        return self._console
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.get(), name)
+
+
+out = _LazyConsole(soft_wrap=True)                   # results
+err = _LazyConsole(stderr=True, soft_wrap=True)      # diagnostics and progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", "-t", help="Threads for the quantization kernels (0: all cores).", min=0)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo every stage even when the cache says the output is up to date.")]
 
 
 def debug() -> bool:
     return os.environ.get("QUANTCLI_DEBUG", "") not in ("", "0")
+
+
+def warn(message: str) -> None:
+    """A non-fatal diagnostic on stderr (a stale cache entry, a skipped file)."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False)
 
 
 def progress_enabled() -> bool:
@@ -95,5 +125,5 @@ def byte_progress(label: str) -> Iterator[ByteProgress]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+                  console=err.get(), transient=True) as bar:
         yield ByteProgress(bar, label)

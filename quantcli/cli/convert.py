@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, ThreadsOpt, byte_progress, err, human_bytes, out, run
+from ._common import ForceOpt, JsonOpt, ThreadsOpt, byte_progress, err, human_bytes, out, progress_enabled, run, warn
 
 EXAMPLES = """[bold]Examples[/]
 
   quantcli convert ./SmolLM2-135M-Instruct -o smol-q8_0.gguf --type Q8_0
+  quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct@main --recipe release -o out/
   quantcli convert ./model --type Q4_K_M --tensor-type 'attn_v=Q8_0' --output-tensor-type Q8_0
   quantcli convert ./model --recipe recipes/q8_0.yaml -o out/
   quantcli convert ./model --type Q4_0 --dry-run
@@ -32,13 +33,18 @@ def convert(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     threads: ThreadsOpt = 0,
+    force: ForceOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Convert a Hugging Face checkpoint to GGUF: plan, quantize, write, verify."""
+    """Convert a Hugging Face checkpoint to GGUF: download (hub ids), plan, quantize, write, verify.
+
+    Finished outputs are cached: a re-run with the same inputs and settings re-checks each file's sha256
+    and skips it. A run manifest (<model>.<recipe>.manifest.json) is written beside the outputs.
+    """
 
     def body() -> None:
         from ..errors import InputError
-        from ..pipeline.convert import ConvertRequest, convert as run_convert, parse_tensor_type, recipe_from_type
+        from ..pipeline.convert import ConvertRequest, parse_tensor_type, recipe_from_type
         from ..recipe import resolve_recipe
 
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
@@ -49,23 +55,45 @@ def convert(
             type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
             tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
-                                 verify=verify, imatrix=imatrix)
-        with byte_progress("converting") as bar:
-            def on_plan(pairs: list) -> None:
-                bar.set_total(sum(plan.total_bytes for plan, _ in pairs))
-                if dry_run and not json:
-                    for plan, path in pairs:
-                        print_plan(plan, path)
-
-            result = run_convert(request, progress=bar.advance, on_plan=on_plan)
-        if json:
-            out.print_json(jsonlib.dumps(result_json(result, dry_run)))
-        elif not dry_run:
-            for o in result.outputs:
-                out.print(f"wrote {o.path} ({o.type}, {human_bytes(o.path.stat().st_size)})", highlight=False)
-            err.print(f"done in {result.seconds:.2f} s", highlight=False)
+                                 verify=verify, imatrix=imatrix, force=force)
+        execute(request, json=json)
 
     run(body)
+
+
+def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result."""
+    from dataclasses import replace
+
+    from ..pipeline.cache import default_cache_dir
+    from ..pipeline.convert import convert as run_convert
+
+    request = replace(request, cache_dir=default_cache_dir(), manifest=True, download_progress=progress_enabled())
+    with byte_progress("quantizing") as bar:
+        def on_plan(pairs: list) -> None:
+            if request.dry_run and not json:
+                for plan, path in pairs:
+                    print_plan(plan, path)
+
+        def on_write(pairs: list) -> None:
+            bar.set_total(sum(plan.total_bytes for plan, _ in pairs))
+
+        result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn)
+    if json:
+        from ..pipeline.manifest import json_safe
+
+        out.print_json(jsonlib.dumps(json_safe(result_json(result, request.dry_run))))
+    elif not request.dry_run:
+        for o in result.outputs:
+            size = human_bytes(o.path.stat().st_size)
+            if o.cached:
+                out.print(f"cached {o.path} ({o.type}, {size}): same inputs and settings, sha256 re-checked; "
+                          "skipped (--force redoes it)", highlight=False)
+            else:
+                out.print(f"wrote {o.path} ({o.type}, {size})", highlight=False)
+        if result.manifest is not None:
+            err.print(f"manifest: {result.manifest}", highlight=False)
+        err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
 def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -87,13 +115,17 @@ def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
 def result_json(result, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
     outputs = []
     for o in result.outputs:
-        entry = {"path": str(o.path), "type": o.type, "bytes": o.plan.total_bytes, "verify": o.verify}
+        entry = {"path": str(o.path), "type": o.type, "bytes": o.plan.total_bytes, "verify": o.verify,
+                 "sha256": o.sha256, "cached": o.cached}
         if dry_run:
             entry["tensors"] = [{"name": t.name, "sources": list(t.spec.sources), "shape": list(t.spec.shape),
                                  "transform": t.spec.transform.describe(), "type": t.qtype.name, "bytes": t.nbytes}
                                 for t in o.plan.tensors]
         outputs.append(entry)
-    return {"source": str(result.source), "arch": result.arch, "dry_run": dry_run, "seconds": round(result.seconds, 3),
+    snap = result.snapshot
+    return {"source": str(result.source), "repo_id": snap.repo_id if snap else None,
+            "commit": snap.commit if snap else None, "arch": result.arch, "dry_run": dry_run,
+            "seconds": round(result.seconds, 3), "manifest": str(result.manifest) if result.manifest else None,
             "outputs": outputs}
 
 

@@ -7,15 +7,17 @@ Subclasses set class attributes (the data) and override a hook only where the fa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import ClassVar, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Mapping
 
 import gguf
 from gguf import Keys, MODEL_ARCH, MODEL_ARCH_NAMES
 
 from ..errors import InputError, UnsupportedError
 from ..io.safetensors import TensorInfo
-from .metadata import MetaKV, kv_bool, kv_f32, kv_str, kv_u32
+from .metadata import MetaKV, kv_f32, kv_str, kv_u32
+from .pooling import sentence_transformers_pooling
 from .transforms import Transform
 
 IDENTITY = Transform()
@@ -23,22 +25,51 @@ IDENTITY = Transform()
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One GGUF tensor: its name, the HF tensors it is made from, how, and its shape in numpy (row-major) order."""
+    """One GGUF tensor: its name, the HF tensors it is made from, how, and its shape in numpy (row-major) order.
+
+    A spec with no sources is generated from the config alone (llama 3's rope_freqs, phi3's rope factors): its
+    transform's apply([]) computes the values.
+    """
 
     name: str
     sources: tuple[str, ...]
     shape: tuple[int, ...]
     transform: Transform = IDENTITY
 
+    @property
+    def generated(self) -> bool:
+        return not self.sources
+
 
 @dataclass(frozen=True)
 class Numerics:
-    """What a forward pass must know about the family (for the calibration/verify engine and for docs)."""
+    """What a forward pass must know about the family (for the calibration/verify engine and for docs).
 
-    norm: str = "rms"                 # "rms" or "layer"
-    activation: str = "silu"          # gated FFN activation ("silu", "gelu_tanh") or "gelu" for bert's plain FFN
-    rope: str = "normal"              # "normal" (llama interleaved after permute), "neox", or "none"
-    embed_scale: str = "none"         # "sqrt_hidden" for gemma
+    Only the family's fixed choices live here; per-model values (epsilons, soft-capping limits, window sizes,
+    rope bases) are in the config and in the GGUF metadata the adapter writes.
+    """
+
+    norm: str = "rms"                 # "rms", or "layer" (LayerNorm with weight and bias)
+    norm_weight_offset: float = 0.0   # the HF checkpoint stores norm scales as (w - offset); gemma's RMSNorm: 1.0
+    activation: str = "silu"          # "silu", "gelu_tanh" (tanh approximation) or "gelu" (erf)
+    gated_ffn: bool = True            # down(act(gate(x)) * up(x)); False: down(act(up(x))) as in bert
+    rope: str = "normal"              # "normal" (llama: pairs interleaved after permute), "neox" (halves), or
+                                      # "none" (learned absolute position embeddings instead)
+    embed_scale: str = "none"         # "sqrt_hidden": token embeddings times sqrt(hidden_size) (gemma)
+    qk_norm: bool = False             # per-head RMSNorm of q and k before rope (qwen3, gemma3)
+    post_norms: bool = False          # extra norms on the attention and FFN outputs before each residual add
+    causal: bool = True               # False for encoders (bert): every token attends to every token
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "norm": ("rms", "layer"), "activation": ("silu", "gelu", "gelu_tanh"), "rope": ("normal", "neox", "none"),
+        "embed_scale": ("none", "sqrt_hidden"),
+    }
+
+    def __post_init__(self) -> None:
+        # the engine dispatches on these strings, so a typo must fail where the family is declared
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Numerics.{name} is {getattr(self, name)!r}; expected one of {allowed}")
 
 
 class Architecture:
@@ -50,7 +81,10 @@ class Architecture:
     # HF tensor names that carry no weights llama.cpp needs (buffers, rotary caches).
     ignored: ClassVar[tuple[str, ...]] = (r"\.rotary_emb\.inv_freq$", r"\.masked_bias$", r"\.attn\.bias$")
 
-    def __init__(self, config: Mapping) -> None:
+    def __init__(self, config: Mapping, folder: Path | None = None) -> None:
+        # `folder` is the checkpoint folder, for the few settings stored beside config.json
+        # (sentence-transformers pooling); None when only the config is at hand.
+        self.folder = folder
         self.config = dict(config)
         if isinstance(self.config.get("text_config"), dict):
             self.config = {**self.config, **self.config["text_config"]}
@@ -96,6 +130,35 @@ class Architecture:
                 return float(params["rope_theta"])
         value = self.get("rope_theta")
         return None if value is None else float(value)  # type: ignore[arg-type]
+
+    def rope_theta_swa(self) -> float | None:
+        """The rope base of sliding-window layers when it differs by design (gemma3's local layers)."""
+        params = self.config.get("rope_parameters")
+        if isinstance(params, dict) and isinstance(params.get("sliding_attention"), dict):
+            if params["sliding_attention"].get("rope_theta") is not None:
+                return float(params["sliding_attention"]["rope_theta"])
+        value = self.get("rope_local_base_freq", "local_rope_theta")
+        return None if value is None else float(value)  # type: ignore[arg-type]
+
+    def sliding_layers(self, default_period: int) -> list[bool]:
+        """Which layers attend through a sliding window.
+
+        transformers 5 lists `layer_types`; older configs give a period n (`sliding_window_pattern`) where every
+        n-th layer is global and the others slide; `default_period` is the family's period when neither is set.
+        """
+        types = self.config.get("layer_types")
+        if isinstance(types, list) and len(types) == self.n_layer:
+            return [t == "sliding_attention" for t in types]
+        period = int(self.get("sliding_window_pattern", "_sliding_window_pattern", default=default_period))  # type: ignore[arg-type]
+        if period < 1:
+            raise InputError(f"sliding_window_pattern is {period}; it must be a positive layer period.",
+                             hint="Fix config.json, or list every layer's kind in layer_types.")
+        return [bool((i + 1) % period) for i in range(self.n_layer)]
+
+    def pooling_metadata(self) -> list[MetaKV]:
+        """`{arch}.pooling_type` when the folder is a sentence-transformers model, else nothing."""
+        pooling = sentence_transformers_pooling(self.folder)
+        return [] if pooling is None else [kv_u32(self.key(Keys.LLM.POOLING_TYPE), int(pooling))]
 
     def rope_scaling(self) -> dict:
         params = self.config.get("rope_parameters") or self.config.get("rope_scaling") or {}
@@ -202,8 +265,12 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def adapter_for(config: Mapping) -> Architecture:
-    """The adapter for a config.json; an unknown architecture lists the supported ones."""
+def adapter_for(config: Mapping, folder: Path | None = None) -> Architecture:
+    """The adapter for a config.json; an unknown architecture lists the supported ones.
+
+    >>> adapter_for({"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2}).arch_name
+    'qwen2'
+    """
     from . import families  # noqa: F401
 
     names = config.get("architectures") or []
@@ -212,6 +279,6 @@ def adapter_for(config: Mapping) -> Architecture:
                          hint="Add e.g. \"architectures\": [\"LlamaForCausalLM\"] or re-download config.json.")
     for name in names:
         if name in _REGISTRY:
-            return _REGISTRY[name](config)
+            return _REGISTRY[name](config, folder)
     raise UnsupportedError(f"architecture {names[0]} is not supported.",
                            hint=f"Supported: {', '.join(sorted(_REGISTRY))}.")

@@ -5,6 +5,7 @@ only move values (permute, reshape, concatenate); they can run on the stored 16-
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -79,3 +80,60 @@ class Reshape(Transform):
 
     def describe(self) -> str:
         return f"reshape{self.shape}"
+
+
+@dataclass(frozen=True)
+class Constant(Transform):
+    """A tensor written from values in the config, with no source tensor (phi3's long/short rope factors)."""
+
+    values: tuple[float, ...]
+    exact = False
+
+    def apply(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        if arrays:
+            raise ValueError("Constant takes no source tensors")
+        return np.asarray(self.values, dtype=np.float32)
+
+    def describe(self) -> str:
+        return f"from config ({len(self.values)} values)"
+
+
+@dataclass(frozen=True)
+class Llama3RopeFactors(Transform):
+    """Llama 3.1's rope frequency scaling as the per-dimension divisors llama.cpp reads from rope_freqs.
+
+    Llama 3.1 stretches only the low frequencies: a rotary pair whose wavelength is shorter than
+    `original_context / high_freq_factor` keeps its frequency (divisor 1), one longer than
+    `original_context / low_freq_factor` is slowed by `factor`, and the band between blends the two. llama.cpp
+    divides each pair's angle by the tensor's entry, so the tensor holds those divisors. The arithmetic is float32
+    with the roundings of llama.cpp's converter (which builds the table from float32 torch tensors).
+    """
+
+    head_dim: int
+    rope_theta: float
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_context: int
+    exact = False
+
+    def apply(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        if arrays:
+            raise ValueError("Llama3RopeFactors takes no source tensors")
+        f32, one = np.float32, np.float32(1.0)
+        exponents = np.arange(0, self.head_dim, 2, dtype=f32) / f32(self.head_dim)
+        # pow correctly rounded to float32; torch's own pow (used by llama.cpp's converter) is within one ulp of it,
+        # so a rare entry of the converter's table can differ from ours in its last bit
+        powers = np.power(np.float64(f32(self.rope_theta)), exponents.astype(np.float64)).astype(f32)
+        inv_freq = one / powers
+        # torch evaluates `scalar / tensor` as reciprocal(tensor) * scalar; the same two roundings here
+        wavelen = (one / inv_freq) * f32(2 * math.pi)
+        smooth = ((one / wavelen) * f32(self.original_context) - f32(self.low_freq_factor)) \
+            / f32(self.high_freq_factor - self.low_freq_factor)
+        with np.errstate(divide="ignore", over="ignore"):  # the blend may blow up outside its band, where it is unused
+            blended = one / ((one - smooth) / f32(self.factor) + smooth)
+        out = np.where(wavelen > f32(self.original_context / self.low_freq_factor), f32(self.factor), blended)
+        return np.where(wavelen < f32(self.original_context / self.high_freq_factor), one, out).astype(f32)
+
+    def describe(self) -> str:
+        return f"llama3 rope factors (factor {self.factor:g}, original context {self.original_context})"

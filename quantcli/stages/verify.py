@@ -128,7 +128,7 @@ def verify_file(path: Path, source: Path | None = None, *, min_snr_db: float | N
     ckpt = None
     if source is not None:
         ckpt = Checkpoint.open(source)
-        specs = {s.name: s for s in adapter_for(ckpt.config).tensor_specs(ckpt.tensors)}
+        specs = {s.name: s for s in adapter_for(ckpt.config, ckpt.path).tensor_specs(ckpt.tensors)}
         missing = sorted(set(specs) - {t.name for t in reader.tensors})
         if missing:
             report.problems.append(f"{len(missing)} source tensors are not in the file (first: {missing[0]})")

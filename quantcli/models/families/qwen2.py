@@ -1,0 +1,31 @@
+"""Qwen2 / Qwen2.5: the llama block with biases on q, k and v, neox-style rope, usually tied embeddings.
+
+Nothing is transformed: llama.cpp's qwen2 graph uses neox rope (rotating the two halves of each head, as HF
+does), so q and k keep their HF row order. `Qwen2Model` (no LM head: embedding models such as gte-Qwen2) has
+its tensor names without the `model.` prefix and may come with a sentence-transformers pooling module.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gguf import MODEL_ARCH
+
+from ..base import Architecture, Numerics, register
+from ..metadata import MetaKV
+
+
+@register
+class Qwen2(Architecture):
+    hf_architectures = ("Qwen2ForCausalLM", "Qwen2Model")
+    gguf_arch = MODEL_ARCH.QWEN2
+    numerics = Numerics(rope="neox")
+    # the bare transformer classes save their tensors without the "model." prefix
+    headless: ClassVar[tuple[str, ...]] = ("Qwen2Model",)
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        if (self.config.get("architectures") or [""])[0] in self.headless and not hf_name.startswith("model."):
+            hf_name = "model." + hf_name
+        return super().gguf_name(hf_name)
+
+    def extra_metadata(self) -> list[MetaKV]:
+        return self.pooling_metadata()

@@ -1,0 +1,337 @@
+"""Batches: a YAML file of models x recipes, run as conversion jobs in order or N at a time.
+
+    # batch.yaml
+    output: out/{model}              # folder of each job; {model} and {recipe} are filled in
+    verify: structure                # none | structure | full
+    models:
+      - HuggingFaceTB/SmolLM2-135M-Instruct@main
+      - ./checkpoints/my-model       # relative paths are relative to this file
+      - model: org/other             # long form: its own recipe list
+        recipes: [q8_0]
+    recipes: [q4_k_m, release.yaml]
+
+Each (model, recipe) pair is a job with an id `<model name>.<recipe name>`; `--job ID` runs a subset, which
+is how a CI matrix (`matrix()`) fans a batch out over runners. Every job goes through the same convert
+pipeline as `quantcli convert` (stage cache, manifest), so a re-run skips finished jobs' work.
+
+    >>> batch = load_batch(Path("batch.yaml"))
+    >>> [job.id for job in batch.jobs]
+    ['SmolLM2-135M-Instruct.q4_k_m', 'SmolLM2-135M-Instruct.release', 'my-model.q4_k_m', ...]
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..errors import InputError, QuantcliError, RecipeError
+from ..recipe.schema import _check_keys, _Ctx, _mapping, _scalar
+
+VERIFY_LEVELS = ("none", "structure", "full")
+DEFAULT_OUTPUT = "out/{model}"
+_TOP_KEYS = ("models", "recipes", "output", "verify", "threads")
+_MODEL_KEYS = ("model", "recipes", "output", "name")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str                 # <name>.<recipe name>
+    name: str               # the model's name: its folder or repo name, or the entry's `name`
+    model: str              # hub id or absolute folder path
+    recipe: str             # built-in name or absolute recipe path
+    recipe_name: str
+    output: str             # absolute output folder
+    verify: str
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    source: str
+    jobs: tuple[Job, ...]
+
+
+@dataclass
+class JobResult:
+    id: str
+    model: str
+    recipe: str
+    status: str = "not run"                 # ok | failed | not run
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    manifest: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    seconds: float = 0.0
+
+
+def _model_name(model: str) -> str:
+    from ..stages.download import HubRef
+
+    ref = HubRef.parse(model) if not Path(model).exists() else None
+    return ref.repo_id.split("/")[-1] if ref else Path(model).resolve().name
+
+
+def _resolve_model(model: str, base: Path) -> str:
+    from ..stages.download import HubRef
+
+    given = Path(model).expanduser()
+    local = given if given.is_absolute() else base / given
+    if model.startswith((".", "/", "~")) or local.exists() or HubRef.parse(model) is None:
+        return str(local.resolve())
+    return model
+
+
+def _resolve_recipe(ctx: _Ctx, node: yaml.Node, base: Path) -> tuple[str, str]:
+    from ..recipe import builtin_names, resolve_recipe
+
+    value = _scalar(ctx, node, "recipe", str)
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or "/" in value:
+        target = path if path.is_absolute() else base / path
+        if not target.is_file():
+            raise ctx.fail(node, f"recipe file {value!r} does not exist (looked at {target}).")
+        value = str(target.resolve())
+    elif value.lower() not in builtin_names():
+        raise ctx.fail(node, f"{value!r} is neither a recipe file nor a built-in recipe.",
+                       hint=f"Built-ins: {', '.join(builtin_names())}.")
+    try:
+        recipe = resolve_recipe(value)
+    except RecipeError as exc:
+        raise ctx.fail(node, f"recipe {value!r} is invalid: {exc}") from exc
+    return value, recipe.name
+
+
+def _recipe_list(ctx: _Ctx, node: yaml.Node, base: Path, what: str) -> list[tuple[str, str]]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise ctx.fail(node, f"{what} must be a non-empty list of recipe names or files.")
+    return [_resolve_recipe(ctx, n, base) for n in node.value]
+
+
+def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -> Batch:
+    """Parse and check a batch file; every error names the file and line."""
+    base = Path(base) if base is not None else Path(".")
+    ctx = _Ctx(source)
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from exc
+    if root is None:
+        raise RecipeError(f"{source}: the batch file is empty.", hint="It needs `models:` and `recipes:` lists.")
+    items = _mapping(ctx, root, "the batch file")
+    _check_keys(ctx, items, _TOP_KEYS, "the batch file")
+    if "models" not in items:
+        raise ctx.fail(root, "the batch file needs a 'models' list.")
+    output = _scalar(ctx, items["output"][1], "output", str) if "output" in items else DEFAULT_OUTPUT
+    verify = _scalar(ctx, items["verify"][1], "verify", str) if "verify" in items else "structure"
+    if verify not in VERIFY_LEVELS:
+        raise ctx.fail(items["verify"][1], f"verify must be one of {', '.join(VERIFY_LEVELS)}, got {verify!r}.")
+    threads = _scalar(ctx, items["threads"][1], "threads", int) if "threads" in items else 0
+    if threads < 0:
+        raise ctx.fail(items["threads"][1], "threads must be 0 (all cores) or more.")
+    recipes = _recipe_list(ctx, items["recipes"][1], base, "recipes") if "recipes" in items else None
+    mnode = items["models"][1]
+    if not isinstance(mnode, yaml.SequenceNode) or not mnode.value:
+        raise ctx.fail(mnode, "models must be a non-empty list of hub ids or folders.")
+    jobs: list[Job] = []
+    seen: dict[str, yaml.Node] = {}
+    for node in mnode.value:
+        model_output, name = output, None
+        if isinstance(node, yaml.MappingNode):
+            entry = _mapping(ctx, node, "a models entry")
+            _check_keys(ctx, entry, _MODEL_KEYS, "a models entry")
+            if "model" not in entry:
+                raise ctx.fail(node, "a models entry needs 'model' (a hub id or folder).")
+            model = _scalar(ctx, entry["model"][1], "model", str)
+            own = _recipe_list(ctx, entry["recipes"][1], base, "recipes") if "recipes" in entry else recipes
+            model_output = _scalar(ctx, entry["output"][1], "output", str) if "output" in entry else output
+            name = _scalar(ctx, entry["name"][1], "name", str) if "name" in entry else None
+        else:
+            model, own = _scalar(ctx, node, "model", str), recipes
+        if own is None:
+            raise ctx.fail(node, f"no recipes for {model}: add a top-level 'recipes' list or one in the entry.")
+        resolved = _resolve_model(model, base)
+        name = name or _model_name(resolved)
+        for recipe, recipe_name in own:
+            job_id = f"{name}.{recipe_name}"
+            if job_id in seen:
+                raise ctx.fail(node, f"job {job_id!r} appears twice.", hint="Give one of the entries its own 'name'.")
+            seen[job_id] = node
+            try:
+                folder = model_output.format(model=name, recipe=recipe_name)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ctx.fail(items["output"][1] if "output" in items else node,
+                               f"output template {model_output!r} is invalid ({exc}).",
+                               hint="Use {model} and {recipe} only.") from exc
+            target = Path(folder).expanduser()
+            target = target if target.is_absolute() else base / target
+            jobs.append(Job(job_id, name, resolved, recipe, recipe_name, str(target.resolve()), verify, threads))
+    return Batch(source, tuple(jobs))
+
+
+def load_batch(path: Path) -> Batch:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read batch file {path}: {exc.strerror}.", hint="Check the path.") from exc
+    return parse_batch(text, str(path), base=Path(path).resolve().parent)
+
+
+def select(batch: Batch, ids: list[str]) -> list[Job]:
+    if not ids:
+        return list(batch.jobs)
+    known = {j.id: j for j in batch.jobs}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InputError(f"{batch.source} has no job {unknown[0]!r}.", hint=f"Jobs: {', '.join(known)}.")
+    return [known[i] for i in ids]
+
+
+def matrix(batch: Batch) -> dict[str, Any]:
+    """A GitHub Actions matrix: one entry per job, run with `quantcli batch FILE --job <id>`."""
+    return {"include": [{"job": j.id, "name": j.name, "model": j.model, "recipe": j.recipe_name} for j in batch.jobs]}
+
+
+def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_dir: str | None = None,
+            warn: Callable[[str], None] | None = None) -> JobResult:
+    """One job through the convert pipeline; every failure is captured in the result, never raised
+    (except an interrupt, which stops the batch)."""
+    from ..pipeline.cache import default_cache_dir
+    from ..pipeline.convert import ConvertRequest, convert
+    from ..recipe import resolve_recipe
+
+    result = JobResult(job.id, job.model, job.recipe_name)
+    started = time.perf_counter()
+    try:
+        request = ConvertRequest(model=job.model, recipe=resolve_recipe(job.recipe), output=Path(job.output),
+                                 threads=threads if threads is not None else job.threads, verify=job.verify,
+                                 cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), force=force,
+                                 manifest=True)
+        converted = convert(request, warn=warn)
+        result.status = "ok"
+        result.manifest = str(converted.manifest) if converted.manifest else None
+        result.outputs = [{"path": str(o.path), "type": o.type, "bytes": o.path.stat().st_size, "sha256": o.sha256,
+                           "cached": o.cached, "verify_ok": None if o.verify is None else bool(o.verify.get("ok"))}
+                          for o in converted.outputs]
+    except QuantcliError as exc:
+        if type(exc).__name__ == "Interrupted":
+            raise
+        result.status, result.error, result.exit_code = "failed", str(exc), exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - one broken job must not take the batch down
+        result.status, result.exit_code = "failed", 1
+        result.error = f"internal error: {type(exc).__name__}: {exc}"
+        if os.environ.get("QUANTCLI_DEBUG"):
+            result.error += "\n" + traceback.format_exc()
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _job_in_worker(job: Job, force: bool, threads: int | None, cache_dir: str | None) -> JobResult:
+    import signal
+
+    from ..errors import Interrupted
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return run_job(job, force=force, threads=threads, cache_dir=cache_dir, warn=_stderr_warn)
+    except Interrupted as exc:
+        # Our exception does not survive pickling back to the parent; report it as a result instead.
+        return JobResult(job.id, job.model, job.recipe_name, "failed", error=str(exc), exit_code=exc.exit_code)
+
+
+def _stderr_warn(message: str) -> None:
+    import sys
+
+    print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = False, force: bool = False,
+              threads: int | None = None, on_done: Callable[[JobResult, int, int], None] | None = None,
+              warn: Callable[[str], None] | None = None) -> list[JobResult]:
+    """Run `jobs`; without `continue_on_error` the first failure stops the jobs not yet started.
+
+    With n_jobs > 1 each job runs in its own process (spawned, so a crash or a signal stays in it) and the
+    kernel threads are shared out: `threads` 0 or None gives each job cpu_count // n_jobs threads.
+    """
+    from .cache import default_cache_dir
+
+    results = {j.id: JobResult(j.id, j.model, j.recipe_name) for j in jobs}
+    total = len(jobs)
+    done = 0
+    if n_jobs <= 1 or total <= 1:
+        for job in jobs:
+            r = run_job(job, force=force, threads=threads, warn=warn)
+            results[job.id] = r
+            done += 1
+            if on_done:
+                on_done(r, done, total)
+            if r.status == "failed" and not continue_on_error:
+                break
+        return [results[j.id] for j in jobs]
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    share = max(1, (os.cpu_count() or 1) // n_jobs)      # -t first, then the batch file's threads, then a share
+    cache_dir = str(default_cache_dir())
+    stop = False
+    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(_job_in_worker, j, force, threads or j.threads or share, cache_dir): j for j in jobs}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = pending.pop(fut)
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if isinstance(exc, KeyboardInterrupt):
+                    raise exc
+                if exc is not None:
+                    r = JobResult(job.id, job.model, job.recipe_name, "failed",
+                                  error=f"the job's process died: {type(exc).__name__}: {exc}", exit_code=1)
+                else:
+                    r = fut.result()
+                results[job.id] = r
+                done += 1
+                if on_done:
+                    on_done(r, done, total)
+                if r.status == "failed" and not continue_on_error and not stop:
+                    stop = True
+                    for other in list(pending):
+                        if other.cancel():
+                            pending.pop(other)
+    except BaseException:
+        # Interrupted: stop the running jobs the way a terminal would (their writers remove partial files).
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            try:
+                proc.terminate()
+            except (OSError, AttributeError):
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return [results[j.id] for j in jobs]
+
+
+def report(results: list[JobResult], seconds: float) -> dict[str, Any]:
+    """The --json report: every job, and a summary whose `ok` is true only when every job succeeded."""
+    outputs = [o for r in results for o in r.outputs]
+    summary = {
+        "jobs": len(results),
+        "ok": sum(r.status == "ok" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "not_run": sum(r.status == "not run" for r in results),
+        "outputs_written": sum(not o["cached"] for o in outputs),
+        "outputs_cached": sum(bool(o["cached"]) for o in outputs),
+    }
+    return {"ok": summary["ok"] == len(results), "summary": summary, "seconds": round(seconds, 3),
+            "jobs": [asdict(r) for r in results]}

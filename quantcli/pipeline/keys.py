@@ -1,0 +1,70 @@
+"""Cache keys of the pipeline's stages: what each stage's output depends on, resolved and hashable.
+
+Bump a stage's version in STAGE_VERSIONS whenever its code would write different bytes (or different verify
+figures) for the same inputs and parameters; every older cache entry then misses. The quantcli version is in
+the parameters too, so a release never reuses another release's outputs even if a bump was forgotten.
+
+The backend is a parameter although the bytes do not depend on it (the C kernels and the NumPy reference
+agree bit for bit): a run that switches QUANTCLI_BACKEND is usually a run checking exactly that, and a cache
+hit would hide the answer. The thread count is not: a batch run with --jobs 2 (one thread per job) and a
+re-run of one job (all cores) must share their work.
+
+    >>> key = quantize_key(plan, source_fingerprint, backend="c")
+    >>> key.stage, len(key.digest)
+    ('quantize', 64)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..plan import Plan
+from .cache import StageKey, file_sha256, hash_parts
+
+STAGE_VERSIONS: dict[str, int] = {
+    "quantize": 1,      # plan -> GGUF bytes
+    "verify": 1,        # GGUF (+ source) -> report
+}
+
+
+def _kv_part(kv: Any) -> list[Any]:
+    value = kv.value
+    if isinstance(value, (bytes, bytearray)):
+        value = value.hex()
+    elif not isinstance(value, (str, int, float, bool, list, tuple, type(None))):
+        value = repr(value)
+    return [kv.key, int(kv.vtype), None if kv.subtype is None else int(kv.subtype), value]
+
+
+def _transform_part(transform: Any) -> list[Any]:
+    fields = asdict(transform) if is_dataclass(transform) else {}
+    return [type(transform).__name__, {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}]
+
+
+def plan_digest(plan: Plan) -> str:
+    """sha256 of everything in a plan that reaches the file: metadata, and per tensor sources, transform, type."""
+    parts: list[Any] = [["arch", plan.arch, "mix", plan.mix]]
+    parts.extend(_kv_part(kv) for kv in plan.metadata)
+    for t in plan.tensors:
+        parts.append([t.name, list(t.spec.sources), list(t.spec.shape), _transform_part(t.spec.transform),
+                      t.qtype.name, list(t.source_dtypes)])
+    return hash_parts(parts)
+
+
+def imatrix_identity(path: Path | None) -> str | None:
+    return None if path is None else file_sha256(path)
+
+
+def quantize_key(plan: Plan, source: dict[str, Any], *, backend: str, imatrix_sha256: str | None = None) -> StageKey:
+    """The quantize stage's key for one output file."""
+    params = {"quantcli": __version__, "plan": plan_digest(plan), "backend": backend, "imatrix": imatrix_sha256}
+    return StageKey("quantize", STAGE_VERSIONS["quantize"], params, {"source": source})
+
+
+def verify_key(output_sha256: str, *, level: str, min_snr_db: float | None, max_rmse: float | None,
+               source: dict[str, Any] | None) -> StageKey:
+    """The verify stage's key: the file's bytes, the level and thresholds, and (level full) the source."""
+    params = {"quantcli": __version__, "level": level, "min_snr_db": min_snr_db, "max_rmse": max_rmse}
+    return StageKey("verify", STAGE_VERSIONS["verify"], params, {"file": output_sha256, "source": source})

@@ -1,0 +1,145 @@
+"""The model card (README.md) that `quantcli publish` uploads beside the GGUF files.
+
+YAML front matter the hub reads (base_model, tags gguf/quantized, quantized_by, library_name), then a table of
+files (type, size, bits per weight, verify figures), how to run them with llama.cpp and Ollama, and where
+they came from (source commit, recipe, quantcli version, sha256 of each file).
+
+    >>> card = render_card(CardInfo(repo_id="me/SmolLM2-GGUF", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ...                             quantized_by="me", files=[...]))
+    >>> card.startswith("---\\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct")
+    True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TAGS = ("gguf", "quantized", "quantcli", "llama.cpp")
+EMBEDDING_ARCHS = ("bert", "nomic-bert", "jina-bert-v2")
+QUANTCLI_URL = "https://github.com/quantcli/quantcli"
+
+
+@dataclass(frozen=True)
+class CardFile:
+    """One published model file (a split file counts once, with its parts)."""
+
+    name: str                               # the file name (for a split file, the name before splitting)
+    type: str                               # the mix: Q4_K_M, Q8_0, F16, ...
+    size: int                               # bytes, all parts together
+    bits_per_weight: float
+    parts: tuple[str, ...] = ()             # shard names when split
+    sha256: str | None = None
+    verify: dict | None = None              # the manifest's verify summary: ok, min_snr_db, max_rmse
+    verify_level: str | None = None
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    repo_id: str
+    quantized_by: str
+    files: list[CardFile]
+    base_model: str | None = None
+    source_commit: str | None = None
+    arch: str | None = None
+    recipe: str | None = None
+    quantcli_version: str | None = None
+    extra_tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _figure(value: object, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return "lossless" if value == "inf" else value
+    if value == float("inf"):
+        return "lossless"
+    return format(value, fmt)
+
+
+def front_matter(info: CardInfo) -> str:
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        base_model=info.base_model,
+        tags=list(dict.fromkeys((*TAGS, *info.extra_tags))),
+        library_name="gguf",
+        pipeline_tag="feature-extraction" if info.arch in EMBEDDING_ARCHS else "text-generation",
+        quantized_by=info.quantized_by,
+    )
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def render_card(info: CardInfo) -> str:
+    """The whole README.md."""
+    title = info.repo_id.split("/")[-1]
+    lines = [front_matter(info), f"# {title}", ""]
+    src = f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "the source model"
+    commit = f" at commit `{info.source_commit[:12]}`" if info.source_commit else ""
+    made = f"[quantcli]({QUANTCLI_URL}) {info.quantcli_version}" if info.quantcli_version else f"[quantcli]({QUANTCLI_URL})"
+    lines += [f"GGUF files of {src}{commit}, made with {made}"
+              + (f" (recipe `{info.recipe}`)." if info.recipe else ".")]
+    verified = [f for f in info.files if f.verify]
+    if verified and len(verified) == len(info.files):
+        lines.append("Every file was reopened with an independent reader (gguf-py) and checked before upload.")
+    elif verified:
+        lines.append("Files with an entry under Verified were reopened with an independent reader (gguf-py) and "
+                     "checked; the others were not verified by quantcli.")
+    lines.append("")
+    lines += ["## Files", "",
+              "| File | Type | Size | Bits per weight | Min SNR (dB) | Max RMSE | Verified |",
+              "|---|---|---|---|---|---|---|"]
+    for f in info.files:
+        v = f.verify or {}
+        target = f.parts[0] if f.parts else f.name
+        name = f"[{target}](https://huggingface.co/{info.repo_id}/blob/main/{target})"
+        if f.parts:
+            rest = len(f.parts) - 1
+            name += f" + {rest} more part{'s' if rest != 1 else ''}"
+        ok = "-" if not v else ("yes" if v.get("ok") else "**failed**")
+        if v and f.verify_level:
+            ok += f" ({f.verify_level})"
+        lines.append(f"| {name} | {f.type} | {_size(f.size)} | {f.bits_per_weight:.2f} | "
+                     f"{_figure(v.get('min_snr_db'), '.1f')} | {_figure(v.get('max_rmse'), '.3g')} | {ok} |")
+    lines += ["", "SNR and RMSE compare each tensor with the source weights after the same transform (verify level "
+              "`full`); the table shows the worst tensor of each file.", ""]
+    lines += _how_to_run(info)
+    lines += ["## Provenance", ""]
+    if info.base_model:
+        lines.append(f"- Source: `{info.base_model}`" + (f", commit `{info.source_commit}`" if info.source_commit else ""))
+    if info.recipe:
+        lines.append(f"- Recipe: `{info.recipe}`")
+    if info.quantcli_version:
+        lines.append(f"- quantcli {info.quantcli_version}")
+    lines += ["", "| File | sha256 |", "|---|---|"]
+    for f in info.files:
+        label = f.name + (f" (before splitting into {len(f.parts)} parts)" if f.parts else "")
+        lines.append(f"| {label} | {'`' + f.sha256 + '`' if f.sha256 else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _how_to_run(info: CardInfo) -> list[str]:
+    if not info.files:
+        return []
+    first = info.files[0]
+    file_arg = first.parts[0] if first.parts else first.name
+    lines = ["## Run it", "", "### llama.cpp", "", "```sh",
+             f"llama-cli -hf {info.repo_id}:{first.type} -p \"Why is the sky blue?\"",
+             f"llama-server -hf {info.repo_id}:{first.type}",
+             "# or with a downloaded file",
+             f"hf download {info.repo_id} --include '{first.name.removesuffix('.gguf')}*.gguf' --local-dir .",
+             f"llama-cli -m {file_arg} -p \"Why is the sky blue?\"",
+             "```", ""]
+    if any(f.parts for f in info.files):
+        lines += ["Split files are loaded by giving llama.cpp the first part (`-00001-of-`); it finds the others "
+                  "beside it.", ""]
+    lines += ["### Ollama", "", "```sh", f"ollama run hf.co/{info.repo_id}:{first.type}", "```", ""]
+    if len(info.files) > 1:
+        lines += ["Replace the tag with another type from the table (" + ", ".join(f.type for f in info.files) + ").", ""]
+    return lines

@@ -1,0 +1,259 @@
+"""The publish stage: the GGUF files of an output folder + a generated model card -> a Hugging Face model repo.
+
+The plan (`plan_publish`) reads the folder: every GGUF, its run manifest (type, verify figures, source commit,
+recipe with its publish settings), and decides which files must be split (above `max_shard_size`, and always
+above the hub's 50 GB per-file limit). `run_publish` writes the shards into a hidden staging folder beside the
+outputs, then creates the repo and uploads everything in one commit with huggingface_hub (create_repo +
+create_commit, which pre-uploads large files through the hub's LFS/Xet path before committing). Nothing is
+uploaded when a file failed its verification or changed since its manifest was written.
+
+    >>> plan = plan_publish(Path("out"), repo_id="me/SmolLM2-135M-Instruct-GGUF")
+    >>> [f.name for f in plan.files], plan.card.splitlines()[1]
+    (['SmolLM2-135M-Instruct-Q8_0.gguf'], 'base_model: HuggingFaceTB/SmolLM2-135M-Instruct')
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import InputError, OutputError
+from ..io.gguf_split import SHARD_PATTERN, parse_size, plan_shards, shard_name, split_gguf
+from .model_card import CardFile, CardInfo, render_card
+
+HUB_FILE_LIMIT = parse_size("50G")       # the hub refuses single files above this
+CARD_NAME = "README.md"
+STAGING_PREFIX = ".quantcli-publish-"
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class ModelFile:
+    """One GGUF of the folder with what its manifest says about it."""
+
+    path: Path
+    type: str
+    arch: str
+    size: int
+    bits_per_weight: float
+    n_tensor_bytes: list[int]
+    sha256: str | None = None
+    verify: dict | None = None
+    verify_level: str | None = None
+    manifest: dict | None = None           # the whole manifest it is listed in
+    shards: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class PublishPlan:
+    repo_id: str
+    private: bool
+    max_shard_size: int
+    files: list[ModelFile]
+    card: str
+    commit_message: str
+    folder: Path
+
+    def uploads(self) -> list[tuple[str, int]]:
+        """(path in repo, bytes) of everything the commit adds, the card last."""
+        out: list[tuple[str, int]] = []
+        for f in self.files:
+            if f.shards:
+                per = _shard_sizes(f, self.max_shard_size)
+                out.extend(zip(f.shards, per))
+            else:
+                out.append((f.name, f.size))
+        out.append((CARD_NAME, len(self.card.encode("utf-8"))))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repo_id": self.repo_id, "private": self.private, "max_shard_size": self.max_shard_size,
+                "commit_message": self.commit_message,
+                "files": [{"file": f.name, "type": f.type, "bytes": f.size, "bits_per_weight": round(f.bits_per_weight, 4),
+                           "sha256": f.sha256, "verify": f.verify, "shards": f.shards} for f in self.files],
+                "uploads": [{"path_in_repo": p, "bytes": n} for p, n in self.uploads()],
+                "card": self.card}
+
+
+def _shard_sizes(f: ModelFile, max_bytes: int) -> list[int]:
+    """Approximate shard sizes for display: their tensor bytes (headers are small next to them)."""
+    return [sum(f.n_tensor_bytes[i] for i in members) for members in plan_shards(f.n_tensor_bytes, max_bytes)]
+
+
+def _describe(path: Path) -> tuple[str, str, int, float, list[int]]:
+    """(mix from general.file_type, arch, bytes, bits per weight, tensor byte sizes) from the GGUF header."""
+    from ..io.gguf_layout import read_layout
+    from ..quant.mixes import MIXES
+
+    layout = read_layout(path)
+    ftype = layout.values.get("general.file_type")
+    mix = "?"
+    if isinstance(ftype, int):
+        mix = next((m.name for m in MIXES.values() if int(m.ftype) == ftype), f"file type {ftype}")
+    arch = str(layout.values.get("general.architecture", "?"))
+    return mix, arch, layout.size, layout.bits_per_weight, [t.n_bytes for t in layout.tensors]
+
+
+def _manifest_entries(folder: Path) -> dict[Path, tuple[dict, dict]]:
+    """Resolved output path -> (its manifest entry, the manifest), newest manifest winning."""
+    from ..pipeline.manifest import read_manifests
+
+    out: dict[Path, tuple[dict, dict]] = {}
+    for manifest in sorted(read_manifests(folder), key=lambda m: str(m.get("created", ""))):
+        base = Path(manifest["_path"]).parent
+        for entry in manifest.get("outputs", []):
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                out[(base / entry["file"]).resolve()] = (entry, manifest)
+    return out
+
+
+def _settings(manifests: list[dict], recipe: Any | None) -> dict[str, Any]:
+    """The publish section to fall back on: --recipe's, else the one recorded in the folder's manifests."""
+    if recipe is not None:
+        p = recipe.publish
+        return {"repo": p.repo, "private": p.private, "max_shard_size": p.max_shard_size}
+    for m in manifests:
+        section = (m.get("recipe") or {}).get("publish")
+        if isinstance(section, dict):
+            return section
+    return {}
+
+
+def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | None = None,
+                 max_shard_size: str | None = None, base_model: str | None = None, quantized_by: str | None = None,
+                 recipe: Any | None = None, commit_message: str | None = None, warn: Warn | None = None) -> PublishPlan:
+    """Everything the upload will do, computed from the folder without network access or writing anything."""
+    from .. import __version__
+    from .download import HubRef
+
+    warn = warn or (lambda message: None)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder.", hint="Give the output folder of quantcli convert/quantize.")
+    ggufs = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith(".") and p.is_file())
+    if not ggufs:
+        raise InputError(f"{folder} has no .gguf files to publish.",
+                         hint="Convert into it first: quantcli convert MODEL --recipe release -o " + str(folder))
+    entries = _manifest_entries(folder)
+    manifests = list({id(m): m for _, m in entries.values()}.values())
+    settings = _settings(manifests, recipe)
+    repo_id = repo_id or settings.get("repo")
+    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id:
+        raise InputError(f"{repo_id!r} is not a repo id to publish to." if repo_id else "no repo to publish to.",
+                         hint="Pass --repo you/model-GGUF (or set publish.repo in the recipe).")
+    limit = parse_size(max_shard_size or settings.get("max_shard_size") or "50G")
+    limit = min(limit, HUB_FILE_LIMIT)
+    files: list[ModelFile] = []
+    for path in ggufs:
+        if SHARD_PATTERN.match(path.name):
+            warn(f"{path.name} is already a shard; publishing it as is.")
+        mix, arch, size, bpw, sizes = _describe(path)
+        entry, manifest = entries.get(path.resolve(), (None, None))
+        f = ModelFile(path, mix, arch, size, bpw, sizes)
+        if entry is None:
+            warn(f"{path.name} has no run manifest beside it: its card row will have no verify figures.")
+        else:
+            f.type = str(entry.get("type") or mix)
+            f.sha256 = entry.get("sha256")
+            f.verify = entry.get("verify_summary")
+            f.verify_level = entry.get("verify_level")
+            f.manifest = manifest
+            if entry.get("bytes") not in (None, size):
+                raise InputError(f"{path.name} has {size} bytes but its manifest says {entry.get('bytes')}.",
+                                 hint="It changed after it was made; re-create it with quantcli convert.")
+            if isinstance(f.verify, dict) and f.verify.get("ok") is False:
+                raise InputError(f"{path.name} failed verification when it was made; it will not be published.",
+                                 hint="Fix the recipe's thresholds or the model, re-run convert, or remove the file.")
+        if len(plan_shards(sizes, limit)) > 1:
+            count = len(plan_shards(sizes, limit))
+            f.shards = [shard_name(path.name.removesuffix(".gguf"), i, count) for i in range(count)]
+        files.append(f)
+    card = render_card(_card_info(repo_id, files, base_model, quantized_by, __version__))
+    types = ", ".join(f.type for f in files)
+    message = commit_message or f"Upload {len(files)} GGUF file{'s' if len(files) != 1 else ''} ({types}) with quantcli {__version__}"
+    is_private = private if private is not None else bool(settings.get("private", False))
+    return PublishPlan(repo_id, is_private, limit, files, card, message, folder)
+
+
+def _card_info(repo_id: str, files: list[ModelFile], base_model: str | None, quantized_by: str | None,
+               version: str) -> CardInfo:
+    sources = [f.manifest.get("source") or {} for f in files if f.manifest]
+    recipes = [(f.manifest.get("recipe") or {}).get("name") for f in files if f.manifest]
+    base = base_model or next((s.get("repo_id") for s in sources if s.get("repo_id")), None)
+    commit = next((s.get("commit") for s in sources if s.get("repo_id") == base and s.get("commit")), None)
+    card_files = [CardFile(f.name, f.type, f.size, f.bits_per_weight, tuple(f.shards), f.sha256, f.verify, f.verify_level)
+                  for f in files]
+    return CardInfo(repo_id=repo_id, quantized_by=quantized_by or repo_id.split("/")[0], files=card_files,
+                    base_model=base, source_commit=commit, arch=files[0].arch if files else None,
+                    recipe=", ".join(sorted({r for r in recipes if r})) or None, quantcli_version=version)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    repo_id: str
+    commit_url: str | None
+    uploaded: list[str]
+
+
+def run_publish(plan: PublishPlan, *, api: Any | None = None, warn: Warn | None = None) -> PublishResult:
+    """Split what must be split, create the repo, upload files + card in one commit; staging is removed after."""
+    from huggingface_hub import CommitOperationAdd, constants
+
+    if api is None:
+        from huggingface_hub import HfApi, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            raise InputError("HF_HUB_OFFLINE is set, and publishing needs the hub.",
+                             hint="Unset HF_HUB_OFFLINE, or use --dry-run to see the plan.")
+        if not get_token():
+            raise InputError("publishing needs a Hugging Face token with write access, and none is set.",
+                             hint="Set HF_TOKEN (or run `hf auth login`); --dry-run shows the plan without one.")
+        api = HfApi()
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=plan.folder))
+    try:
+        operations = []
+        for f in plan.files:
+            if f.shards:
+                parts = split_gguf(f.path, staging, plan.max_shard_size, prefix=f.name.removesuffix(".gguf"))
+                if [p.name for p in parts] != f.shards:
+                    raise OutputError(f"splitting {f.name} gave {len(parts)} parts, the plan said {len(f.shards)}.",
+                                      hint="Please report this with the file's `quantcli inspect` output.")
+                operations += [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in parts]
+            else:
+                op = CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f.path))
+                if f.sha256 and op.upload_info.sha256.hex() != f.sha256:
+                    raise InputError(f"{f.name} changed since it was made (its sha256 differs from the manifest).",
+                                     hint="Re-create it with quantcli convert, then publish again.")
+                operations.append(op)
+        operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=plan.card.encode("utf-8")))
+        try:
+            api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
+            info = api.create_commit(plan.repo_id, operations, commit_message=plan.commit_message, repo_type="model")
+        except Exception as exc:  # noqa: BLE001 - hub errors become ours, others propagate
+            ours = _hub_error(exc, plan.repo_id)
+            if ours is None:
+                raise
+            raise ours from exc
+        return PublishResult(plan.repo_id, getattr(info, "commit_url", None), [op.path_in_repo for op in operations])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _hub_error(exc: Exception, repo_id: str) -> InputError | None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(exc, HfHubHTTPError):
+        return None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return InputError(f"the hub refused to let this token write to {repo_id} (HTTP {status}).",
+                          hint="Use a token with write access to that namespace (HF_TOKEN or `hf auth login`).")
+    return InputError(f"the hub answered HTTP {status} while publishing to {repo_id}: {str(exc).splitlines()[0]}",
+                      hint="Run the same command again: files already uploaded are not sent twice.")

@@ -1,0 +1,46 @@
+"""The fast GGUF layout scan agrees with gguf-py's reader on every tensor and metadata entry it reports."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from quantcli.errors import InputError
+from quantcli.io.gguf_layout import read_layout
+
+from .test_gguf_split import write_sample
+
+
+def test_layout_matches_gguf_py(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    write_sample(path, n_tensors=9, seed=3)
+    layout = read_layout(path)
+    reader = GGUFReader(path)
+    assert [t.name for t in layout.tensors] == [t.name for t in reader.tensors]
+    for ours, theirs in zip(layout.tensors, reader.tensors):
+        assert ours.qtype == theirs.tensor_type
+        assert list(ours.shape) == [int(x) for x in theirs.shape]
+        assert ours.data_offset == int(theirs.data_offset) and ours.n_bytes == int(theirs.n_bytes)
+    fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert [kv.key for kv in layout.kvs] == list(fields)
+    for kv in layout.kvs:
+        f = fields[kv.key]
+        assert kv.start == f.offset and kv.end - kv.start == sum(int(p.nbytes) for p in f.parts)
+    assert layout.values["general.name"] == "sample ✓" and layout.values["llama.block_count"] == 3
+    assert layout.array_lengths["tokenizer.ggml.tokens"] == 4
+    n = sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert layout.bits_per_weight == pytest.approx(8 * sum(int(t.n_bytes) for t in reader.tensors) / n)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 23, 60, -1])
+def test_truncated_files_are_input_errors(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / "m.gguf"
+    write_sample(path)
+    last = read_layout(path).tensors[-1]
+    data = path.read_bytes()
+    # -1: one byte short of the last tensor's data (trailing padding alone may be cut without harm)
+    path.write_bytes(data[:cut] if cut >= 0 else data[:last.data_offset + last.n_bytes - 1])
+    with pytest.raises(InputError, match="GGUF"):
+        read_layout(path)

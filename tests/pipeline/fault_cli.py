@@ -1,0 +1,50 @@
+"""Run the quantcli CLI with a fault injected at an OS boundary, so tests can reach states a healthy machine
+does not produce on demand. Everything else is the real program.
+
+    QC_MARKER=/tmp/m QC_SLOW_TYPE=F16 python -m tests.pipeline.fault_cli convert MODEL ...
+
+QC_MARKER / QC_SLOW_TYPE / QC_SLOW_SECONDS: after each tensor of type QC_SLOW_TYPE (any type when unset) is
+    encoded, touch the marker file and sleep (default 0.2 s): time to send a signal while outputs are open
+    under their temporary names.
+QC_FAKE_FREE_BYTES: shutil.disk_usage reports this much free space (a nearly full disk).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from quantcli.stages import quantize
+
+_real_encode = quantize.Encoder.encode
+
+
+def _slow_encode(self, t, raw):  # type: ignore[no-untyped-def]
+    data = _real_encode(self, t, raw)
+    wanted = os.environ.get("QC_SLOW_TYPE")
+    if not wanted or t.qtype.name == wanted:
+        Path(os.environ["QC_MARKER"]).touch()
+        time.sleep(float(os.environ.get("QC_SLOW_SECONDS", "0.2")))
+    return data
+
+
+if os.environ.get("QC_MARKER"):
+    quantize.Encoder.encode = _slow_encode  # type: ignore[method-assign]
+
+if os.environ.get("QC_FAKE_FREE_BYTES"):
+    _real_usage = shutil.disk_usage
+    _free = int(os.environ["QC_FAKE_FREE_BYTES"])
+
+    def _usage(path):  # type: ignore[no-untyped-def]
+        real = _real_usage(path)
+        return type(real)(real.total, real.total - _free, _free)
+
+    shutil.disk_usage = _usage  # type: ignore[assignment]
+
+if __name__ == "__main__":
+    from quantcli.cli.app import main
+
+    sys.argv = ["quantcli", *sys.argv[1:]]
+    main()

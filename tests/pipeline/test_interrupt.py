@@ -1,0 +1,85 @@
+"""Ctrl-C and SIGTERM during a write: no file under a final name, exit 130/143, and the next run finishes the
+work (skipping what was complete) with the bytes of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantcli.pipeline.cache import file_sha256
+from tests.fixtures.paths import REPO_ROOT
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, QUANTCLI_NO_PROGRESS="1", QUANTCLI_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    env.update(extra)
+    return env
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "quantcli.cli.app", *args], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def interrupt(args: list[str], env: dict[str, str], marker: Path, signum: int) -> subprocess.CompletedProcess:
+    """Start the slowed CLI, wait until it is writing, send `signum`, and collect the result."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pipeline.fault_cli", *args], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended or stalled before writing (rc {proc.returncode}): {err}")
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def finals_and_partials(folder: Path) -> tuple[list[str], list[str]]:
+    names = sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+    return [n for n in names if n.endswith(".gguf") and not n.startswith(".")], [n for n in names if "partial" in n]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_write_leaves_nothing_and_the_rerun_matches_a_clean_run(
+        tiny_llama: Path, release3: Path, tmp_path: Path, signum: int, code: int) -> None:
+    clean = cli(["convert", str(tiny_llama), "--recipe", str(release3), "--verify", "none", "-o", str(tmp_path / "clean")],
+                env_for(tmp_path, QUANTCLI_CACHE_DIR=str(tmp_path / "clean-cache")))
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "out"
+    marker = tmp_path / "writing"
+    args = ["convert", str(tiny_llama), "--recipe", str(release3), "--verify", "none", "-o", str(out)]
+    stopped = interrupt(args, env_for(tmp_path, QC_MARKER=str(marker)), marker, signum)
+    assert stopped.returncode == code, stopped.stderr
+    assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    finals, partials = finals_and_partials(out)
+    assert finals == [] and partials == []
+    assert not list(out.glob("*.manifest.json"))
+    rerun = cli(args, env_for(tmp_path))
+    assert rerun.returncode == 0, rerun.stderr
+    for name in ("tiny-llama-F16.gguf", "tiny-llama-Q8_0.gguf", "tiny-llama-Q4_0.gguf"):
+        assert file_sha256(out / name) == file_sha256(tmp_path / "clean" / name)
+
+
+def test_interrupted_batch_resumes_skipping_the_finished_job(tiny_llama: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(f"output: out\nverify: none\nmodels: [{tiny_llama}]\nrecipes: [q8_0, f16]\n")
+    marker = tmp_path / "writing"
+    stopped = interrupt(["batch", str(batch)], env_for(tmp_path, QC_MARKER=str(marker), QC_SLOW_TYPE="F16"),
+                        marker, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    finals, partials = finals_and_partials(tmp_path / "out")
+    assert finals == ["tiny-llama-Q8_0.gguf"] and partials == []     # the first job had finished
+    rerun = cli(["batch", str(batch), "--json"], env_for(tmp_path))
+    assert rerun.returncode == 0, rerun.stderr
+    import json
+
+    jobs = {j["id"]: j for j in json.loads(rerun.stdout)["jobs"]}
+    assert jobs["tiny-llama.q8_0"]["outputs"][0]["cached"] is True
+    assert jobs["tiny-llama.f16"]["outputs"][0]["cached"] is False
