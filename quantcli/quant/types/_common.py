@@ -20,7 +20,6 @@ one contiguous vector and a sequential sum is a loop of block_size vector additi
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 
@@ -46,8 +45,6 @@ QX_STEP = F32(0.1)
 QKX3_RMIN = F32(-0.9)
 QKX3_RDELTA = F32(0.05)
 QKX3_NSTEP = 36
-#: Blocks per chunk of the reference encoders: keeps the column-major work arrays within a few MB.
-CHUNK_BLOCKS = 1 << 15
 
 _IQ4_GRID_F32 = IQ4_GRID.astype(F32)
 
@@ -198,23 +195,6 @@ def imatrix_weights(xt: np.ndarray, qw: np.ndarray, sigma2: np.ndarray) -> np.nd
     """
     with np.errstate(over="ignore", invalid="ignore"):
         return (qw * np.sqrt(sigma2 + xt * xt)).astype(F32)
-
-
-def encode_in_chunks(rows: np.ndarray, block_size: int, row_bytes: int,
-                     encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Run encode(rows_chunk) over row chunks of about CHUNK_BLOCKS blocks and stack the bytes.
-
-    encode returns (rows_in_chunk, row_bytes) uint8. Rows are independent in every type, so chunking only
-    bounds memory (and keeps the work arrays in cache); it never changes the result.
-    """
-    nrows, n_per_row = rows.shape
-    out = np.empty((nrows, row_bytes), dtype=np.uint8)
-    step = max(1, CHUNK_BLOCKS // max(1, n_per_row // block_size))
-    # C's float arithmetic overflows and divides by zero silently; so do the encoders.
-    with np.errstate(all="ignore"):
-        for r0 in range(0, nrows, step):
-            out[r0:r0 + step] = encode(rows[r0:r0 + step])
-    return out
 
 
 def row_imatrix_weights(rows: np.ndarray, xt: np.ndarray, imatrix: np.ndarray, block_size: int) -> np.ndarray:

@@ -15,11 +15,10 @@ True
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 
-from ._common import (CHUNK_BLOCKS, F32, GROUP_MAX_EPS, block_weights, c_low_byte, c_min_max, encode_in_chunks,
+from ._common import (F32, GROUP_MAX_EPS, block_weights, c_low_byte, c_min_max,
                       f32_div, first_absmax, fp16_value, imatrix_weights, make_qkx3_quants, nearest_int, seq_sum,
                       to_columns)
 
@@ -35,19 +34,13 @@ REFINE_PASSES = 5
 K_SCALE_SIZE = 12
 #: Values per chunk of the reference encoders: their work arrays (one row per sub-block element) then stay
 #: around 1 MB, which measured faster than both larger and smaller chunks.
-CHUNK_VALUES = 1 << 18
+KQUANT_CHUNK_BLOCKS = (1 << 18) // 256  # super-blocks per chunk: the searches' work arrays stay in cache
 #: The largest 6-bit sub-block scale or min (Q4_K, Q5_K) and the offset of Q3_K's signed 6-bit scales.
 SCALE6_MAX = 63
 SCALE6_OFFSET = 32
 
 
 # ---- layout ----
-def encode_in_value_chunks(rows: np.ndarray, row_bytes: int,
-                           encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """`_common.encode_in_chunks` with chunks of about CHUNK_VALUES values (whole rows), not CHUNK_BLOCKS blocks."""
-    return encode_in_chunks(rows, max(1, CHUNK_VALUES // CHUNK_BLOCKS), row_bytes, encode)
-
-
 def super_block_sigma2(rows: np.ndarray, factor: float) -> np.ndarray:
     """`factor * sum(x*x) / QK_K` per super-block, the sum taken in element order (the imatrix paths' sigma2).
 

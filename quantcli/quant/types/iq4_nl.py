@@ -11,18 +11,13 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import (F32, IQ4_GRID, best_index_iq4, block_bytes, block_weights, c_inverse_or_zero,
-                      encode_in_chunks, fp16_field, iq4_block_scales, iq4_weights, pack_nibbles, read_fp16,
+                      fp16_field, iq4_block_scales, iq4_weights, pack_nibbles, read_fp16,
                       to_columns, unpack_nibbles)
 
 
 class IQ4_NL(QuantType, qtype=GGMLQuantizationType.IQ4_NL):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]),
-                                lambda chunk: cls._encode(chunk, imatrix))
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)
         qw = None if imatrix is None else block_weights(imatrix, rows.shape[0], cls.block_size)
         d = iq4_block_scales(xt, iq4_weights(xt, qw, 1))

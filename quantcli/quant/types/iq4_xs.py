@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import (F32, IQ4_GRID, best_index_iq4, block_bytes, block_weights, c_inverse_or_zero,
-                      encode_in_chunks, f32_div, first_absmax, fp16_field, iq4_block_scales, iq4_weights,
+                      f32_div, first_absmax, fp16_field, iq4_block_scales, iq4_weights,
                       nearest_int, pack_nibbles, read_fp16, to_columns, unpack_nibbles)
 
 SUB = 32              # values per block
@@ -24,12 +24,7 @@ HIGH_MASK = 0x3       # scales_h holds the top 2 bits, eight 2-bit fields in a l
 
 class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]),
-                                lambda chunk: cls._encode(chunk, imatrix))
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         n_sub = cls.block_size // SUB
         xt = to_columns(rows, SUB)                                   # (32, n_blocks of 32)
         qw = None if imatrix is None else block_weights(imatrix, rows.shape[0], SUB)

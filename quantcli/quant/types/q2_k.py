@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
                       make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
-from ._kquant import (QK_K, encode_in_value_chunks, make_qp_quants, pack_2bit, per_sub_block, requantize,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, make_qp_quants, pack_2bit, per_sub_block, requantize,
                       running_max_from_zero, super_block_sigma2, unpack_2bit)
 
 #: Q2_K's quants run 0..NMAX; sub-block scales and mins are 4 bits (0..SCALE_MAX).
@@ -59,9 +59,11 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q2_K(QuantType, qtype=GGMLQuantizationType.Q2_K):
+    chunk_blocks = KQUANT_CHUNK_BLOCKS
+
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_value_chunks(rows, cls.row_bytes(rows.shape[1]), lambda chunk: _encode(chunk, imatrix))
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        return _encode(rows, imatrix)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

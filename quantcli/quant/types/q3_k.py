@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax, fp16_field, fp16_value,
                       imatrix_weights, make_qx_quants, nearest_int, read_fp16, seq_sum, to_columns)
-from ._kquant import (QK_K, SCALE6_OFFSET, encode_in_value_chunks, make_q3_quants, pack_2bit, pack_q3_scales,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, SCALE6_OFFSET, make_q3_quants, pack_2bit, pack_q3_scales,
                       per_sub_block, requantize, super_block_sigma2, unpack_2bit, unpack_q3_scales)
 
 #: Q3_K's levels are q + NMAX with q in -NMAX..NMAX-1; sub-block scales are 6-bit signed (-32..31).
@@ -55,9 +55,11 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q3_K(QuantType, qtype=GGMLQuantizationType.Q3_K):
+    chunk_blocks = KQUANT_CHUNK_BLOCKS
+
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_value_chunks(rows, cls.row_bytes(rows.shape[1]), lambda chunk: _encode(chunk, imatrix))
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        return _encode(rows, imatrix)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

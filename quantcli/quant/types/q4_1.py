@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import (F32, QKX3_NSTEP, QKX3_RDELTA, QKX3_RMIN, affine_block_params, block_bytes, c_low_byte,
-                      c_trunc_int, encode_in_chunks, fp16_field, make_qkx3_quants, pack_nibbles, read_fp16,
+                      c_trunc_int, fp16_field, make_qkx3_quants, pack_nibbles, read_fp16,
                       row_imatrix_weights, to_columns, unpack_nibbles)
 
 QMAX = 15
@@ -19,12 +19,7 @@ QMAX = 15
 
 class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]),
-                                lambda chunk: cls._encode(chunk, imatrix))
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)
         half = cls.block_size // 2
         if imatrix is None:

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import block_bytes, fp16_field, read_fp16
-from ._kquant import (QK_K, decode_scale_min_32, encode_in_value_chunks, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q4_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -23,13 +23,12 @@ REF_SEARCH = (-1.0, 0.1, 20)
 
 
 class Q4_K(QuantType, qtype=GGMLQuantizationType.Q4_K):
-    @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        def encode(chunk: np.ndarray) -> np.ndarray:
-            d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=False)
-            return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, pack_4bit_pairs(L))
+    chunk_blocks = KQUANT_CHUNK_BLOCKS
 
-        return encode_in_value_chunks(rows, cls.row_bytes(rows.shape[1]), encode)
+    @classmethod
+    def encode_chunk(cls, chunk: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=False)
+        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, pack_4bit_pairs(L))
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

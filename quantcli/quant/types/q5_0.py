@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, encode_in_chunks, f32_div,
+from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, f32_div,
                       first_absmax, fp16_field, make_qx_quants, pack_q5, read_fp16, row_imatrix_weights, to_columns,
                       unpack_q5)
 
@@ -22,12 +22,7 @@ ROUND_OFFSET = F32(16.5)
 
 class Q5_0(QuantType, qtype=GGMLQuantizationType.Q5_0):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]),
-                                lambda chunk: cls._encode(chunk, imatrix))
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)
         if imatrix is None:
             _, vmax = first_absmax(xt)

@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import block_bytes, fp16_field, read_fp16
-from ._kquant import (QK_K, decode_scale_min_32, encode_in_value_chunks, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q5_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -26,16 +26,15 @@ def _pack_high_bits(L: np.ndarray) -> np.ndarray:
 
 
 class Q5_K(QuantType, qtype=GGMLQuantizationType.Q5_K):
-    @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        def encode(chunk: np.ndarray) -> np.ndarray:
-            # Q5_K's imatrix path clamps the 6-bit levels to 63 where Q4_K's does not (it only matters for
-            # the negative levels a degenerate search could give, which wrap modulo 256).
-            d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=True)
-            return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, _pack_high_bits(L),
-                               pack_4bit_pairs(L))
+    chunk_blocks = KQUANT_CHUNK_BLOCKS
 
-        return encode_in_value_chunks(rows, cls.row_bytes(rows.shape[1]), encode)
+    @classmethod
+    def encode_chunk(cls, chunk: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        # Q5_K's imatrix path clamps the 6-bit levels to 63 where Q4_K's does not (it only matters for
+        # the negative levels a degenerate search could give, which wrap modulo 256).
+        d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=True)
+        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, _pack_high_bits(L),
+                           pack_4bit_pairs(L))
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
                       fp16_field, fp16_value, make_qx_quants, nearest_int, read_fp16, to_columns)
-from ._kquant import QK_K, encode_in_value_chunks, requantize
+from ._kquant import KQUANT_CHUNK_BLOCKS, QK_K, requantize
 
 #: Q6_K's levels are q + NMAX with q in -NMAX..NMAX-1; the largest scale maps to SCALE_LEVELS (as -128).
 NMAX = 32
@@ -54,9 +54,11 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q6_K(QuantType, qtype=GGMLQuantizationType.Q6_K):
+    chunk_blocks = KQUANT_CHUNK_BLOCKS
+
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_value_chunks(rows, cls.row_bytes(rows.shape[1]), lambda chunk: _encode(chunk, imatrix))
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        return _encode(rows, imatrix)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

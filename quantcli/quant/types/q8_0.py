@@ -9,7 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_roundf, c_trunc_int, encode_in_chunks,
+from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_roundf, c_trunc_int,
                       f32_div, fp16_field, read_fp16, running_absmax, to_columns)
 
 QMAX = 127   # largest quant magnitude: (1 << 7) - 1
@@ -17,11 +17,7 @@ QMAX = 127   # largest quant magnitude: (1 << 7) - 1
 
 class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]), cls._encode)
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)
         d = f32_div(running_absmax(xt), F32(QMAX))
         with np.errstate(invalid="ignore", over="ignore"):

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import F32, block_bytes, encode_in_chunks, fp16_field, read_fp16, ternary_quants, to_columns
+from ._common import F32, block_bytes, fp16_field, read_fp16, ternary_quants, to_columns
 
 TRITS_PER_BYTE = 5
 POW3_BYTE = 3 ** TRITS_PER_BYTE                  # 243 numbers fit in one byte's trits
@@ -35,11 +35,7 @@ def _pack_region(q: np.ndarray, stride: int, trits: int) -> np.ndarray:
 
 class TQ1_0(QuantType, qtype=GGMLQuantizationType.TQ1_0):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]), cls._encode)
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, q = ternary_quants(to_columns(rows, cls.block_size))
         parts, start = [], 0
         for count, stride, trits in REGIONS:

@@ -10,7 +10,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import F32, block_bytes, encode_in_chunks, fp16_field, read_fp16, ternary_quants, to_columns
+from ._common import F32, block_bytes, fp16_field, read_fp16, ternary_quants, to_columns
 
 GROUP = 32          # bytes per group; each byte holds 4 values GROUP apart
 PER_BYTE = 4
@@ -19,11 +19,7 @@ BITS = 2
 
 class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
     @classmethod
-    def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        return encode_in_chunks(rows, cls.block_size, cls.row_bytes(rows.shape[1]), cls._encode)
-
-    @classmethod
-    def _encode(cls, rows: np.ndarray) -> np.ndarray:
+    def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, q = ternary_quants(to_columns(rows, cls.block_size))
         g = q.reshape(-1, PER_BYTE, GROUP, q.shape[1])                 # (groups, k, m, blocks)
         acc = np.zeros((g.shape[0], *g.shape[2:]), dtype=np.int32)   # ggml's uint8 `q += (t & 3) << 2k` wraps
