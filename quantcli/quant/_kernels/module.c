@@ -26,6 +26,22 @@ static void *qc_run_job(void *arg) {
     return NULL;
 }
 
+/* Run fn over n job records (each job_size bytes) with the GIL released: job 0 on this thread, the others on
+ * their own threads. A job whose thread cannot start runs here too, so the result is complete either way. */
+static void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
+    pthread_t tids[256];
+    int started = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 1; t < n; t++) {
+        if (pthread_create(&tids[t], NULL, fn, (char *)jobs + t * job_size) != 0) break;
+        started = t;
+    }
+    fn(jobs);
+    for (int t = started + 1; t < n; t++) fn((char *)jobs + t * job_size);
+    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+}
+
 static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int type_id, threads;
     Py_buffer src, dst, qw;
@@ -63,7 +79,6 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     if (threads > 256) threads = 256;
 
     qc_job jobs[256];
-    pthread_t tids[256];
     const int64_t per = nrows / threads, extra = nrows % threads;
     int64_t begin = 0;
     for (int t = 0; t < threads; t++) {
@@ -72,17 +87,7 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
                            n_per_row, dst.len / nrows, begin, begin + count};
         begin += count;
     }
-    int started = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&tids[t], NULL, qc_run_job, &jobs[t]) != 0) break;
-        started = t;
-    }
-    qc_run_job(&jobs[0]);
-    /* Any chunk whose thread could not start runs here, so the result is complete either way. */
-    for (int t = started + 1; t < threads; t++) qc_run_job(&jobs[t]);
-    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-    Py_END_ALLOW_THREADS
+    qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -127,21 +132,11 @@ static PyObject *qc_convert(PyObject *self, PyObject *args) {
     if (threads > 64) threads = 64;
     if (n < (1 << 16)) threads = 1;  /* not worth a thread for small tensors */
     qc_conv_job jobs[64];
-    pthread_t tids[64];
     for (int t = 0; t < threads; t++) {
         jobs[t] = (qc_conv_job){fns[kind], (const uint8_t *)src.buf, (uint8_t *)dst.buf, sizes[kind][0],
                                 sizes[kind][1], n * t / threads, n * (t + 1) / threads};
     }
-    int started = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&tids[t], NULL, qc_run_conv, &jobs[t]) != 0) break;
-        started = t;
-    }
-    qc_run_conv(&jobs[0]);
-    for (int t = started + 1; t < threads; t++) qc_run_conv(&jobs[t]);
-    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-    Py_END_ALLOW_THREADS
+    qc_parallel(qc_run_conv, jobs, sizeof(qc_conv_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:
