@@ -30,7 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import InputError, QuantcliError, RecipeError
-from ..recipe.schema import _check_keys, _Ctx, _mapping, _scalar
+from ..recipe.strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 
 VERIFY_LEVELS = ("none", "structure", "full")
 DEFAULT_OUTPUT = "out/{model}"
@@ -86,10 +86,10 @@ def _resolve_model(model: str, base: Path) -> str:
     return model
 
 
-def _resolve_recipe(ctx: _Ctx, node: yaml.Node, base: Path) -> tuple[str, str]:
+def _resolve_recipe(ctx: YamlContext, node: yaml.Node, base: Path) -> tuple[str, str]:
     from ..recipe import builtin_names, resolve_recipe
 
-    value = _scalar(ctx, node, "recipe", str)
+    value = scalar(ctx, node, "recipe", str)
     path = Path(value)
     if path.suffix in (".yaml", ".yml") or "/" in value:
         target = path if path.is_absolute() else base / path
@@ -106,7 +106,7 @@ def _resolve_recipe(ctx: _Ctx, node: yaml.Node, base: Path) -> tuple[str, str]:
     return value, recipe.name
 
 
-def _recipe_list(ctx: _Ctx, node: yaml.Node, base: Path, what: str) -> list[tuple[str, str]]:
+def _recipe_list(ctx: YamlContext, node: yaml.Node, base: Path, what: str) -> list[tuple[str, str]]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise ctx.fail(node, f"{what} must be a non-empty list of recipe names or files.")
     return [_resolve_recipe(ctx, n, base) for n in node.value]
@@ -115,24 +115,16 @@ def _recipe_list(ctx: _Ctx, node: yaml.Node, base: Path, what: str) -> list[tupl
 def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -> Batch:
     """Parse and check a batch file; every error names the file and line."""
     base = Path(base) if base is not None else Path(".")
-    ctx = _Ctx(source)
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from exc
-    if root is None:
-        raise RecipeError(f"{source}: the batch file is empty.", hint="It needs `models:` and `recipes:` lists.")
-    items = _mapping(ctx, root, "the batch file")
-    _check_keys(ctx, items, _TOP_KEYS, "the batch file")
+    ctx = YamlContext(source)
+    root, items = compose(ctx, text, "the batch file", "It needs `models:` and `recipes:` lists.")
+    check_keys(ctx, items, _TOP_KEYS, "the batch file")
     if "models" not in items:
         raise ctx.fail(root, "the batch file needs a 'models' list.")
-    output = _scalar(ctx, items["output"][1], "output", str) if "output" in items else DEFAULT_OUTPUT
-    verify = _scalar(ctx, items["verify"][1], "verify", str) if "verify" in items else "structure"
+    output = scalar(ctx, items["output"][1], "output", str) if "output" in items else DEFAULT_OUTPUT
+    verify = scalar(ctx, items["verify"][1], "verify", str) if "verify" in items else "structure"
     if verify not in VERIFY_LEVELS:
         raise ctx.fail(items["verify"][1], f"verify must be one of {', '.join(VERIFY_LEVELS)}, got {verify!r}.")
-    threads = _scalar(ctx, items["threads"][1], "threads", int) if "threads" in items else 0
+    threads = scalar(ctx, items["threads"][1], "threads", int) if "threads" in items else 0
     if threads < 0:
         raise ctx.fail(items["threads"][1], "threads must be 0 (all cores) or more.")
     recipes = _recipe_list(ctx, items["recipes"][1], base, "recipes") if "recipes" in items else None
@@ -144,16 +136,16 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
     for node in mnode.value:
         model_output, name = output, None
         if isinstance(node, yaml.MappingNode):
-            entry = _mapping(ctx, node, "a models entry")
-            _check_keys(ctx, entry, _MODEL_KEYS, "a models entry")
+            entry = mapping(ctx, node, "a models entry")
+            check_keys(ctx, entry, _MODEL_KEYS, "a models entry")
             if "model" not in entry:
                 raise ctx.fail(node, "a models entry needs 'model' (a hub id or folder).")
-            model = _scalar(ctx, entry["model"][1], "model", str)
+            model = scalar(ctx, entry["model"][1], "model", str)
             own = _recipe_list(ctx, entry["recipes"][1], base, "recipes") if "recipes" in entry else recipes
-            model_output = _scalar(ctx, entry["output"][1], "output", str) if "output" in entry else output
-            name = _scalar(ctx, entry["name"][1], "name", str) if "name" in entry else None
+            model_output = scalar(ctx, entry["output"][1], "output", str) if "output" in entry else output
+            name = scalar(ctx, entry["name"][1], "name", str) if "name" in entry else None
         else:
-            model, own = _scalar(ctx, node, "model", str), recipes
+            model, own = scalar(ctx, node, "model", str), recipes
         if own is None:
             raise ctx.fail(node, f"no recipes for {model}: add a top-level 'recipes' list or one in the entry.")
         resolved = _resolve_model(model, base)

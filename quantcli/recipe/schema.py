@@ -18,6 +18,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import RecipeError
+from .strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 
 DEFAULT_FILE = "{model}-{type}.gguf"
 FILE_FIELDS = ("model", "type", "recipe")
@@ -73,49 +74,8 @@ class Recipe:
 
 # ---- strict loading ----------------------------------------------------------------------------------------
 
-class _Ctx:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, node: yaml.Node | None, message: str, hint: str | None = None) -> RecipeError:
-        where = f"{self.source}:{node.start_mark.line + 1}" if node is not None else self.source
-        return RecipeError(f"{where}: {message}", hint=hint)
-
-
-def _mapping(ctx: _Ctx, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    if not isinstance(node, yaml.MappingNode):
-        raise ctx.fail(node, f"{what} must be a mapping (key: value lines).")
-    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for k, v in node.value:
-        if not isinstance(k, yaml.ScalarNode):
-            raise ctx.fail(k, f"{what} has a non-text key.")
-        if k.value in out:
-            raise ctx.fail(k, f"{what} repeats the key {k.value!r}.")
-        out[k.value] = (k, v)
-    return out
-
-
-def _scalar(ctx: _Ctx, node: yaml.Node, key: str, kind: type) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
-        raise ctx.fail(node, f"{key} must be a single {kind.__name__}.")
-    value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ctx.fail(node, f"{key} must be a {kind.__name__}, got {node.value!r}.")
-    return value
-
-
-def _check_keys(ctx: _Ctx, items: dict, allowed: tuple[str, ...], what: str) -> None:
-    for key, (knode, _) in items.items():
-        if key not in allowed:
-            raise ctx.fail(knode, f"unknown key {key!r} in {what}.", hint=f"Allowed keys: {', '.join(allowed)}.")
-
-
-def _type_name(ctx: _Ctx, node: yaml.Node, key: str, valid: Callable[[str], bool], names: str) -> str:
-    value = _scalar(ctx, node, key, str).upper()
+def _type_name(ctx: YamlContext, node: yaml.Node, key: str, valid: Callable[[str], bool], names: str) -> str:
+    value = scalar(ctx, node, key, str).upper()
     if not valid(value):
         raise ctx.fail(node, f"{key}: {value!r} is not a known type.", hint=f"Valid: {names}.")
     return value
@@ -142,9 +102,9 @@ def _mix_names() -> str:
 _OUTPUT_KEYS = tuple(f.name for f in fields(OutputSpec))
 
 
-def _output(ctx: _Ctx, node: yaml.Node, what: str) -> OutputSpec:
-    items = _mapping(ctx, node, what)
-    _check_keys(ctx, items, _OUTPUT_KEYS, what)
+def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec:
+    items = mapping(ctx, node, what)
+    check_keys(ctx, items, _OUTPUT_KEYS, what)
     if "type" not in items:
         raise ctx.fail(node, f"{what} needs a 'type' (e.g. type: Q4_K_M).")
     kw: dict[str, Any] = {"type": _type_name(ctx, items["type"][1], "type", _valid_mix, _mix_names())}
@@ -153,12 +113,12 @@ def _output(ctx: _Ctx, node: yaml.Node, what: str) -> OutputSpec:
         if key in items:
             kw[key] = _type_name(ctx, items[key][1], key, _valid_ggml, ggml_names)
     if "pure" in items:
-        kw["pure"] = _scalar(ctx, items["pure"][1], "pure", bool)
+        kw["pure"] = scalar(ctx, items["pure"][1], "pure", bool)
     if "pre_tokenizer" in items:
-        kw["pre_tokenizer"] = _scalar(ctx, items["pre_tokenizer"][1], "pre_tokenizer", str)
+        kw["pre_tokenizer"] = scalar(ctx, items["pre_tokenizer"][1], "pre_tokenizer", str)
     if "file" in items:
         fnode = items["file"][1]
-        template = _scalar(ctx, fnode, "file", str)
+        template = scalar(ctx, fnode, "file", str)
         for fld in re.findall(r"{([^{}]*)}", template):
             if fld not in FILE_FIELDS:
                 raise ctx.fail(fnode, f"file template uses {{{fld}}}.", hint=f"Available: {', '.join('{%s}' % f for f in FILE_FIELDS)}.")
@@ -168,7 +128,7 @@ def _output(ctx: _Ctx, node: yaml.Node, what: str) -> OutputSpec:
     if "tensor_types" in items:
         tnode = items["tensor_types"][1]
         pairs = []
-        for key, (pk, pv) in _mapping(ctx, tnode, "tensor_types").items():
+        for key, (pk, pv) in mapping(ctx, tnode, "tensor_types").items():
             try:
                 re.compile(key)
             except re.error as exc:
@@ -178,15 +138,15 @@ def _output(ctx: _Ctx, node: yaml.Node, what: str) -> OutputSpec:
     return OutputSpec(**kw)
 
 
-def _section(ctx: _Ctx, node: yaml.Node, cls: type, what: str) -> Any:
-    items = _mapping(ctx, node, what)
+def _section(ctx: YamlContext, node: yaml.Node, cls: type, what: str) -> Any:
+    items = mapping(ctx, node, what)
     names = {f.name: f for f in fields(cls)}
-    _check_keys(ctx, items, tuple(names), what)
+    check_keys(ctx, items, tuple(names), what)
     kw = {}
     for key, (_, vnode) in items.items():
         ftype = names[key].type
         kind = bool if "bool" in str(ftype) else float if "float" in str(ftype) else str
-        kw[key] = _scalar(ctx, vnode, f"{what}.{key}", kind)
+        kw[key] = scalar(ctx, vnode, f"{what}.{key}", kind)
     return cls(**kw)
 
 
@@ -194,17 +154,9 @@ _TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish")
 
 
 def parse_recipe(text: str, source: str = "<string>", default_name: str = "recipe") -> Recipe:
-    ctx = _Ctx(source)
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from exc
-    if root is None:
-        raise RecipeError(f"{source}: the recipe is empty.", hint="Start with `quantize: {type: Q4_K_M}`.")
-    items = _mapping(ctx, root, "the recipe")
-    _check_keys(ctx, items, _TOP_KEYS, "the recipe")
+    ctx = YamlContext(source)
+    root, items = compose(ctx, text, "the recipe", "Start with `quantize: {type: Q4_K_M}`.")
+    check_keys(ctx, items, _TOP_KEYS, "the recipe")
     if ("quantize" in items) == ("outputs" in items):
         raise ctx.fail(root, "a recipe needs exactly one of 'quantize' (one output) or 'outputs' (a list).")
     if "quantize" in items:
@@ -218,8 +170,8 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
         if len(set(files)) != len(files):
             raise ctx.fail(lnode, "two outputs would write the same file name.",
                            hint="Give each output a distinct 'file' template or type.")
-    name = _scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
-    desc = _scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
+    name = scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
+    desc = scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
     verify = _section(ctx, items["verify"][1], VerifySpec, "verify") if "verify" in items else VerifySpec()
     publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
     return Recipe(name, desc, outputs, verify, publish, source)
