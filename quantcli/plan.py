@@ -10,6 +10,7 @@ check compares its total with free space; the cache keys on its canonical form.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from gguf import GGMLQuantizationType, Keys
@@ -68,8 +69,9 @@ class Plan:
     metadata: tuple[MetaKV, ...]
     tensors: tuple[TensorPlan, ...]
 
-    @property
+    @cached_property
     def total_bytes(self) -> int:
+        # Encodes the whole metadata (the token list is large), so it is worked out once.
         return planned_size(self.metadata, [t.info for t in self.tensors])
 
     @property
@@ -107,25 +109,50 @@ def general_metadata(adapter: Architecture, ckpt: Checkpoint, mix: str) -> list[
     return out
 
 
-def make_plan(ckpt: Checkpoint, options: QuantOptions, *, extra_metadata: list[MetaKV] | None = None) -> Plan:
-    """Plan the conversion of `ckpt`: adapter, tokenizer metadata, tensor specs and the mix's type per tensor."""
-    from .models.tokenizer import tokenizer_metadata
+@dataclass
+class SourceModel:
+    """What every output of one checkpoint shares: its adapter, tensor specs and tokenizer metadata.
 
-    adapter = adapter_for(ckpt.config, ckpt.path)
+    Built once per run, so a recipe with several outputs maps names and parses the tokenizer once.
+    """
+
+    ckpt: Checkpoint
+    adapter: Architecture
+    specs: list[TensorSpec]
+    _tokenizer: dict[str | None, list[MetaKV]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, ckpt: Checkpoint) -> "SourceModel":
+        adapter = adapter_for(ckpt.config, ckpt.path)
+        specs = adapter.tensor_specs(ckpt.tensors)
+        for spec in specs:
+            for src in spec.sources:
+                if ckpt.tensors[src].dtype not in ("F32", "F16", "BF16", "F64"):
+                    raise InputError(f"tensor {src!r} has dtype {ckpt.tensors[src].dtype}; weights must be F32, F16 or BF16.",
+                                     hint="This looks like an already quantized checkpoint; convert the original weights.")
+        return cls(ckpt, adapter, specs)
+
+    def tokenizer(self, pre_tokenizer: str | None) -> list[MetaKV]:
+        if pre_tokenizer not in self._tokenizer:
+            from .models.tokenizer import tokenizer_metadata
+
+            vocab_size = int(self.adapter.get("vocab_size", default=0) or 0)  # type: ignore[arg-type]
+            self._tokenizer[pre_tokenizer] = tokenizer_metadata(self.ckpt.path, self.ckpt.config, vocab_size=vocab_size,
+                                                                pre_tokenizer=pre_tokenizer)
+        return self._tokenizer[pre_tokenizer]
+
+
+def make_plan(ckpt: Checkpoint | SourceModel, options: QuantOptions, *,
+              extra_metadata: list[MetaKV] | None = None) -> Plan:
+    """Plan the conversion of a checkpoint (or of a SourceModel shared by several outputs) for one output."""
+    source = ckpt if isinstance(ckpt, SourceModel) else SourceModel.open(ckpt)
+    ckpt, adapter, specs = source.ckpt, source.adapter, source.specs
     mix = (options.mix or default_mix(ckpt)).upper()
     if mix not in MIXES:
         raise InputError(f"unknown type {mix!r}.", hint=f"Valid types: {', '.join(MIXES)}.")
-    specs = adapter.tensor_specs(ckpt.tensors)
-    for spec in specs:
-        for src in spec.sources:
-            if ckpt.tensors[src].dtype not in ("F32", "F16", "BF16", "F64"):
-                raise InputError(f"tensor {src!r} has dtype {ckpt.tensors[src].dtype}; weights must be F32, F16 or BF16.",
-                                 hint="This looks like an already quantized checkpoint; convert the original weights.")
     mix_tensors = [MixTensor(s.name, tuple(reversed(s.shape))) for s in specs]
     types = choose_types(mix, mix_tensors, mix_context(adapter, options.imatrix is not None), options.mix_options)
-    vocab_size = int(adapter.get("vocab_size", default=0) or 0)  # type: ignore[arg-type]
-    metadata = general_metadata(adapter, ckpt, mix) + adapter.metadata()
-    metadata += tokenizer_metadata(ckpt.path, ckpt.config, vocab_size=vocab_size, pre_tokenizer=options.pre_tokenizer)
+    metadata = general_metadata(adapter, ckpt, mix) + adapter.metadata() + source.tokenizer(options.pre_tokenizer)
     metadata += extra_metadata or []
     tensors = tuple(TensorPlan(s, types[s.name], tuple(ckpt.tensors[x].dtype for x in s.sources)) for s in specs)
     return Plan(ckpt.path, adapter.arch_name, mix, tuple(metadata), tensors)

@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
-from ..plan import Plan, QuantOptions, TensorPlan, make_plan
+from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe, VerifySpec
 from ..stages.download import Snapshot
@@ -168,7 +168,8 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     source = snapshot.path
     ckpt = Checkpoint.open(source)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
-    plans = [make_plan(ckpt, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
+    source_model = SourceModel.open(ckpt)
+    plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     paths = output_paths(request, ckpt, plans, snapshot.name)
     result = ConvertResult(source, plans[0].arch, snapshot=snapshot)
