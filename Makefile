@@ -35,8 +35,8 @@ models: dev
 
 # The whole suite on both backends (markupsafe/msgpack style: the C path and the reference give the same bytes).
 test: models
-	QUANTCLI_BACKEND=c $(PYTHON) -m pytest -q -p no:cacheprovider tests
-	QUANTCLI_BACKEND=reference $(PYTHON) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	QUANTCLI_BACKEND=c $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20 tests
+	QUANTCLI_BACKEND=reference $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20 -m "not slow" tests
 
 test-fast: dev
 	$(PYTHON) -m pytest -q -x -m "not slow" tests
@@ -52,7 +52,7 @@ demo: install
 	$(BIN)/quantcli verify smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
 
 lint: dev
-	$(PYTHON) -m pyflakes quantcli tests 2>/dev/null || true
+	$(BIN)/ruff check --select F quantcli tests benchmarks
 
 clean:
 	rm -rf build *.egg-info quantcli/*.so .pytest_cache

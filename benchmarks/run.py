@@ -54,14 +54,18 @@ def same_tensors(a: Path, b: Path) -> str:
 
 def compare_tensors(a: str, b: str) -> str:
     """'identical' when every tensor has the same name, type and bytes in both files; else what differs."""
-    from gguf import GGUFReader
+    from quantcli.io.gguf_layout import read_layout
 
-    ra, rb = GGUFReader(a), GGUFReader(b)
-    ta = {t.name: t for t in ra.tensors}
-    tb = {t.name: t for t in rb.tensors}
+    la, lb = read_layout(Path(a)), read_layout(Path(b))
+    ta, tb = {t.name: t for t in la.tensors}, {t.name: t for t in lb.tensors}
     if set(ta) != set(tb):
         return f"different tensor sets ({len(ta)} vs {len(tb)})"
-    diff = [n for n in ta if ta[n].tensor_type != tb[n].tensor_type or bytes(ta[n].data.tobytes()) != bytes(tb[n].data.tobytes())]
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        def data(fp, t) -> bytes:  # type: ignore[no-untyped-def]
+            fp.seek(t.data_offset)
+            return fp.read(t.n_bytes)
+
+        diff = [n for n in ta if ta[n].qtype != tb[n].qtype or data(fa, ta[n]) != data(fb, tb[n])]
     return "identical" if not diff else f"{len(diff)} of {len(ta)} tensors differ (first {diff[0]})"
 
 
@@ -70,11 +74,16 @@ def quantcli(model: Path, out: Path, qtype: str, threads: int) -> list[str]:
             "--verify", "none", "--threads", str(threads)]
 
 
-def row(label: str, peer: Measurement, ours: Measurement, check: str = "") -> dict:
-    return {"step": label, "llama.cpp s": round(peer.seconds, 3), "quantcli s": round(ours.seconds, 3),
-            "time ratio": round(ours.seconds / peer.seconds, 3),
-            "llama.cpp RSS MB": round(peer.peak_rss_mb), "quantcli RSS MB": round(ours.peak_rss_mb),
-            "RSS ratio": round(ours.peak_rss_mb / peer.peak_rss_mb, 3), "bytes": check}
+def row(label: str, peer: Measurement, ours: Measurement, check: str = "", peer_extra: Measurement | None = None,
+        note: str = "") -> dict:
+    """One table row; with peer_extra (the F16 conversion before llama-quantize), the peer's figures are the
+    two steps' sum of times and the larger of the two peaks."""
+    peer_s = peer.seconds + (peer_extra.seconds if peer_extra else 0.0)
+    peer_rss = max(peer.peak_rss_mb, peer_extra.peak_rss_mb if peer_extra else 0.0)
+    return {"step": label, "llama.cpp s": round(peer_s, 3), "quantcli s": round(ours.seconds, 3),
+            "time ratio": round(ours.seconds / peer_s, 3),
+            "llama.cpp RSS MB": round(peer_rss), "quantcli RSS MB": round(ours.peak_rss_mb),
+            "RSS ratio": round(ours.peak_rss_mb / peer_rss, 3), "bytes": check, "note": note}
 
 
 def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> list[dict]:
@@ -84,36 +93,30 @@ def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> li
     env_peer = convert_env(tree)
     env_ours = {"QUANTCLI_NO_PROGRESS": "1"}
     rows: list[dict] = []
+    convert_f16: dict[str, Measurement] = {}
     bench_models = [models / "bench-llama-168m"] + ([] if quick else [models / "SmolLM2-135M-Instruct"])
     for model in bench_models:
         for qtype, outtype in CONVERT_TYPES.items():
             peer_out, our_out = work / f"peer-{model.name}-{qtype}.gguf", work / f"ours-{model.name}-{qtype}.gguf"
             peer = measure("peer", convert_command(tree, model, peer_out, outtype), repeats, env_peer)
             ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
-            rows.append(row(f"{model.name}: HF -> {qtype} (convert_hf_to_gguf.py vs quantcli convert)", peer, ours,
-                            same_tensors(peer_out, our_out) if qtype == "F16" else ""))
+            if qtype == "F16":
+                convert_f16[model.name] = peer
+            rows.append(row(f"{model.name}: HF -> {qtype}", peer, ours,
+                            same_tensors(peer_out, our_out) if qtype == "F16" else "",
+                            note="convert_hf_to_gguf.py vs quantcli convert"))
             print(json.dumps(rows[-1]), flush=True)
     model = bench_models[0]
     f16 = work / f"peer-{model.name}-F16.gguf"
     for qtype in QUANT_TYPES[:3] if quick else QUANT_TYPES:
         peer_out, our_out = work / f"peer-q-{qtype}.gguf", work / f"ours-q-{qtype}.gguf"
-        ftype = int(MIXES[qtype].ftype)
-        peer = measure("peer", quantize_command(f16, peer_out, ftype, threads), repeats)
+        peer = measure("peer", quantize_command(f16, peer_out, int(MIXES[qtype].ftype), threads), repeats)
         ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
-        rows.append(row(f"{model.name}: {qtype} (llama_model_quantize on F16 GGUF vs quantcli from HF)", peer, ours,
-                        same_tensors(peer_out, our_out)))
+        rows.append(row(f"{model.name}: HF -> {qtype}", peer, ours, same_tensors(peer_out, our_out),
+                        peer_extra=convert_f16[model.name],
+                        note=f"convert_hf_to_gguf.py to F16, then llama-quantize ({peer.seconds:.2f} s of it), "
+                             f"vs one quantcli convert"))
         print(json.dumps(rows[-1]), flush=True)
-        if qtype == "Q4_K_M":
-            convert_f16 = next(r for r in rows if r["step"].startswith(f"{model.name}: HF -> F16"))
-            total_peer = convert_f16["llama.cpp s"] + peer.seconds
-            rows.append({"step": f"{model.name}: end to end HF -> Q4_K_M (convert + quantize vs one command)",
-                         "llama.cpp s": round(total_peer, 3), "quantcli s": round(ours.seconds, 3),
-                         "time ratio": round(ours.seconds / total_peer, 3),
-                         "llama.cpp RSS MB": max(convert_f16["llama.cpp RSS MB"], round(peer.peak_rss_mb)),
-                         "quantcli RSS MB": round(ours.peak_rss_mb),
-                         "RSS ratio": round(ours.peak_rss_mb / max(convert_f16["llama.cpp RSS MB"], peer.peak_rss_mb), 3),
-                         "bytes": rows[-1]["bytes"]})
-            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -138,6 +141,13 @@ def write_report(rows: list[dict], out: Path, repeats: int, threads: int) -> Non
         "|" + "|".join("---" for _ in cols) + "|",
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    quant = [r for r in rows if "llama-quantize" in r["note"]]
+    if quant:
+        ratios = sorted(r["time ratio"] for r in quant)
+        lines += ["", f"HF checkpoint to a quantized GGUF, end to end ({len(quant)} types): quantcli takes "
+                      f"{ratios[0]:.2f}–{ratios[-1]:.2f}× llama.cpp's time (convert to F16, then quantize); "
+                      f"peak RSS {min(r['RSS ratio'] for r in quant):.2f}–{max(r['RSS ratio'] for r in quant):.2f}×. "
+                      f"Identical tensor bytes in {sum(r['bytes'] == 'identical' for r in quant)} of {len(quant)}."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 

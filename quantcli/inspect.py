@@ -33,9 +33,15 @@ def describe(path: Path) -> dict:
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
     if not path.exists():
         raise InputError(f"{path} does not exist.", hint="Give a .gguf file or a model folder.")
-    from .stages.verify import open_reader
+    from gguf import GGUFReader
 
-    reader = open_reader(path)
+    from .errors import VerifyError
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on hostile files
+        raise VerifyError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}).",
+                          hint="Re-create it with quantcli convert.") from exc
     metadata = {name: _gguf_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape], "bytes": int(t.n_bytes)}
                for t in reader.tensors]

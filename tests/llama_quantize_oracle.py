@@ -19,7 +19,9 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, Keys, LlamaFileType
+from gguf import GGMLQuantizationType, Keys, LlamaFileType
+
+from tests.gguf_files import scalar_metadata, tensor_shapes, tensor_types
 
 # llama.cpp's "not set" value for a ggml type field (GGML_TYPE_COUNT at commit 0c1e570)
 GGML_TYPE_UNSET = 43
@@ -79,20 +81,19 @@ def _type_or_unset(qtype: GGMLQuantizationType | None) -> int:
 
 def gguf_tensor_types(path: Path) -> dict[str, GGMLQuantizationType]:
     """Tensor name -> stored ggml type of a GGUF file."""
-    return {t.name: GGMLQuantizationType(t.tensor_type) for t in GGUFReader(path).tensors}
+    return tensor_types(path)
 
 
 def gguf_file_type(path: Path) -> int:
-    return int(GGUFReader(path).fields[Keys.General.FILE_TYPE].contents())
+    return int(scalar_metadata(path)[Keys.General.FILE_TYPE])
 
 
 def random_imatrix(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Positive importance weights for every matrix of a GGUF (ne[0] values per expert), as an imatrix file holds."""
     rng = np.random.default_rng(seed)
     weights = {}
-    for tensor in GGUFReader(path).tensors:
-        shape = [int(n) for n in tensor.shape]
+    for name, shape in tensor_shapes(path).items():
         if len(shape) >= 2:
             n_matrices = shape[2] if len(shape) > 2 else 1
-            weights[tensor.name] = rng.uniform(0.1, 2.0, size=shape[0] * n_matrices).astype(np.float32)
+            weights[name] = rng.uniform(0.1, 2.0, size=shape[0] * n_matrices).astype(np.float32)
     return weights

@@ -24,7 +24,7 @@ from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
-from ..recipe.schema import OutputSpec, Recipe, VerifySpec
+from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
 
 if TYPE_CHECKING:

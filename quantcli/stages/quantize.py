@@ -17,7 +17,6 @@ from gguf import GGMLQuantizationType
 from ..errors import InputError, OutputError
 from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
-from ..io.safetensors import to_float32
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
 from ..quant.imatrix import ImportanceMatrix

@@ -162,3 +162,14 @@ def test_bad_recipe_names_file_and_line(model: Path, tmp_path: Path) -> None:
 def test_unknown_type_lists_the_valid_ones(model: Path, tmp_path: Path) -> None:
     res = run_cli("convert", str(model), "--type", "Q9_9", "-o", str(tmp_path / "x.gguf"))
     assert res.returncode == 2 and "Q4_K_M" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_forced_type_the_rows_cannot_hold_is_refused_before_writing(tmp_path: Path) -> None:
+    # tiny-qwen2's rows have 128 values. llama.cpp does not fall back for a type the user forces: it fails
+    # validation or aborts mid-file; quantcli refuses before opening the output.
+    out = tmp_path / "out" / "x.gguf"
+    res = run_cli("convert", str(model_path("tiny-qwen2")), "--type", "Q4_K_M", "--token-embedding-type", "Q4_K",
+                  "-o", str(out))
+    assert res.returncode == 2, res.stderr
+    assert "--token-embedding-type Q4_K cannot hold 'token_embd.weight'" in res.stderr and "Traceback" not in res.stderr
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []

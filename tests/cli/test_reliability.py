@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.fixtures.paths import REPO_ROOT, model_path
 

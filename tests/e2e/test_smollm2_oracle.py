@@ -7,36 +7,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 
 from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
 from tests.fixtures.paths import model_path
+from tests.gguf_files import stored_tensors
 
 pytestmark = pytest.mark.slow
 
 
-def tensors(path: Path) -> dict[str, tuple[GGMLQuantizationType, bytes]]:
-    return {t.name: (GGMLQuantizationType(int(t.tensor_type)), np.asarray(t.data).tobytes())
-            for t in GGUFReader(path).tensors}
-
-
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
 def test_rebuilt_smollm2_reproduces_the_package_tensors(tmp_path: Path, qtype: str) -> None:
-    package = tensors(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    package = stored_tensors(model_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
     out = tmp_path / f"smol-{qtype}.gguf"
     convert(ConvertRequest(model=str(model_path("SmolLM2-135M-Instruct")), recipe=recipe_from_type(qtype, pure=True),
                            output=out, threads=2))
-    ours = tensors(out)
+    ours = stored_tensors(out)
     assert set(ours) == set(package)
     want = GGMLQuantizationType[qtype]
-    compared = [name for name, (t, _) in package.items() if t == want]
+    compared = [name for name, t in package.items() if t.qtype == want]
     assert compared, f"the package has no {qtype} tensors"
     for name in compared:
-        assert ours[name][0] == want, name
-        assert ours[name][1] == package[name][1], f"{name}: bytes differ from the package"
+        assert ours[name].qtype == want, name
+        assert ours[name].data == package[name].data, f"{name}: bytes differ from the package"
     # Tensors the package keeps in float stay float in ours too, with the same values.
-    for name, (t, data) in package.items():
-        if t == GGMLQuantizationType.F32:
-            assert ours[name] == (t, data), name
+    for name, t in package.items():
+        if t.qtype == GGMLQuantizationType.F32:
+            assert ours[name] == t, name

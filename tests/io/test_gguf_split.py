@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 
 from quantcli.errors import InputError
 from quantcli.io.gguf_split import SHARD_PATTERN, parse_size, plan_shards, shard_name, split_gguf

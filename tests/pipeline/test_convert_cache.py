@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader
 
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.pipeline import convert as convert_module
@@ -16,6 +15,7 @@ from quantcli.pipeline.cache import file_sha256
 from quantcli.pipeline.convert import ConvertRequest, convert
 from quantcli.recipe import load_recipe
 from quantcli.stages import quantize as quantize_stage
+from tests.gguf_files import stored_tensors
 
 
 def request(model: Path, recipe: Path, out: Path, cache: Path, **kw: object) -> ConvertRequest:
@@ -54,8 +54,7 @@ def test_release_recipe_writes_three_types_from_one_read(tiny_llama: Path, relea
     # every source tensor was read exactly once for the three files
     assert rec.reads and set(rec.reads.values()) == {1}
     for o, expected in zip(result.outputs, ("F16", "Q8_0", "Q4_0")):
-        reader = GGUFReader(o.path)
-        types = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) > 1 and t.shape[1] > 1)
+        types = Counter(t.qtype.name for t in stored_tensors(o.path).values() if len(t.shape) > 1 and t.shape[1] > 1)
         assert types.most_common(1)[0][0] == expected
         assert o.sha256 == file_sha256(o.path) and not o.cached and o.verify["ok"]
     manifest = json.loads(result.manifest.read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, Keys
+from gguf import Keys
 from gguf import LlamaFileType as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +24,7 @@ from quantcli.quant.mixes import (
     MIXES, MixContext, MixOptions, MixTensor, choose_types, get_mix, parse_tensor_type_option,
 )
 from tests.quant.mix_fixtures import FIXTURE_MODELS, SyntheticModel, fixture_gguf, synthetic_gguf
+from tests.gguf_files import scalar_metadata, tensor_shapes
 
 # Every mix the brief asks for, spelled as llama-quantize spells them.
 SUPPORTED_MIXES = (
@@ -62,20 +63,20 @@ class ModelInput:
 
 
 def read_model_input(path: Path) -> ModelInput:
-    reader = GGUFReader(path)
+    meta = scalar_metadata(path)
 
     def field(key: str, default: int | None = None) -> int:
-        if key in reader.fields:
-            return int(reader.fields[key].contents())
+        if key in meta:
+            return int(meta[key])  # type: ignore[call-overload]
         if default is None:
             raise KeyError(key)
         return default
 
-    arch = str(reader.fields[Keys.General.ARCHITECTURE].contents())
+    arch = str(meta[Keys.General.ARCHITECTURE])
     n_head = field(Keys.Attention.HEAD_COUNT.format(arch=arch))
     return ModelInput(
         path=path,
-        tensors=tuple(MixTensor(t.name, tuple(int(n) for n in t.shape)) for t in reader.tensors),
+        tensors=tuple(MixTensor(name, shape) for name, shape in tensor_shapes(path).items()),
         arch=arch,
         n_layer=field(Keys.LLM.BLOCK_COUNT.format(arch=arch)),
         n_head=n_head,
