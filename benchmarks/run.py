@@ -74,16 +74,17 @@ def quantcli(model: Path, out: Path, qtype: str, threads: int) -> list[str]:
             "--verify", "none", "--threads", str(threads)]
 
 
-def row(label: str, peer: Measurement, ours: Measurement, check: str = "", peer_extra: Measurement | None = None,
-        note: str = "") -> dict:
-    """One table row; with peer_extra (the F16 conversion before llama-quantize), the peer's figures are the
-    two steps' sum of times and the larger of the two peaks."""
-    peer_s = peer.seconds + (peer_extra.seconds if peer_extra else 0.0)
-    peer_rss = max(peer.peak_rss_mb, peer_extra.peak_rss_mb if peer_extra else 0.0)
-    return {"step": label, "llama.cpp s": round(peer_s, 3), "quantcli s": round(ours.seconds, 3),
-            "time ratio": round(ours.seconds / peer_s, 3),
-            "llama.cpp RSS MB": round(peer_rss), "quantcli RSS MB": round(ours.peak_rss_mb),
-            "RSS ratio": round(ours.peak_rss_mb / peer_rss, 3), "bytes": check, "note": note}
+def row(label: str, peer: Measurement, ours: Measurement, check: str = "", peer_before: Measurement | None = None) -> dict:
+    """One table row. With peer_before (llama.cpp's F16 conversion, which must run before llama-quantize), the
+    row also gives the end-to-end ratio: quantcli's one command against both of llama.cpp's steps."""
+    before_s = peer_before.seconds if peer_before else 0.0
+    peer_rss = max(peer.peak_rss_mb, peer_before.peak_rss_mb if peer_before else 0.0)
+    return {"step": label, "llama.cpp s": round(peer.seconds, 3), "quantcli s": round(ours.seconds, 3),
+            "time ratio": round(ours.seconds / peer.seconds, 3),
+            "end-to-end ratio": round(ours.seconds / (peer.seconds + before_s), 3),
+            "llama.cpp RSS MB": round(peer.peak_rss_mb), "quantcli RSS MB": round(ours.peak_rss_mb),
+            "RSS ratio": round(ours.peak_rss_mb / peer_rss, 3),
+            "bytes": check}
 
 
 def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> list[dict]:
@@ -102,9 +103,8 @@ def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> li
             ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
             if qtype == "F16":
                 convert_f16[model.name] = peer
-            rows.append(row(f"{model.name}: HF -> {qtype}", peer, ours,
-                            same_tensors(peer_out, our_out) if qtype == "F16" else "",
-                            note="convert_hf_to_gguf.py vs quantcli convert"))
+            rows.append(row(f"{model.name}: HF -> {qtype} (convert_hf_to_gguf.py vs quantcli convert)", peer, ours,
+                            same_tensors(peer_out, our_out) if qtype == "F16" else ""))
             print(json.dumps(rows[-1]), flush=True)
     model = bench_models[0]
     f16 = work / f"peer-{model.name}-F16.gguf"
@@ -112,10 +112,8 @@ def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> li
         peer_out, our_out = work / f"peer-q-{qtype}.gguf", work / f"ours-q-{qtype}.gguf"
         peer = measure("peer", quantize_command(f16, peer_out, int(MIXES[qtype].ftype), threads), repeats)
         ours = measure("ours", quantcli(model, our_out, qtype, threads), repeats, env_ours)
-        rows.append(row(f"{model.name}: HF -> {qtype}", peer, ours, same_tensors(peer_out, our_out),
-                        peer_extra=convert_f16[model.name],
-                        note=f"convert_hf_to_gguf.py to F16, then llama-quantize ({peer.seconds:.2f} s of it), "
-                             f"vs one quantcli convert"))
+        rows.append(row(f"{model.name}: {qtype} (llama-quantize from the F16 GGUF vs quantcli convert from HF)",
+                        peer, ours, same_tensors(peer_out, our_out), peer_before=convert_f16[model.name]))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -141,13 +139,18 @@ def write_report(rows: list[dict], out: Path, repeats: int, threads: int) -> Non
         "|" + "|".join("---" for _ in cols) + "|",
     ]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    quant = [r for r in rows if "llama-quantize" in r["note"]]
+    quant = [r for r in rows if "llama-quantize" in r["step"]]
     if quant:
-        ratios = sorted(r["time ratio"] for r in quant)
-        lines += ["", f"HF checkpoint to a quantized GGUF, end to end ({len(quant)} types): quantcli takes "
-                      f"{ratios[0]:.2f}–{ratios[-1]:.2f}× llama.cpp's time (convert to F16, then quantize); "
-                      f"peak RSS {min(r['RSS ratio'] for r in quant):.2f}–{max(r['RSS ratio'] for r in quant):.2f}×. "
-                      f"Identical tensor bytes in {sum(r['bytes'] == 'identical' for r in quant)} of {len(quant)}."]
+        def span(key: str) -> str:
+            values = sorted(r[key] for r in quant)
+            return f"{values[0]:.2f}–{values[-1]:.2f}×"
+
+        lines += ["", "'time ratio' sets quantcli's whole conversion from the HF folder against llama-quantize alone;",
+                  "'end-to-end ratio' against what a llama.cpp user runs (convert_hf_to_gguf.py to F16, then",
+                  "llama-quantize), with RSS against the larger of the two steps' peaks.", "",
+                  f"Over the {len(quant)} quantized types: time ratio {span('time ratio')}, end-to-end ratio "
+                  f"{span('end-to-end ratio')}, RSS ratio {span('RSS ratio')}; identical tensor bytes in "
+                  f"{sum(r['bytes'] == 'identical' for r in quant)} of {len(quant)}."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 

@@ -103,7 +103,7 @@ def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
     for col in ("tensor", "source", "shape", "type", "bytes"):
         table.add_column(col, justify="right" if col == "bytes" else "left")
     for t in plan.tensors:
-        src = ", ".join(t.spec.sources)
+        src = ", ".join(t.spec.sources) or "(computed from config.json)"  # rope_freqs and friends
         if t.spec.transform.describe():
             src += f"  [{t.spec.transform.describe()}]"
         table.add_row(t.name, src, "x".join(map(str, t.spec.shape)), t.qtype.name, f"{t.nbytes:,}")

@@ -16,7 +16,6 @@ descriptions are copied byte for byte, never decoded and re-encoded.
 """
 from __future__ import annotations
 
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGUFValueType
 
 from ..errors import InputError, OutputError
 from ..models.metadata import MetaKV
+from .atomic import atomic_file
 from .gguf_writer import encode_metadata
 
 SPLIT_KEYS = (Keys.Split.LLM_KV_SPLIT_NO, Keys.Split.LLM_KV_SPLIT_COUNT, Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT)
@@ -136,27 +136,16 @@ def _write_shard(path: Path, src: BinaryIO, source: _Source, members: list[int],
         infos.append(t.info + struct.pack("<Q", offset))
         offset += t.n_bytes
     head = struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(members), n_kv) + kv_bytes + b"".join(infos)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(head)
-            out.write(b"\0" * (_pad(len(head), align) - len(head)))
-            pos = 0
-            for i in members:
-                t = source.tensors[i]
-                out.write(b"\0" * (_pad(pos, align) - pos))
-                pos = _pad(pos, align)
-                _copy_range(src, out, t.src_offset, t.n_bytes)
-                pos += t.n_bytes
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as out:
+        out.write(head)
+        out.write(b"\0" * (_pad(len(head), align) - len(head)))
+        pos = 0
+        for i in members:
+            t = source.tensors[i]
+            out.write(b"\0" * (_pad(pos, align) - pos))
+            pos = _pad(pos, align)
+            _copy_range(src, out, t.src_offset, t.n_bytes)
+            pos += t.n_bytes
 
 
 def split_gguf(path: Path, out_dir: Path, max_bytes: int, *, prefix: str | None = None) -> list[Path]:

@@ -23,6 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERS
 
 from ..errors import OutputError
 from ..models.metadata import MetaKV
+from .atomic import partial_name
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -117,7 +118,7 @@ class GGUFStreamWriter:
 
     def __init__(self, path: Path, metadata: Sequence[MetaKV], tensors: Sequence[TensorInfo]) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.tmp_path = partial_name(self.path)
         self.align = alignment_of(metadata)
         self.tensors = list(tensors)
         names = [t.name for t in self.tensors]
@@ -178,11 +179,7 @@ class GGUFStreamWriter:
         self._next += 1
 
     def commit(self) -> None:
-        """Flush and rename the finished file to its final name.
-
-        No fsync: the rename already guarantees that a failed or interrupted run never leaves a partial file under
-        the final name, and forcing hundreds of MB to disk would double the time of an F16 conversion.
-        """
+        """Flush and rename the finished file to its final name (no fsync: io/atomic.py says why)."""
         if self._next != len(self.tensors):
             raise RuntimeError(f"commit() after {self._next} of {len(self.tensors)} tensors")
         try:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from ..io.atomic import atomic_file
 
 CACHE_ENV = "QUANTCLI_CACHE_DIR"
 RECORD_FORMAT = 1           # bump when the record layout changes; older records then read as misses
@@ -171,22 +172,9 @@ class StageCache:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path` and rename, so readers see the old or the new record, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600; a report should be readable like any file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Readers see the old record or the new one, never half of one."""
+    with atomic_file(path) as fp:
+        fp.write(data)
 
 
 def hash_parts(parts: Iterable[Any]) -> str:
