@@ -17,11 +17,10 @@ sys.exit(rc)
 
 
 def llama_cpp_source() -> Path:
-    """llama.cpp's converter tree from the llama-cpp-python sdist, the one the mix tests use (cached in .cache/)."""
-    from tests.quant.mix_fixtures import _build_lock, llama_cpp_source as source
+    """llama.cpp's converter tree from the llama-cpp-python sdist, the one the tests use (models/.cache/)."""
+    from tests.fixtures.llama_cpp_sdist import converter_tree
 
-    with _build_lock():
-        return source()
+    return converter_tree()
 
 
 def convert_command(tree: Path, model: Path, out: Path, outtype: str) -> list[str]:

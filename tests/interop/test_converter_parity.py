@@ -59,10 +59,9 @@ def with_donor_tokenizer(model: str, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def llama_cpp_converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """llama_cpp_converted(model) -> convert_hf_to_gguf's F32 file for it (run once per model)."""
-    from tests.quant.mix_fixtures import _build_lock, llama_cpp_source
+    from tests.fixtures.llama_cpp_sdist import converter_tree
 
-    with _build_lock():
-        converter = llama_cpp_source() / "convert_hf_to_gguf.py"
+    converter = converter_tree() / "convert_hf_to_gguf.py"
     folder = tmp_path_factory.mktemp("llama-cpp-converter")
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the tree's own gguf-py
 

@@ -460,7 +460,7 @@ def test_rebuilt_vocab_matches_llama_cpp_vectors(name: str, tmp_path: Path) -> N
     assert [hf(text, False) for text, _ in vectors] == [ids for _, ids in vectors]
     # ... its pre_tokenizer is detected as the name llama.cpp's converter gave the original ...
     ours, meta = llama_cpp_on_export(folder, "llama", tmp_path)
-    recorded = fx.read_gguf_metadata(fx.llama_vocab_dir() / f"ggml-vocab-{name}.gguf")[Keys.PRE]
+    recorded = fx.read_gguf_metadata(fx.vocab_dir() / f"ggml-vocab-{name}.gguf")[Keys.PRE]
     assert SAME_BEHAVIOUR.get(recorded, recorded) == meta[Keys.PRE]
     # ... and llama.cpp on our export gives the vectors' ids and agrees with HF on the tricky strings.
     assert [ours(text, False) for text, _ in vectors] == [ids for _, ids in vectors]

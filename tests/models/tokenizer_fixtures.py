@@ -17,7 +17,6 @@ Sources (all offline once fetched):
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import io
 import json
@@ -25,7 +24,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import gguf
 
 from quantcli.models.metadata import MetaKV
+from tests.fixtures.llama_cpp_sdist import converter_tree, vocab_dir
 from tests.fixtures.paths import models_dir
 
 # Text for training: Debian's base-files package ships these license texts on every Debian system.
@@ -379,57 +378,12 @@ def write_minilm_tokenizer(dest: Path, files: Iterable[str] = MINILM_FILES) -> P
 
 # --------------------------------------------------------------------- llama.cpp's vocab GGUFs and vectors
 
-LLAMA_CPP_PACKAGE, LLAMA_CPP_VERSION = "llama-cpp-python", "0.3.36"  # the version the Makefile installs
-LLAMA_CPP_SDIST_ROOT = f"llama_cpp_python-{LLAMA_CPP_VERSION}"
-LLAMA_CPP_SDIST = f"{LLAMA_CPP_SDIST_ROOT}.tar.gz"
-LLAMA_CPP_SDIST_REQUIREMENT = f"{LLAMA_CPP_PACKAGE}=={LLAMA_CPP_VERSION}"
-LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-LLAMA_CPP_TREE = f"{LLAMA_CPP_SDIST_ROOT}/vendor/llama.cpp/"
-VOCAB_MEMBER_DIR = f"{LLAMA_CPP_TREE}models/"
 VECTOR_SEPARATOR = "\n__ggml_vocab_test__\n"
-
-
-SDIST_DOWNLOAD_TIMEOUT_S = 900  # pip prepares the sdist's metadata, which installs its build backend first
-
-
-def _sdist() -> Path:
-    """The pinned llama-cpp-python sdist (it carries llama.cpp's models/ and converter), fetched once with pip
-    into models/.cache/sdist (a `make dev` that installs llama-cpp-python from there leaves it in place)."""
-    cache = models_dir() / ".cache" / "sdist"
-    path = cache / LLAMA_CPP_SDIST
-    if not path.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        # Only this package as source: with ":all:" pip would also compile its build backend (cmake) from source.
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", LLAMA_CPP_PACKAGE,
-                   "--dest", str(cache), LLAMA_CPP_SDIST_REQUIREMENT]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=SDIST_DOWNLOAD_TIMEOUT_S)
-        if done.returncode != 0 or not path.is_file():
-            raise RuntimeError(f"`{' '.join(command)}` failed:\n{done.stderr[-2000:]}\nPut {LLAMA_CPP_SDIST} "
-                               f"into {cache} by hand (any copy of the sdist with the pinned sha256 works).")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != LLAMA_CPP_SDIST_SHA256:
-        raise ValueError(f"{path} has sha256 {digest}, expected {LLAMA_CPP_SDIST_SHA256}; delete it and rerun")
-    return path
-
-
-def llama_vocab_dir() -> Path:
-    """A folder holding llama.cpp's ggml-vocab-*.gguf files and their .inp/.out vectors (extracted once)."""
-    target = models_dir() / ".cache" / "llama-vocab"
-    done = target / ".complete"
-    if not done.is_file():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(_sdist()) as archive:
-            for member in archive:
-                name = member.name.removeprefix(VOCAB_MEMBER_DIR)
-                if member.isfile() and name != member.name and name.startswith("ggml-vocab-") and "/" not in name:
-                    (target / name).write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
-        done.write_text("ok\n", encoding="utf-8")
-    return target
 
 
 def vocab_vectors(name: str) -> list[tuple[str, list[int]]]:
     """(text, ids) pairs from ggml-vocab-NAME.gguf.inp/.out (ids without special tokens)."""
-    folder = llama_vocab_dir()
+    folder = vocab_dir()
     texts = (folder / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split(VECTOR_SEPARATOR)[:-1]
     lines = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")[:-1]
     if len(texts) != len(lines):
@@ -444,7 +398,7 @@ def is_padding_text(token: str) -> bool:
 @functools.lru_cache(maxsize=4)
 def vocab_gguf(name: str) -> dict[str, Any]:
     """The metadata of ggml-vocab-NAME.gguf (cached: several tests rebuild the same vocabulary)."""
-    return read_gguf_metadata(llama_vocab_dir() / f"ggml-vocab-{name}.gguf")
+    return read_gguf_metadata(vocab_dir() / f"ggml-vocab-{name}.gguf")
 
 
 def write_bpe_tokenizer_from_vocab(name: str, dest: Path, pre_tokenizer: dict[str, Any], *,
@@ -591,25 +545,7 @@ def write_spm_tokenizer_from_vocab(name: str, dest: Path, n_pieces: int) -> Path
 
 # ------------------------------------------------------------------------------ llama.cpp's own converter
 
-CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/")
 CONVERTER_TIMEOUT_S = 600
-
-
-def llama_cpp_converter_dir() -> Path:
-    """A folder with llama.cpp's convert_hf_to_gguf.py, its conversion/ package and its gguf-py (from the sdist)."""
-    target = models_dir() / ".cache" / "llama-convert"
-    done = target / ".complete"
-    if not done.is_file():
-        with tarfile.open(_sdist()) as archive:
-            for member in archive:
-                name = member.name.removeprefix(LLAMA_CPP_TREE)
-                if member.isfile() and name != member.name and name.startswith(CONVERTER_MEMBERS):
-                    path = target / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
-        done.write_text("ok\n", encoding="utf-8")
-    return target
-
 
 # Runs the converter's command line once per job inside one interpreter, so torch and transformers load once.
 _CONVERTER_DRIVER = """
@@ -635,7 +571,7 @@ def run_llama_cpp_converter(jobs: list[tuple[Path, Path]]) -> list[dict[str, Any
     """
     import os
 
-    tree = llama_cpp_converter_dir()
+    tree = converter_tree()
     env = {**os.environ, "PYTHONPATH": str(tree / "gguf-py")}
     command = [sys.executable, "-c", _CONVERTER_DRIVER, str(tree / "convert_hf_to_gguf.py")]
     command += [str(p) for job in jobs for p in job]

