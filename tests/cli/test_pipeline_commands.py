@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,12 @@ def test_every_command_has_help_with_examples(command: str, tmp_path: Path) -> N
 
 
 def test_shell_completion_is_offered(tmp_path: Path) -> None:
-    r = cli(["--show-completion", "bash"], tmp_path, SHELL="/bin/bash")
+    # Typer finds the shell from the parent process, so ask from bash as a user would (under `make`, the parent
+    # of the test's own subprocess is sh, which has no completion).
+    # (a trailing command keeps bash from exec-ing python in its place)
+    command = f"{shlex.quote(sys.executable)} -m quantcli.cli.app --show-completion; exit $?"
+    r = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SHELL": "/bin/bash"})
     assert r.returncode == 0, r.stderr
     assert "complete" in r.stdout and "quantcli" in r.stdout.lower()
 
