@@ -3,20 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gguf import GGUFValueType
-
 from .errors import InputError
-
-_ARRAY_PREVIEW = 8
-
-
-def _gguf_value(field) -> object:  # type: ignore[no-untyped-def]
-    kind = field.types[0]
-    if kind == GGUFValueType.ARRAY:
-        n = len(field.data)
-        items = [field.contents(i) for i in range(min(n, _ARRAY_PREVIEW))] if hasattr(field, "contents") else []
-        return {"array_length": n, "first": items} if n > _ARRAY_PREVIEW else items
-    return field.contents() if hasattr(field, "contents") else None
 
 
 def describe(path: Path) -> dict:
@@ -33,16 +20,16 @@ def describe(path: Path) -> dict:
                 "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
     if not path.exists():
         raise InputError(f"{path} does not exist.", hint="Give a .gguf file or a model folder.")
-    from gguf import GGUFReader
+    from .stages.verify import open_layout
 
-    from .errors import VerifyError
-
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on hostile files
-        raise VerifyError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}).",
-                          hint="Re-create it with quantcli convert.") from exc
-    metadata = {name: _gguf_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape], "bytes": int(t.n_bytes)}
-               for t in reader.tensors]
-    return {"format": "gguf", "metadata": metadata, "tensors": tensors, "bytes": path.stat().st_size}
+    layout = open_layout(path)
+    metadata: dict[str, object] = {}
+    for kv in layout.kvs:
+        if kv.key in layout.array_lengths:
+            n, head = layout.array_lengths[kv.key], layout.array_heads[kv.key]
+            metadata[kv.key] = {"array_length": n, "first": head} if n > len(head) else head
+        else:
+            metadata[kv.key] = layout.values[kv.key]
+    tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.n_bytes}
+               for t in layout.tensors]
+    return {"format": "gguf", "metadata": metadata, "tensors": tensors, "bytes": layout.size}

@@ -23,6 +23,7 @@ from ..errors import InputError
 MAX_DIMS = 4                     # GGML_MAX_DIMS
 MAX_COUNT = 1 << 32              # more tensors, keys or array items than any file holds: a corrupt header
 MAX_STRING = 1 << 30             # one string longer than 1 GiB is a corrupt length
+ARRAY_HEAD = 8                   # items of each array decoded for display (inspect); the rest are only skipped
 SUPPORTED_VERSIONS = (2, 3)
 _SCALAR_SIZES: dict[int, int] = {
     GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
@@ -73,6 +74,7 @@ class GGUFLayout:
     data_start: int
     size: int
     array_lengths: dict[str, int] = field(default_factory=dict)
+    array_heads: dict[str, list[object]] = field(default_factory=dict)   # the first ARRAY_HEAD items of each
 
     @property
     def bits_per_weight(self) -> float:
@@ -105,7 +107,8 @@ class _Cursor:
             raise self.fail(f"{what} {n} is implausibly large")
         return n
 
-    def string(self, decode: bool = True) -> str:
+    def string(self, decode: bool = True, lenient: bool = False) -> str:
+        """The next string; `lenient` for vocabulary entries, which may hold partial UTF-8 sequences."""
         n = int(self.unpack("<Q"))
         if n > MAX_STRING:
             raise self.fail(f"a string claims {n} bytes")
@@ -113,7 +116,7 @@ class _Cursor:
         if not decode:
             return ""
         try:
-            return bytes(self.buf[start:start + n]).decode("utf-8")
+            return bytes(self.buf[start:start + n]).decode("utf-8", "replace" if lenient else "strict")
         except UnicodeDecodeError as exc:
             raise self.fail("a key or name is not UTF-8") from exc
 
@@ -136,6 +139,7 @@ def _scan(cur: _Cursor, path: Path) -> GGUFLayout:
     kvs: list[KVSpan] = []
     values: dict[str, object] = {}
     arrays: dict[str, int] = {}
+    heads: dict[str, list[object]] = {}
     for _ in range(n_kv):
         start = cur.pos
         key = cur.string()
@@ -149,10 +153,12 @@ def _scan(cur: _Cursor, path: Path) -> GGUFLayout:
             if sub == GGUFValueType.ARRAY:
                 raise cur.fail(f"{key} is an array of arrays, which no model file uses")
             if sub == GGUFValueType.STRING:
-                for _ in range(n):
+                heads[key] = [cur.string(lenient=True) for _ in range(min(n, ARRAY_HEAD))]
+                for _ in range(n - len(heads[key])):
                     cur.string(decode=False)
             else:
-                cur.take(n * _SCALAR_SIZES[sub])
+                heads[key] = [cur.unpack(_SCALAR_FORMATS[sub]) for _ in range(min(n, ARRAY_HEAD))]
+                cur.take((n - len(heads[key])) * _SCALAR_SIZES[sub])
         else:
             values[key] = cur.unpack(_SCALAR_FORMATS[t])
         kvs.append(KVSpan(key, start, cur.pos))
@@ -192,7 +198,7 @@ def _scan(cur: _Cursor, path: Path) -> GGUFLayout:
         if offset % alignment or data_start + offset + n_bytes > cur.size:
             raise cur.fail(f"tensor {name!r} data ({n_bytes} bytes at {offset}) is misaligned or past the end")
         tensors.append(TensorSpan(name, qtype, shape, start, end, data_start + offset, n_bytes))
-    return GGUFLayout(path, version, kvs, values, tensors, alignment, data_start, cur.size, arrays)
+    return GGUFLayout(path, version, kvs, values, tensors, alignment, data_start, cur.size, arrays, heads)
 
 
 def read_layout(path: Path) -> GGUFLayout:

@@ -19,10 +19,12 @@ from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
+from ..quant.base import quant_class
 from ..quant.imatrix import ImportanceMatrix
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
 _RAW_DTYPES = {F32: "F32", F16: "F16", BF16: "BF16"}
+CHUNK_VALUES = 1 << 22       # values widened to float32 at a time when quantizing (16 MB)
 
 Progress = Callable[[TensorPlan, int], None]
 
@@ -33,16 +35,23 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
     return ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
 
 
-def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None:
-    """Reject NaN/Inf; BF16 arrives as uint16 bit patterns, where an all-ones exponent marks them."""
+def _count_nonfinite(values: np.ndarray, dtype: str = "F32") -> int:
+    """NaN/Inf count; BF16 arrives as uint16 bit patterns, where an all-ones exponent marks them."""
     if dtype == "BF16":
-        bad = int(np.count_nonzero((values & np.uint16(0x7F80)) == np.uint16(0x7F80)))
-    else:
-        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        return int(np.count_nonzero((values & np.uint16(0x7F80)) == np.uint16(0x7F80)))
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _nonfinite_error(t: TensorPlan, bad: int) -> InputError:
+    what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
+    return InputError(f"tensor {what!r} holds {bad} NaN/Inf values.",
+                      hint="The checkpoint is corrupt or was saved after a diverged training step; fix the weights.")
+
+
+def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None:
+    bad = _count_nonfinite(values, dtype)
     if bad:
-        what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
-        raise InputError(f"tensor {what!r} holds {bad} NaN/Inf values.",
-                         hint="The checkpoint is corrupt or was saved after a diverged training step; fix the weights.")
+        raise _nonfinite_error(t, bad)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Encoder:
             out = np.ascontiguousarray(spec.transform.apply(raw))
             _check_finite(t, out, t.source_dtypes[0])
             return out
+        if t.qtype not in (F32, F16, BF16) and t.source_dtypes and spec.transform.exact:
+            return self._quantize_by_chunks(t, np.ascontiguousarray(spec.transform.apply(raw)))
         values = np.ascontiguousarray(
             spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
@@ -73,6 +84,26 @@ class Encoder:
         rows = values.reshape(-1, t.ggml_shape[0])
         weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
         return self.backend.quantize(t.qtype, rows, weights, self.threads)
+
+    def _quantize_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
+        """Widen and quantize a few MB of rows at a time. Rows are quantized independently and widening is exact,
+        so the bytes are those of the whole-tensor path, but only the stored tensor, its output and one chunk's
+        float32 copy are in memory, instead of a float32 copy of the whole tensor (3 GB for a 150k x 5120
+        embedding)."""
+        dtype = t.source_dtypes[0]
+        rows = stored.reshape(-1, t.ggml_shape[0])
+        weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
+        out = np.empty((rows.shape[0], quant_class(t.qtype).row_bytes(rows.shape[1])), dtype=np.uint8)
+        step = max(1, CHUNK_VALUES // rows.shape[1])
+        bad = 0
+        for start in range(0, rows.shape[0], step):
+            chunk = self.backend.to_float32(rows[start:start + step], dtype, self.threads)
+            bad += _count_nonfinite(chunk)
+            if not bad:   # after the first bad value only count the rest, for the message
+                out[start:start + step] = self.backend.quantize(t.qtype, chunk, weights, self.threads)
+        if bad:
+            raise _nonfinite_error(t, bad)
+        return out
 
 
 def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:

