@@ -69,41 +69,47 @@ class Encoder:
             out = np.ascontiguousarray(spec.transform.apply(raw))
             _check_finite(t, out, t.source_dtypes[0])
             return out
-        if t.qtype not in (F32, F16, BF16) and t.source_dtypes and spec.transform.exact:
-            return self._quantize_by_chunks(t, np.ascontiguousarray(spec.transform.apply(raw)))
+        if t.qtype != F32 and len(set(t.source_dtypes)) == 1 and spec.transform.exact:
+            return self._encode_by_chunks(t, np.ascontiguousarray(spec.transform.apply(raw)))
         values = np.ascontiguousarray(
             spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
         _check_finite(t, values)
         if t.qtype == F32:
             return values
-        if t.qtype == F16:
-            return self.backend.to_float16(values, self.threads)
-        if t.qtype == BF16:
-            return float32_to_bf16(values)
         rows = values.reshape(-1, t.ggml_shape[0])
         weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
-        return self.backend.quantize(t.qtype, rows, weights, self.threads)
+        return self._encode_rows(t.qtype, rows, weights)
 
-    def _quantize_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
-        """Widen and quantize a few MB of rows at a time. Rows are quantized independently and widening is exact,
-        so the bytes are those of the whole-tensor path, but only the stored tensor, its output and one chunk's
+    def _encode_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
+        """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
+        the bytes are those of the whole-tensor path, but only the stored tensor, its output and one chunk's
         float32 copy are in memory, instead of a float32 copy of the whole tensor (3 GB for a 150k x 5120
         embedding)."""
         dtype = t.source_dtypes[0]
         rows = stored.reshape(-1, t.ggml_shape[0])
         weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
-        out = np.empty((rows.shape[0], quant_class(t.qtype).row_bytes(rows.shape[1])), dtype=np.uint8)
+        if t.qtype in (F16, BF16):
+            out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
+        else:
+            out = np.empty((rows.shape[0], quant_class(t.qtype).row_bytes(rows.shape[1])), dtype=np.uint8)
         step = max(1, CHUNK_VALUES // rows.shape[1])
         bad = 0
         for start in range(0, rows.shape[0], step):
             chunk = self.backend.to_float32(rows[start:start + step], dtype, self.threads)
             bad += _count_nonfinite(chunk)
             if not bad:   # after the first bad value only count the rest, for the message
-                out[start:start + step] = self.backend.quantize(t.qtype, chunk, weights, self.threads)
+                out[start:start + step] = self._encode_rows(t.qtype, chunk, weights)
         if bad:
             raise _nonfinite_error(t, bad)
         return out
+
+    def _encode_rows(self, qtype: GGMLQuantizationType, rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        if qtype == F16:
+            return self.backend.to_float16(rows, self.threads)
+        if qtype == BF16:
+            return float32_to_bf16(rows)
+        return self.backend.quantize(qtype, rows, weights, self.threads)
 
 
 def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:

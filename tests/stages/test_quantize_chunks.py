@@ -1,4 +1,5 @@
-"""Quantized outputs are widened and quantized a chunk of rows at a time; the bytes must not depend on it."""
+"""Outputs made from 16-bit or F32 sources are widened and encoded a chunk of rows at a time; the bytes must not
+depend on it."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from quantcli.errors import InputError
+from quantcli.io.safetensors import to_float32
 from quantcli.models.base import IDENTITY, TensorSpec
 from quantcli.models.transforms import PermuteRope
 from quantcli.plan import TensorPlan
@@ -14,24 +16,34 @@ from quantcli.stages import quantize as stage
 from quantcli.stages.quantize import Encoder
 
 
-def whole_tensor_bytes(t: TensorPlan, stored: np.ndarray, dtype: str) -> np.ndarray:
-    values = t.spec.transform.apply([stored.astype(np.float32) if dtype == "F16" else stored])
-    rows = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, t.ggml_shape[0])
-    return get_backend().quantize(t.qtype, rows, None, 1)
+def whole_tensor_bytes(t: TensorPlan, stored: np.ndarray, dtype: str) -> bytes:
+    """Widen the whole tensor with NumPy, then encode it in one call: the path chunking must reproduce."""
+    values = t.spec.transform.apply([to_float32(stored, dtype)]).astype(np.float32)
+    if t.qtype == T.F16:
+        return values.astype(np.float16).tobytes()
+    if t.qtype == T.BF16:
+        return stage.float32_to_bf16(values).tobytes()
+    return get_backend().quantize(t.qtype, values.reshape(-1, t.ggml_shape[0]), None, 1).tobytes()
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_K, T.IQ4_XS])
-@pytest.mark.parametrize("dtype", ["F16", "F32"])
+def stored_values(dtype: str) -> np.ndarray:
+    values = (np.random.default_rng(7).standard_normal((96, 256)) * 0.05).astype(np.float32)
+    if dtype == "BF16":  # bit patterns, as safetensors stores them
+        return (values.view(np.uint32) >> 16).astype(np.uint16)
+    return values.astype(np.float16 if dtype == "F16" else np.float32)
+
+
+@pytest.mark.parametrize(("qtype", "dtype"), [(T.Q8_0, "F16"), (T.Q4_K, "F16"), (T.IQ4_XS, "F16"), (T.Q8_0, "F32"),
+                                              (T.Q4_K, "BF16"), (T.F16, "BF16"), (T.F16, "F32"), (T.BF16, "F16")])
 @pytest.mark.parametrize("permute", [False, True])
 def test_chunked_bytes_equal_the_whole_tensor(monkeypatch: pytest.MonkeyPatch, qtype: T, dtype: str,
                                               permute: bool) -> None:
-    rng = np.random.default_rng(7)
-    stored = (rng.standard_normal((96, 256)) * 0.05).astype(np.float16 if dtype == "F16" else np.float32)
+    stored = stored_values(dtype)
     spec = TensorSpec("blk.0.attn_q.weight", ("q",), (96, 256), PermuteRope(4) if permute else IDENTITY)
     t = TensorPlan(spec, qtype, (dtype,))
     monkeypatch.setattr(stage, "CHUNK_VALUES", 256 * 7)    # 7 rows a chunk: 14 chunks, the last one short
     got = Encoder(get_backend(), 2).encode(t, [stored])
-    np.testing.assert_array_equal(got, whole_tensor_bytes(t, stored, dtype))
+    assert got.tobytes() == whole_tensor_bytes(t, stored, dtype)
 
 
 def test_nan_in_a_later_chunk_is_counted_over_the_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
