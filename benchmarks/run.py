@@ -54,18 +54,12 @@ def same_tensors(a: Path, b: Path) -> str:
 
 def compare_tensors(a: str, b: str) -> str:
     """'identical' when every tensor has the same name, type and bytes in both files; else what differs."""
-    from quantcli.io.gguf_layout import read_layout
+    from tests.gguf_files import stored_tensors
 
-    la, lb = read_layout(Path(a)), read_layout(Path(b))
-    ta, tb = {t.name: t for t in la.tensors}, {t.name: t for t in lb.tensors}
+    ta, tb = stored_tensors(Path(a)), stored_tensors(Path(b))
     if set(ta) != set(tb):
         return f"different tensor sets ({len(ta)} vs {len(tb)})"
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        def data(fp, t) -> bytes:  # type: ignore[no-untyped-def]
-            fp.seek(t.data_offset)
-            return fp.read(t.n_bytes)
-
-        diff = [n for n in ta if ta[n].qtype != tb[n].qtype or data(fa, ta[n]) != data(fb, tb[n])]
+    diff = [n for n in ta if (ta[n].qtype, ta[n].data) != (tb[n].qtype, tb[n].data)]
     return "identical" if not diff else f"{len(diff)} of {len(ta)} tensors differ (first {diff[0]})"
 
 

@@ -3,7 +3,7 @@
 Nothing here reads tensor data. `--dry-run` prints a Plan; the writer sizes the header from it; the disk
 check compares its total with free space; the cache keys on its canonical form.
 
-    >>> plan = make_plan(Checkpoint.open(path), QuantOptions(mix="Q4_K_M"))
+    >>> plan = make_plan(SourceModel.open(Checkpoint.open(path)), QuantOptions(mix="Q4_K_M"))
     >>> plan.tensors[0].name, plan.tensors[0].qtype.name, plan.total_bytes
     ('token_embd.weight', 'Q6_K', 85214560)
 """
@@ -142,10 +142,8 @@ class SourceModel:
         return self._tokenizer[pre_tokenizer]
 
 
-def make_plan(ckpt: Checkpoint | SourceModel, options: QuantOptions, *,
-              extra_metadata: list[MetaKV] | None = None) -> Plan:
-    """Plan the conversion of a checkpoint (or of a SourceModel shared by several outputs) for one output."""
-    source = ckpt if isinstance(ckpt, SourceModel) else SourceModel.open(ckpt)
+def make_plan(source: SourceModel, options: QuantOptions, *, extra_metadata: list[MetaKV] | None = None) -> Plan:
+    """Plan one output of `source` (a run shares one SourceModel among all its outputs)."""
     ckpt, adapter, specs = source.ckpt, source.adapter, source.specs
     mix = (options.mix or default_mix(ckpt)).upper()
     if mix not in MIXES:

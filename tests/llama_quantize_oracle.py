@@ -5,7 +5,7 @@ It is what the llama-quantize binary runs, with the same switches:
     >>> run = QuantizeRun(LlamaFileType.MOSTLY_Q4_K_M, output_tensor_type=GGMLQuantizationType.Q8_0)
     >>> llama_quantize(Path("in-f32.gguf"), Path("out.gguf"), run)      # doctest: +SKIP
     0
-    >>> gguf_tensor_types(Path("out.gguf"))["output.weight"].name       # doctest: +SKIP
+    >>> tests.gguf_files.tensor_types(Path("out.gguf"))["output.weight"].name   # doctest: +SKIP
     'Q8_0'
 
 Import this module only after `pytest.importorskip("llama_cpp")`.
@@ -21,7 +21,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, Keys, LlamaFileType
 
-from tests.gguf_files import scalar_metadata, tensor_shapes, tensor_types
+from tests.gguf_files import scalar_metadata, tensor_shapes
 
 # llama.cpp's "not set" value for a ggml type field (GGML_TYPE_COUNT at commit 0c1e570)
 GGML_TYPE_UNSET = 43
@@ -77,11 +77,6 @@ def llama_quantize(src: Path, dst: Path, run: QuantizeRun) -> int:
 
 def _type_or_unset(qtype: GGMLQuantizationType | None) -> int:
     return GGML_TYPE_UNSET if qtype is None else int(qtype)
-
-
-def gguf_tensor_types(path: Path) -> dict[str, GGMLQuantizationType]:
-    """Tensor name -> stored ggml type of a GGUF file."""
-    return tensor_types(path)
 
 
 def gguf_file_type(path: Path) -> int:

@@ -19,13 +19,6 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Open `path` for writing under its partial name; rename when the block ends, delete if it raises."""
@@ -37,5 +30,5 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             yield fp
         os.replace(tmp, path)
     except BaseException:
-        remove_quietly(tmp)
+        tmp.unlink(missing_ok=True)
         raise

@@ -201,10 +201,7 @@ class GGUFStreamWriter:
             self._fp.close()
         except (OSError, AttributeError):
             pass
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
+        self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "GGUFStreamWriter":
         return self

@@ -78,8 +78,7 @@ class Encoder:
         if t.qtype == F32:
             return values
         rows = values.reshape(-1, t.ggml_shape[0])
-        weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
-        return self._encode_rows(t.qtype, rows, weights)
+        return self._encode_rows(t.qtype, rows, self._weights(t))
 
     def _encode_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
@@ -88,7 +87,7 @@ class Encoder:
         embedding)."""
         dtype = t.source_dtypes[0]
         rows = stored.reshape(-1, t.ggml_shape[0])
-        weights = None if self.imatrix is None else self.imatrix.for_tensor(t.name, rows.shape[1])
+        weights = self._weights(t)
         if t.qtype in (F16, BF16):
             out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
         else:
@@ -103,6 +102,12 @@ class Encoder:
         if bad:
             raise _nonfinite_error(t, bad)
         return out
+
+    def _weights(self, t: TensorPlan) -> np.ndarray | None:
+        """The imatrix weights of a tensor encoded in a block type (float outputs never consult the matrix)."""
+        if self.imatrix is None or t.qtype in (F16, BF16):
+            return None
+        return self.imatrix.for_tensor(t.name, t.ggml_shape[0])
 
     def _encode_rows(self, qtype: GGMLQuantizationType, rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         if qtype == F16:

@@ -114,17 +114,19 @@ def verify_file(path: Path, source: Path | None = None, *, min_snr_db: float | N
         missing = sorted(set(specs) - {t.name for t in layout.tensors})
         if missing:
             report.problems.append(f"{len(missing)} source tensors are not in the file (first: {missing[0]})")
+    if ckpt is None:
+        report.tensors = [TensorReport(t.name, t.qtype.name, list(t.shape), t.n_bytes) for t in layout.tensors]
+        return report
     with open(layout.path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         for t in layout.tensors:
-            report.tensors.append(_check_tensor(t, mm, specs, ckpt, report, min_snr_db, max_rmse))
+            report.tensors.append(_compare_tensor(t, mm, specs, ckpt, report, min_snr_db, max_rmse))
     return report
 
 
-def _check_tensor(t: TensorSpan, mm: mmap.mmap, specs: dict, ckpt: Checkpoint | None, report: VerifyReport,
-                  min_snr_db: float | None, max_rmse: float | None) -> TensorReport:
+def _compare_tensor(t: TensorSpan, mm: mmap.mmap, specs: dict, ckpt: Checkpoint, report: VerifyReport,
+                    min_snr_db: float | None, max_rmse: float | None) -> TensorReport:
+    """Decode one tensor with gguf-py and set its error figures against the source tensor."""
     tr = TensorReport(t.name, t.qtype.name, list(t.shape), t.n_bytes)
-    if ckpt is None:
-        return tr
     spec = specs.get(t.name)
     if spec is None:
         report.problems.append(f"{t.name} does not come from any source tensor")

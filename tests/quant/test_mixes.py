@@ -24,7 +24,7 @@ from quantcli.quant.mixes import (
     MIXES, MixContext, MixOptions, MixTensor, choose_types, get_mix, parse_tensor_type_option,
 )
 from tests.quant.mix_fixtures import FIXTURE_MODELS, SyntheticModel, fixture_gguf, synthetic_gguf
-from tests.gguf_files import scalar_metadata, tensor_shapes
+from tests.gguf_files import scalar_metadata, tensor_shapes, tensor_types
 
 # Every mix the brief asks for, spelled as llama-quantize spells them.
 SUPPORTED_MIXES = (
@@ -112,7 +112,7 @@ def compare_with_llama_cpp(model: ModelInput, mix: str, options: MixOptions, out
     status = oracle.llama_quantize(model.path, out, run)
     assert status == 0, f"llama_model_quantize failed on {model.path.name} {mix}"
     try:
-        theirs = oracle.gguf_tensor_types(out)
+        theirs = tensor_types(out)
         file_type = oracle.gguf_file_type(out)
     finally:
         out.unlink(missing_ok=True)

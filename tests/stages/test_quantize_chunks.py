@@ -2,6 +2,8 @@
 depend on it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -12,6 +14,7 @@ from quantcli.models.base import IDENTITY, TensorSpec
 from quantcli.models.transforms import PermuteRope
 from quantcli.plan import TensorPlan
 from quantcli.quant.backend import get_backend
+from quantcli.quant.imatrix import ImportanceMatrix
 from quantcli.stages import quantize as stage
 from quantcli.stages.quantize import Encoder
 
@@ -55,3 +58,16 @@ def test_nan_in_a_later_chunk_is_counted_over_the_whole_tensor(monkeypatch: pyte
     monkeypatch.setattr(stage, "CHUNK_VALUES", 256 * 8)
     with pytest.raises(InputError, match="'model.layers.0.mlp.down_proj.weight' holds 2 NaN/Inf values"):
         Encoder(get_backend(), 1).encode(t, [stored])
+
+
+def test_float_outputs_never_consult_the_importance_matrix() -> None:
+    # An entry that does not fit the rows is an error for a block type, and irrelevant for F16/BF16 (llama.cpp
+    # only hands the matrix to its quantizers).
+    imatrix = ImportanceMatrix(Path("m.gguf"), {"blk.0.attn_q.weight": np.ones(7, dtype=np.float32)}, (), 1)
+    stored = stored_values("F32")
+    spec = TensorSpec("blk.0.attn_q.weight", ("q",), stored.shape)
+    encoder = Encoder(get_backend(), 1, imatrix)
+    for qtype in (T.F16, T.BF16):
+        assert encoder.encode(TensorPlan(spec, qtype, ("F32",)), [stored]).nbytes == stored.size * 2
+    with pytest.raises(InputError, match="imatrix entry for blk.0.attn_q.weight has 7 values"):
+        encoder.encode(TensorPlan(spec, T.Q4_K, ("F32",)), [stored])
