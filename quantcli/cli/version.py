@@ -7,7 +7,8 @@ from ._common import JsonOpt, out, run
 
 
 def version(json: JsonOpt = False) -> None:
-    """Show quantcli's version, the active backend (QUANTCLI_BACKEND) and the versions of its key libraries.
+    """Show quantcli's version, the active backend (QUANTCLI_BACKEND), the C kernels' instruction set (QUANTCLI_ISA)
+    and the versions of its key libraries.
 
     [bold]Example[/]: quantcli version --json
     """
@@ -17,7 +18,9 @@ def version(json: JsonOpt = False) -> None:
         from .. import __version__
         from ..quant.backend import get_backend
 
-        info = {"quantcli": __version__, "backend": get_backend().name}
+        backend = get_backend()
+        # the kernels' instruction-set variant (QUANTCLI_ISA forces a lower one); None on the NumPy reference
+        info = {"quantcli": __version__, "backend": backend.name, "kernels isa": backend.isa}
         for pkg in ("gguf", "numpy", "safetensors", "huggingface_hub"):
             try:
                 info[pkg] = md.version(pkg)

@@ -3,6 +3,10 @@
 auto (default): C where a kernel exists, else the reference; a missing extension gives a one-line warning.
 c: the C kernels only; a type without a kernel is an error.
 reference: the NumPy classes only (slow, readable; the same bytes).
+
+The C kernels come in instruction-set variants (quant/_kernels/dispatch.c): the best one this machine runs is
+used, and QUANTCLI_ISA=default|avx2|avx512 forces another one the machine runs (every variant gives the same
+bytes; tests compare them, and `quantcli version` shows the active one).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from ..io.safetensors import to_float32
 from .base import quant_class
 
 BACKENDS = ("auto", "c", "reference")
+ISAS = ("avx512", "avx2", "default")
 
 
 def _load_kernels() -> ModuleType | None:
@@ -35,6 +40,7 @@ class Backend:
 
     policy: str
     kernels: ModuleType | None
+    isa: str | None = None          # the kernels' instruction-set variant; None when no kernels are loaded
 
     @property
     def name(self) -> str:
@@ -54,7 +60,7 @@ class Backend:
         if kind is None or not self._c_convert():
             return to_float32(array, dtype)
         out = np.empty(array.shape, dtype=np.float32)
-        self.kernels.convert(kind, np.ascontiguousarray(array), out, max(1, threads))  # type: ignore[union-attr]
+        self.kernels.convert(kind, np.ascontiguousarray(array), out, max(1, threads), self.isa)  # type: ignore[union-attr]
         return out
 
     def to_float16(self, values: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -62,7 +68,8 @@ class Backend:
         if not self._c_convert():
             return values.astype(np.float16)
         out = np.empty(values.shape, dtype=np.float16)
-        self.kernels.convert(2, np.ascontiguousarray(values, dtype=np.float32), out, max(1, threads))  # type: ignore[union-attr]
+        self.kernels.convert(2, np.ascontiguousarray(values, dtype=np.float32), out, max(1, threads),  # type: ignore[union-attr]
+                             self.isa)
         return out
 
     def quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None = None,
@@ -80,12 +87,28 @@ class Backend:
         out = np.empty((rows.shape[0], cls.row_bytes(rows.shape[1])), dtype=np.uint8)
         if rows.shape[0]:
             qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-            self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads))  # type: ignore[union-attr]
+            self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads),  # type: ignore[union-attr]
+                                  self.isa)
         return out
 
 
-def get_backend(policy: str | None = None) -> Backend:
-    """The backend named by `policy`, or by QUANTCLI_BACKEND when policy is None."""
+def _choose_isa(kernels: ModuleType, isa: str | None) -> str:
+    """The variant named by `isa` (or QUANTCLI_ISA), checked against what this machine runs; else the best one."""
+    usable: tuple[str, ...] = kernels.isas()
+    isa = (isa or os.environ.get("QUANTCLI_ISA") or "").lower()
+    if not isa:
+        return usable[0]
+    if isa not in ISAS:
+        raise InputError(f"QUANTCLI_ISA={isa!r} is not an instruction-set variant.", hint=f"Use one of: {', '.join(ISAS)}.")
+    if isa not in usable:
+        raise InputError(f"QUANTCLI_ISA={isa} does not run on this machine (or was not built).",
+                         hint=f"This machine runs: {', '.join(usable)}.")
+    return isa
+
+
+def get_backend(policy: str | None = None, isa: str | None = None) -> Backend:
+    """The backend named by `policy`, or by QUANTCLI_BACKEND when policy is None; the C kernels' variant named
+    by `isa`, or by QUANTCLI_ISA when isa is None, else the best one this machine runs."""
     policy = (policy or os.environ.get("QUANTCLI_BACKEND") or "auto").lower()
     if policy not in BACKENDS:
         raise InputError(f"QUANTCLI_BACKEND={policy!r} is not a backend.", hint=f"Use one of: {', '.join(BACKENDS)}.")
@@ -96,4 +119,4 @@ def get_backend(policy: str | None = None) -> Backend:
     if kernels is None and policy == "auto":
         print("warning: quantcli._kernels is not built; using the slow NumPy reference. Run `make install` to build it.",
               file=sys.stderr)
-    return Backend(policy, kernels)
+    return Backend(policy, kernels, None if kernels is None else _choose_isa(kernels, isa))

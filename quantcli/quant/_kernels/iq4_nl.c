@@ -33,3 +33,5 @@ void qc_quantize_row_iq4_nl(const float *x, void *vy, int64_t n, const float *qw
         }
     }
 }
+
+const qc_kernel qc_kernel_iq4_nl = {qc_quantize_row_iq4_nl, QC_BLOCK, IQ4_NL_BYTES};

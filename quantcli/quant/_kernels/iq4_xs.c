@@ -55,3 +55,5 @@ void qc_quantize_row_iq4_xs(const float *x, void *vy, int64_t n, const float *qw
     for (int64_t s = 0; s < n / QC_QK_K; s++)
         iq4_xs_super_block(x + s * QC_QK_K, qw != NULL ? qw + s * QC_QK_K : NULL, y + s * IQ4_XS_BYTES);
 }
+
+const qc_kernel qc_kernel_iq4_xs = {qc_quantize_row_iq4_xs, QC_QK_K, IQ4_XS_BYTES};

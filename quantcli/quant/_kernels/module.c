@@ -1,11 +1,27 @@
-/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads).
+/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None).
  *
  * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread.
- * Each row is quantized independently, so the bytes do not depend on the thread count. */
+ * Each row is quantized independently, so the bytes do not depend on the thread count. isa names the
+ * instruction-set variant (dispatch.c); None takes the best one this machine runs. Every variant gives the
+ * same bytes, so the choice only matters for speed and for tests that compare the variants. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
-#include "kernels.h"
+#include "dispatch.h"
+
+/* The variants this machine runs, best first; found once at import. */
+static const qc_variant *qc_usable[QC_MAX_VARIANTS];
+static int qc_nusable;
+
+/* The variant named by a Python str, or the best one for None; NULL with ValueError set when it is not usable. */
+static const qc_variant *qc_variant_arg(PyObject *isa) {
+    if (isa == NULL || isa == Py_None) return qc_usable[0];
+    const char *name = PyUnicode_AsUTF8(isa);
+    if (name == NULL) return NULL;
+    const qc_variant *v = qc_find_variant(name);
+    if (v == NULL) PyErr_Format(PyExc_ValueError, "instruction-set variant %R is not available on this machine", isa);
+    return v;
+}
 
 typedef struct {
     qc_row_quantizer fn;
@@ -45,31 +61,43 @@ static void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n)
 static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int type_id, threads;
     Py_buffer src, dst, qw;
-    PyObject *qw_obj;
+    PyObject *qw_obj, *isa = NULL;
     Py_ssize_t n_per_row;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*nw*Oi", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads)) {
+    if (!PyArg_ParseTuple(args, "iy*nw*Oi|O", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa)) {
         return NULL;
     }
     qw.buf = NULL;
     PyObject *result = NULL;
-    qc_row_quantizer fn = qc_find_quantizer(type_id);
-    if (fn == NULL) {
+    const qc_variant *variant = qc_variant_arg(isa);
+    if (variant == NULL) goto done;
+    const qc_kernel *kernel = variant->find_kernel(type_id);
+    if (kernel == NULL) {
         PyErr_Format(PyExc_NotImplementedError, "no C kernel for ggml type %d", type_id);
         goto done;
     }
-    if (n_per_row <= 0 || src.len % (Py_ssize_t)(n_per_row * sizeof(float)) != 0) {
-        PyErr_SetString(PyExc_ValueError, "src length is not a whole number of float32 rows");
+    /* The kernels trust their arguments: every size is checked here, before any byte is written. */
+    if (n_per_row <= 0 || n_per_row % kernel->block_values != 0 || n_per_row > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "n_per_row=%zd is not a positive multiple of the block size %d of ggml type %d",
+                     n_per_row, kernel->block_values, type_id);
         goto done;
     }
-    const int64_t nrows = src.len / (Py_ssize_t)(n_per_row * sizeof(float));
-    if (nrows == 0 || dst.len % nrows != 0) {
-        PyErr_SetString(PyExc_ValueError, "dst length is not a whole number of rows");
+    const Py_ssize_t src_row = n_per_row * (Py_ssize_t)sizeof(float);
+    if (src.len % src_row != 0) {
+        PyErr_Format(PyExc_ValueError, "src holds %zd bytes, not a whole number of float32 rows of %zd values",
+                     src.len, n_per_row);
+        goto done;
+    }
+    const int64_t nrows = src.len / src_row;
+    const int64_t row_bytes = (int64_t)(n_per_row / kernel->block_values) * kernel->block_bytes;
+    if ((int64_t)dst.len != nrows * row_bytes) {
+        PyErr_Format(PyExc_ValueError, "dst holds %zd bytes but %lld rows of ggml type %d need %lld",
+                     dst.len, (long long)nrows, type_id, (long long)(nrows * row_bytes));
         goto done;
     }
     if (qw_obj != Py_None) {
         if (PyObject_GetBuffer(qw_obj, &qw, PyBUF_SIMPLE) < 0) goto done;
-        if (qw.len != (Py_ssize_t)(n_per_row * sizeof(float))) {
+        if (qw.len != src_row) {
             PyErr_SetString(PyExc_ValueError, "imatrix must hold one float32 per column");
             goto done;
         }
@@ -79,15 +107,15 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     if (threads > 256) threads = 256;
 
     qc_job jobs[256];
-    const int64_t per = nrows / threads, extra = nrows % threads;
+    const int64_t per = nrows > 0 ? nrows / threads : 0, extra = nrows > 0 ? nrows % threads : 0;
     int64_t begin = 0;
     for (int t = 0; t < threads; t++) {
         const int64_t count = per + (t < extra ? 1 : 0);
-        jobs[t] = (qc_job){fn, (const float *)src.buf, (uint8_t *)dst.buf, (const float *)qw.buf,
-                           n_per_row, dst.len / nrows, begin, begin + count};
+        jobs[t] = (qc_job){kernel->fn, (const float *)src.buf, (uint8_t *)dst.buf, (const float *)qw.buf,
+                           n_per_row, row_bytes, begin, begin + count};
         begin += count;
     }
-    qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
+    if (nrows > 0) qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -110,15 +138,18 @@ static void *qc_run_conv(void *arg) {
     return NULL;
 }
 
-/* convert(kind, src, dst, threads): kind 0 f16->f32, 1 bf16->f32, 2 f32->f16; element-wise, split across threads. */
+/* convert(kind, src, dst, threads, isa=None): kind 0 f16->f32, 1 bf16->f32, 2 f32->f16; element-wise, split
+ * across threads. */
 static PyObject *qc_convert(PyObject *self, PyObject *args) {
     int kind, threads;
     Py_buffer src, dst;
+    PyObject *isa = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*w*i", &kind, &src, &dst, &threads)) return NULL;
-    static const qc_converter fns[3] = {qc_f16_to_f32, qc_bf16_to_f32, qc_f32_to_f16};
+    if (!PyArg_ParseTuple(args, "iy*w*i|O", &kind, &src, &dst, &threads, &isa)) return NULL;
     static const int64_t sizes[3][2] = {{2, 4}, {2, 4}, {4, 2}};
     PyObject *result = NULL;
+    const qc_variant *variant = qc_variant_arg(isa);
+    if (variant == NULL) goto done;
     if (kind < 0 || kind > 2) {
         PyErr_SetString(PyExc_ValueError, "unknown conversion kind");
         goto done;
@@ -133,7 +164,7 @@ static PyObject *qc_convert(PyObject *self, PyObject *args) {
     if (n < (1 << 16)) threads = 1;  /* not worth a thread for small tensors */
     qc_conv_job jobs[64];
     for (int t = 0; t < threads; t++) {
-        jobs[t] = (qc_conv_job){fns[kind], (const uint8_t *)src.buf, (uint8_t *)dst.buf, sizes[kind][0],
+        jobs[t] = (qc_conv_job){variant->convert[kind], (const uint8_t *)src.buf, (uint8_t *)dst.buf, sizes[kind][0],
                                 sizes[kind][1], n * t / threads, n * (t + 1) / threads};
     }
     qc_parallel(qc_run_conv, jobs, sizeof(qc_conv_job), threads);
@@ -149,19 +180,51 @@ static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
     (void)self;
     long type_id = PyLong_AsLong(arg);
     if (type_id == -1 && PyErr_Occurred()) return NULL;
-    return PyBool_FromLong(qc_find_quantizer((int)type_id) != NULL);
+    return PyBool_FromLong(qc_usable[0]->find_kernel((int)type_id) != NULL);
+}
+
+static PyObject *qc_layout(PyObject *self, PyObject *arg) {
+    (void)self;
+    long type_id = PyLong_AsLong(arg);
+    if (type_id == -1 && PyErr_Occurred()) return NULL;
+    const qc_kernel *kernel = qc_usable[0]->find_kernel((int)type_id);
+    if (kernel == NULL) Py_RETURN_NONE;
+    return Py_BuildValue("(ii)", kernel->block_values, kernel->block_bytes);
+}
+
+static PyObject *qc_isas(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    PyObject *names = PyTuple_New(qc_nusable);
+    if (names == NULL) return NULL;
+    for (int i = 0; i < qc_nusable; i++) {
+        PyObject *name = PyUnicode_FromString(qc_usable[i]->name);
+        if (name == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, i, name);
+    }
+    return names;
 }
 
 static PyMethodDef qc_methods[] = {
     {"quantize", qc_quantize, METH_VARARGS,
-     "quantize(type_id, src, n_per_row, dst, imatrix, threads): quantize float32 rows of src into dst."},
+     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None): quantize float32 rows of src into dst."},
     {"convert", qc_convert, METH_VARARGS,
-     "convert(kind, src, dst, threads): 0 f16->f32, 1 bf16->f32, 2 f32->f16 (round to nearest even)."},
+     "convert(kind, src, dst, threads, isa=None): 0 f16->f32, 1 bf16->f32, 2 f32->f16 (round to nearest even)."},
     {"has_type", qc_has_type, METH_O, "has_type(type_id) -> bool: whether a C kernel exists for the type."},
+    {"layout", qc_layout, METH_O,
+     "layout(type_id) -> (block_values, block_bytes) of the type's C kernel, or None without a kernel."},
+    {"isas", qc_isas, METH_NOARGS,
+     "isas() -> the instruction-set variants this machine runs, best first (quantize's and convert's isa=)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef qc_module = {PyModuleDef_HEAD_INIT, "_kernels", "quantcli's C quantization kernels.",
                                        -1, qc_methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&qc_module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+    qc_nusable = qc_usable_variants(qc_usable, QC_MAX_VARIANTS);
+    return PyModule_Create(&qc_module);
+}

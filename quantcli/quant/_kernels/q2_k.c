@@ -121,3 +121,5 @@ void qc_quantize_row_q2_k(const float *x, void *vy, int64_t n_per_row, const flo
         for (int b = 0; b < count; b++) q2_k_finish(x + (b0 + b) * QC_QK_K, &wk[b], y + (b0 + b) * Q2_K_BYTES);
     }
 }
+
+const qc_kernel qc_kernel_q2_k = {qc_quantize_row_q2_k, QC_QK_K, Q2_K_BYTES};

@@ -69,3 +69,5 @@ void qc_quantize_row_q4_1(const float *x, void *vy, int64_t n, const float *qw) 
     for (int64_t b0 = 0; b0 < nb; b0 += QC_LANES)
         q4_1_group(x + b0 * QC_BLOCK, y + b0 * Q4_1_BYTES, nb - b0 < QC_LANES ? (int)(nb - b0) : QC_LANES);
 }
+
+const qc_kernel qc_kernel_q4_1 = {qc_quantize_row_q4_1, QC_BLOCK, Q4_1_BYTES};

@@ -29,3 +29,5 @@ void qc_quantize_row_q4_k(const float *x, void *vy, int64_t n_per_row, const flo
         }
     }
 }
+
+const qc_kernel qc_kernel_q4_k = {qc_quantize_row_q4_k, QC_QK_K, Q4_K_BYTES};

@@ -70,3 +70,5 @@ void qc_quantize_row_q5_0(const float *x, void *vy, int64_t n, const float *qw) 
     for (int64_t b0 = 0; b0 < nb; b0 += QC_LANES)
         q5_0_group(x + b0 * QC_BLOCK, y + b0 * Q5_0_BYTES, nb - b0 < QC_LANES ? (int)(nb - b0) : QC_LANES);
 }
+
+const qc_kernel qc_kernel_q5_0 = {qc_quantize_row_q5_0, QC_BLOCK, Q5_0_BYTES};

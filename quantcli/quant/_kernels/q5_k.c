@@ -36,3 +36,5 @@ void qc_quantize_row_q5_k(const float *x, void *vy, int64_t n_per_row, const flo
         }
     }
 }
+
+const qc_kernel qc_kernel_q5_k = {qc_quantize_row_q5_k, QC_QK_K, Q5_K_BYTES};

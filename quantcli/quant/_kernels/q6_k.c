@@ -72,3 +72,5 @@ void qc_quantize_row_q6_k(const float *x, void *vy, int64_t n_per_row, const flo
     for (int64_t b = 0; b < n_per_row / QC_QK_K; b++)
         q6_k_block(x + b * QC_QK_K, qw ? qw + b * QC_QK_K : NULL, y + b * Q6_K_BYTES);
 }
+
+const qc_kernel qc_kernel_q6_k = {qc_quantize_row_q6_k, QC_QK_K, Q6_K_BYTES};

@@ -32,3 +32,5 @@ void qc_quantize_row_q8_0(const float *x, void *vy, int64_t n, const float *qw) 
     for (int64_t b0 = 0; b0 < nb; b0 += QC_LANES)
         q8_0_group(x + b0 * QC_BLOCK, y + b0 * Q8_0_BYTES, nb - b0 < QC_LANES ? (int)(nb - b0) : QC_LANES);
 }
+
+const qc_kernel qc_kernel_q8_0 = {qc_quantize_row_q8_0, QC_BLOCK, Q8_0_BYTES};

@@ -35,3 +35,5 @@ void qc_quantize_row_tq1_0(const float *x, void *vy, int64_t n, const float *qw)
     uint8_t *y = (uint8_t *)vy;
     for (int64_t s = 0; s < n / QC_QK_K; s++) tq1_0_block(x + s * QC_QK_K, y + s * TQ1_0_BYTES);
 }
+
+const qc_kernel qc_kernel_tq1_0 = {qc_quantize_row_tq1_0, QC_QK_K, TQ1_0_BYTES};
