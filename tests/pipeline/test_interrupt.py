@@ -13,6 +13,7 @@ import pytest
 
 from quantcli.pipeline.cache import file_sha256
 from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.signals import default_sigint
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -29,7 +30,7 @@ def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 def interrupt(args: list[str], env: dict[str, str], marker: Path, signum: int) -> subprocess.CompletedProcess:
     """Start the slowed CLI, wait until it is writing, send `signum`, and collect the result."""
     proc = subprocess.Popen([sys.executable, "-m", "tests.pipeline.fault_cli", *args], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
