@@ -3,9 +3,9 @@
 Nothing here reads tensor data. `--dry-run` prints a Plan; the writer sizes the header from it; the disk
 check compares its total with free space; the cache keys on its canonical form.
 
-    >>> plan = make_plan(SourceModel.open(Checkpoint.open(path)), QuantOptions(mix="Q4_K_M"))
-    >>> plan.tensors[0].name, plan.tensors[0].qtype.name, plan.total_bytes
-    ('token_embd.weight', 'Q6_K', 85214560)
+    plan = make_plan(SourceModel.open(Checkpoint.open(path)), QuantOptions(mix="Q4_K_M"))
+    plan.tensors[0].name, plan.tensors[0].qtype.name, plan.total_bytes
+    # -> ('token_embd.weight', 'Q6_K', 85214560)
 """
 from __future__ import annotations
 

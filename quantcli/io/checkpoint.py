@@ -1,8 +1,8 @@
 """A Hugging Face checkpoint folder: config.json plus single or sharded safetensors, opened lazily.
 
-    >>> ckpt = Checkpoint.open(Path("./SmolLM2-135M-Instruct"))
-    >>> ckpt.config["model_type"], len(ckpt.tensors)
-    ('llama', 272)
+    ckpt = Checkpoint.open(Path("./SmolLM2-135M-Instruct"))
+    ckpt.config["model_type"], len(ckpt.tensors)
+    # -> ('llama', 272)
 """
 from __future__ import annotations
 

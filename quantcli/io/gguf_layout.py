@@ -5,9 +5,9 @@ vocabulary; splitting and publishing only need byte ranges, a few scalar values 
 scan walks the header with struct arithmetic, keeps the raw bytes' positions, decodes only small scalars
 and strings, and checks every length and offset against the file's size before using it.
 
-    >>> layout = read_layout(Path("model-Q8_0.gguf"))
-    >>> layout.values["general.architecture"], len(layout.tensors), round(layout.bits_per_weight, 2)
-    ('llama', 21, 8.5)
+    layout = read_layout(Path("model-Q8_0.gguf"))
+    layout.values["general.architecture"], len(layout.tensors), round(layout.bits_per_weight, 2)
+    # -> ('llama', 21, 8.5)
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ when the next tensor's data (padded to 32 bytes) would push the current shard's 
 A tensor larger than the limit gets a shard of its own (a tensor cannot be cut). Metadata and tensor
 descriptions are copied byte for byte, never decoded and re-encoded.
 
-    >>> paths = split_gguf(Path("big.gguf"), Path("publish/"), parse_size("2G"))
-    >>> [p.name for p in paths]
-    ['big-00001-of-00003.gguf', 'big-00002-of-00003.gguf', 'big-00003-of-00003.gguf']
+    paths = split_gguf(Path("big.gguf"), Path("publish/"), parse_size("2G"))
+    [p.name for p in paths]
+    # -> ['big-00001-of-00003.gguf', 'big-00002-of-00003.gguf', 'big-00003-of-00003.gguf']
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ Because every tensor's type and shape are known from the plan, offsets are compu
 tensor's bytes are in memory at a time. The file is written under a temporary name in the target folder and
 renamed into place by `commit()`; `abort()` (or leaving the `with` block on an exception) removes it.
 
-    >>> with GGUFStreamWriter(Path("out.gguf"), metadata, infos) as w:
-    ...     for info in infos:
-    ...         w.write_tensor(info.name, data_for(info))
-    ...     w.commit()
+    with GGUFStreamWriter(Path("out.gguf"), metadata, infos) as w:
+        for info in infos:
+            w.write_tensor(info.name, data_for(info))
+        w.commit()
 """
 from __future__ import annotations
 

@@ -5,10 +5,10 @@ integer shapes, byte lengths that equal shape x itemsize, data regions contiguou
 data equal to the file length exactly. Tensor data is read on request with pread into a fresh buffer (not
 mmap), so the resident memory of a conversion stays bounded by the tensors in flight, not the model.
 
-    >>> st = SafetensorsFile.open(Path("model.safetensors"))
-    >>> st.tensors["model.norm.weight"].shape
-    (576,)
-    >>> x = st.read("model.norm.weight")          # numpy array in the stored dtype (BF16 as uint16)
+    st = SafetensorsFile.open(Path("model.safetensors"))
+    st.tensors["model.norm.weight"].shape
+    # -> (576,)
+    x = st.read("model.norm.weight")          # numpy array in the stored dtype (BF16 as uint16)
 """
 from __future__ import annotations
 

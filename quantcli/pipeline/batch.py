@@ -14,9 +14,9 @@ Each (model, recipe) pair is a job with an id `<model name>.<recipe name>`; `--j
 is how a CI matrix (`matrix()`) fans a batch out over runners. Every job goes through the same convert
 pipeline as `quantcli convert` (stage cache, manifest), so a re-run skips finished jobs' work.
 
-    >>> batch = load_batch(Path("batch.yaml"))
-    >>> [job.id for job in batch.jobs]
-    ['SmolLM2-135M-Instruct.q4_k_m', 'SmolLM2-135M-Instruct.release', 'my-model.q4_k_m', ...]
+    batch = load_batch(Path("batch.yaml"))
+    [job.id for job in batch.jobs]
+    # -> ['SmolLM2-135M-Instruct.q4_k_m', 'SmolLM2-135M-Instruct.release', 'my-model.q4_k_m', ...]
 """
 from __future__ import annotations
 

@@ -5,10 +5,10 @@ made from the same inputs and parameters are re-hashed and skipped, the rest are
 read. With `manifest` set, a run manifest is written beside the outputs (pipeline/manifest.py). The CLI sets
 both; library callers get neither unless they ask.
 
-    >>> result = convert(ConvertRequest(model="./SmolLM2-135M-Instruct", recipe=recipe_from_type("Q8_0"),
-    ...                                 output=Path("out/")))
-    >>> result.outputs[0].path
-    PosixPath('out/SmolLM2-135M-Instruct-Q8_0.gguf')
+    result = convert(ConvertRequest(model="./SmolLM2-135M-Instruct", recipe=recipe_from_type("Q8_0"),
+                                    output=Path("out/")))
+    result.outputs[0].path
+    # -> PosixPath('out/SmolLM2-135M-Instruct-Q8_0.gguf')
 """
 from __future__ import annotations
 

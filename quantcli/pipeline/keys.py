@@ -9,9 +9,9 @@ agree bit for bit): a run that switches QUANTCLI_BACKEND is usually a run checki
 hit would hide the answer. The thread count is not: a batch run with --jobs 2 (one thread per job) and a
 re-run of one job (all cores) must share their work.
 
-    >>> key = quantize_key(plan, source_fingerprint, backend="c")
-    >>> key.stage, len(key.digest)
-    ('quantize', 64)
+    key = quantize_key(plan, source_fingerprint, backend="c")
+    key.stage, len(key.digest)
+    # -> ('quantize', 64)
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Each entry becomes one float32 weight per column of the tensor it names, normali
 normalises it (GGUF: in_sum2 / count per expert slice, 1 where the count is 0; legacy: sums / ncall), so the
 kernels receive exactly the quant_weights llama.cpp would pass.
 
-    >>> im = load_imatrix(Path("imatrix.gguf"))
-    >>> im.weights["blk.0.attn_q.weight"].shape
-    (576,)
+    im = load_imatrix(Path("imatrix.gguf"))
+    im.weights["blk.0.attn_q.weight"].shape
+    # -> (576,)
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Every error names the file and line: unknown keys, wrong types and bad type name
 A recipe has either one `quantize:` section (shorthand) or an `outputs:` list; both load to the same canonical
 form, a Recipe with a tuple of OutputSpec, which the run manifest records.
 
-    >>> recipe = load_recipe(Path("recipes/q4_k_m.yaml"))
-    >>> recipe.outputs[0].type, recipe.outputs[0].file
-    ('Q4_K_M', '{model}-{type}.gguf')
+    recipe = load_recipe(Path("recipes/q4_k_m.yaml"))
+    recipe.outputs[0].type, recipe.outputs[0].file
+    # -> ('Q4_K_M', '{model}-{type}.gguf')
 """
 from __future__ import annotations
 

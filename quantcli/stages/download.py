@@ -8,9 +8,9 @@ already downloaded by them costs nothing; HF_TOKEN and HF_HUB_OFFLINE are honour
 The returned Snapshot names the commit the revision resolved to and the blob id of every file (the hub's
 content address: the sha256 of LFS files, the git blob sha of the others), which is what the stage cache keys on.
 
-    >>> snap = download("HuggingFaceTB/SmolLM2-135M-Instruct@main")
-    >>> snap.commit, sorted(snap.files)[:2]
-    ('12fd25f77366fa6b3b4b768ec3050bf629380bac', ['config.json', 'generation_config.json'])
+    snap = download("HuggingFaceTB/SmolLM2-135M-Instruct@main")
+    snap.commit, sorted(snap.files)[:2]
+    # -> ('12fd25f77366fa6b3b4b768ec3050bf629380bac', ['config.json', 'generation_config.json'])
 """
 from __future__ import annotations
 

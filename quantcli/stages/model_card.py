@@ -4,10 +4,10 @@ YAML front matter the hub reads (base_model, tags gguf/quantized, quantized_by, 
 files (type, size, bits per weight, verify figures), how to run them with llama.cpp and Ollama, and where
 they came from (source commit, recipe, quantcli version, sha256 of each file).
 
-    >>> card = render_card(CardInfo(repo_id="me/SmolLM2-GGUF", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-    ...                             quantized_by="me", files=[...]))
-    >>> card.startswith("---\\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct")
-    True
+    card = render_card(CardInfo(repo_id="me/SmolLM2-GGUF", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                                quantized_by="me", files=[...]))
+    card.startswith("---\\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct")
+    # -> True
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ outputs, then creates the repo and uploads everything in one commit with hugging
 create_commit, which pre-uploads large files through the hub's LFS/Xet path before committing). Nothing is
 uploaded when a file failed its verification or changed since its manifest was written.
 
-    >>> plan = plan_publish(Path("out"), repo_id="me/SmolLM2-135M-Instruct-GGUF")
-    >>> [f.name for f in plan.files], plan.card.splitlines()[1]
-    (['SmolLM2-135M-Instruct-Q8_0.gguf'], 'base_model: HuggingFaceTB/SmolLM2-135M-Instruct')
+    plan = plan_publish(Path("out"), repo_id="me/SmolLM2-135M-Instruct-GGUF")
+    [f.name for f in plan.files], plan.card.splitlines()[1]
+    # -> (['SmolLM2-135M-Instruct-Q8_0.gguf'], 'base_model: HuggingFaceTB/SmolLM2-135M-Instruct')
 """
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ from safetensors.numpy import load_file, save_file
 
 from tests.fixtures.paths import model_path
 
+# needs the built test models (make models)
+pytestmark = pytest.mark.slow
+
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "quantcli.cli.app", *args], capture_output=True, text=True,

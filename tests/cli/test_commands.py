@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.paths import model_path
 from tests.gguf_files import stored_tensors, tensor_types
 
@@ -16,6 +18,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, "QUANTCLI_NO_PROGRESS": "1", **(env or {})})
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     res = cli("convert", str(model_path("tiny-llama")), "--type", "Q4_0", "--dry-run", "-o", str(out), "--json")
@@ -31,6 +34,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert tensor_bytes < plan["outputs"][0]["bytes"] < 2 * tensor_bytes
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dry_run_size_is_the_written_size(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     plan = json.loads(cli("convert", str(model_path("tiny-llama")), "--type", "Q4_K_M", "--dry-run", "--json").stdout)
@@ -41,6 +45,7 @@ def test_dry_run_size_is_the_written_size(tmp_path: Path) -> None:
         {t["name"]: t["type"] for t in plan["outputs"][0]["tensors"]}
 
 
+@pytest.mark.slow  # needs the built test models
 def test_default_type_keeps_bf16(tmp_path: Path) -> None:
     out = tmp_path / "bf16.gguf"
     assert cli("convert", str(model_path("tiny-llama-bf16")), "-o", str(out)).returncode == 0
@@ -48,6 +53,7 @@ def test_default_type_keeps_bf16(tmp_path: Path) -> None:
     assert types == {"BF16"}
 
 
+@pytest.mark.slow  # needs the built test models
 def test_inspect_gguf_and_folder(tmp_path: Path) -> None:
     out = tmp_path / "f16.gguf"
     assert cli("convert", str(model_path("tiny-llama-f16")), "-o", str(out)).returncode == 0

@@ -37,6 +37,7 @@ def hub_snapshot(tmp_path: Path) -> tuple[str, str]:
     return repo.repo_id, sha
 
 
+@pytest.mark.slow  # needs the built test models
 def test_download_then_quantize_then_verify(tmp_path: Path, hub_snapshot: tuple[str, str]) -> None:
     repo_id, sha = hub_snapshot
     dl = cli(["download", f"{repo_id}@main"], tmp_path)
@@ -60,6 +61,7 @@ def test_download_then_quantize_then_verify(tmp_path: Path, hub_snapshot: tuple[
     assert hub.returncode == 2 and "quantcli download" in hub.stderr
 
 
+@pytest.mark.slow  # needs the built test models
 def test_convert_a_hub_id_offline_records_the_commit_and_rerun_is_cached(tmp_path: Path,
                                                                          hub_snapshot: tuple[str, str]) -> None:
     repo_id, sha = hub_snapshot
@@ -78,6 +80,7 @@ def test_convert_a_hub_id_offline_records_the_commit_and_rerun_is_cached(tmp_pat
     assert missing.returncode == 2 and "HF_HUB_OFFLINE" in missing.stderr
 
 
+@pytest.mark.slow  # needs the built test models
 def test_runs_are_byte_identical_across_runs_and_thread_counts(tmp_path: Path) -> None:
     model = str(model_path("tiny-llama"))
     shas = []

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.fixtures.paths import REPO_ROOT, model_path
 
@@ -64,6 +65,7 @@ def test_quantize_given_a_hub_id(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # needs the built test models
 def test_disk_too_small_for_the_planned_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path,
@@ -72,6 +74,7 @@ def test_disk_too_small_for_the_planned_outputs(tmp_path: Path) -> None:
     assert leftovers(out) == []
 
 
+@pytest.mark.slow  # needs the built test models
 def test_file_system_refuses_a_write_midway(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -84,6 +87,7 @@ def test_file_system_refuses_a_write_midway(tmp_path: Path) -> None:
     assert leftovers(out) == []
 
 
+@pytest.mark.slow  # needs the built test models
 def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -92,6 +96,7 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow  # needs the built test models
 def test_unknown_verify_level(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "--verify", "bogus", "-o", str(out)], tmp_path)
@@ -99,6 +104,7 @@ def test_unknown_verify_level(tmp_path: Path) -> None:
     assert leftovers(out) == []
 
 
+@pytest.mark.slow  # needs the built test models
 def test_corrupt_cache_entry_warns_and_rebuilds(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "--verify", "none", "-o", str(out)]

@@ -14,7 +14,7 @@ from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
 from tests.fixtures.paths import model_path
 from tests.gguf_files import stored_tensors
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend]
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])

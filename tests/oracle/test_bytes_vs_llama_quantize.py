@@ -20,7 +20,7 @@ from quantcli.quant.mixes import MIXES
 from tests.fixtures.paths import model_path
 from tests.gguf_files import scalar_metadata, stored_tensors, tensor_shapes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backend]
 llama_cpp = pytest.importorskip("llama_cpp")
 from tests.llama_quantize_oracle import QuantizeRun, llama_quantize  # noqa: E402
 

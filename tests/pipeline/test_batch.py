@@ -42,6 +42,7 @@ def write_batch(tmp_path: Path, models: list[str], recipes: str = "[q8_0]") -> P
     return path
 
 
+@pytest.mark.slow  # needs the built test models
 def test_parse_resolves_paths_against_the_batch_file_and_names_jobs(tmp_path: Path, tiny_llama: Path) -> None:
     (tmp_path / "r.yaml").write_text("quantize: {type: Q4_0}\n")
     text = f"""models:
@@ -79,6 +80,7 @@ def test_invalid_batch_files_name_the_line(text: str, line: int, words: str, tmp
     assert f"batch.yaml:{line}:" in str(info.value) and words in str(info.value)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_one_good_one_broken_model_continue_on_error(tiny_llama: Path, broken_model: Path, tmp_path: Path) -> None:
     batch = write_batch(tmp_path, [str(broken_model), str(tiny_llama)])
     r = run_cli(["batch", str(batch), "--continue-on-error", "--json"], tmp_path / "cache")
@@ -102,6 +104,7 @@ def test_one_good_one_broken_model_continue_on_error(tiny_llama: Path, broken_mo
     assert "[1/2] broken-llama.q8_0: failed" in r.stderr and "[2/2] tiny-llama.q8_0: ok" in r.stderr
 
 
+@pytest.mark.slow  # needs the built test models
 def test_without_continue_on_error_the_first_failure_stops_the_batch(tiny_llama: Path, broken_model: Path,
                                                                       tmp_path: Path) -> None:
     batch = write_batch(tmp_path, [str(broken_model), str(tiny_llama)])
@@ -111,6 +114,7 @@ def test_without_continue_on_error_the_first_failure_stops_the_batch(tiny_llama:
     assert not (tmp_path / "out" / "tiny-llama").exists()
 
 
+@pytest.mark.slow  # needs the built test models
 def test_parallel_jobs_rerun_from_cache_and_matrix(tiny_llama: Path, broken_model: Path, tmp_path: Path) -> None:
     batch = write_batch(tmp_path, [str(tiny_llama), str(broken_model)], recipes="[q8_0, q4_0]")
     cache = tmp_path / "cache"

@@ -17,6 +17,9 @@ from quantcli.recipe import load_recipe
 from quantcli.stages import quantize as quantize_stage
 from tests.gguf_files import stored_tensors
 
+# needs the built test models (make models)
+pytestmark = pytest.mark.slow
+
 
 def request(model: Path, recipe: Path, out: Path, cache: Path, **kw: object) -> ConvertRequest:
     return ConvertRequest(model=str(model), recipe=load_recipe(recipe), output=out, cache_dir=cache, manifest=True,

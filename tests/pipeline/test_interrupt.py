@@ -15,6 +15,9 @@ from quantcli.pipeline.cache import file_sha256
 from tests.fixtures.paths import REPO_ROOT
 from tests.fixtures.signals import default_sigint
 
+# needs the built test models (make models)
+pytestmark = pytest.mark.slow
+
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ, QUANTCLI_NO_PROGRESS="1", QUANTCLI_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")

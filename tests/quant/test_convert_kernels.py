@@ -7,6 +7,10 @@ import pytest
 from quantcli.io.safetensors import to_float32
 from quantcli.quant.backend import get_backend
 
+# the bytes come from the C kernels or the NumPy reference: `make test` runs this module on both, and on the
+# kernels' baseline variant (QUANTCLI_ISA=default)
+pytestmark = pytest.mark.backend
+
 
 @pytest.fixture(scope="module")
 def c_backend():

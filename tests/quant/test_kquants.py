@@ -16,6 +16,10 @@ from quantcli.quant.backend import get_backend
 from quantcli.quant.base import quant_class
 from quantcli.quant.types import _kquant
 
+# the bytes come from the C kernels or the NumPy reference: `make test` runs this module on both, and on the
+# kernels' baseline variant (QUANTCLI_ISA=default)
+pytestmark = pytest.mark.backend
+
 KQUANTS = [GGMLQuantizationType.Q2_K, GGMLQuantizationType.Q3_K, GGMLQuantizationType.Q4_K,
            GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K]
 BACKENDS = ["c", "reference"]

@@ -16,6 +16,10 @@ from gguf import quants as gguf_quants
 from quantcli.quant.backend import get_backend
 from quantcli.quant.base import quant_class
 
+# the bytes come from the C kernels or the NumPy reference: `make test` runs this module on both, and on the
+# kernels' baseline variant (QUANTCLI_ISA=default)
+pytestmark = pytest.mark.backend
+
 T = GGMLQuantizationType
 TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0]
 #: The types gguf-py can encode too (it has no IQ4 encoder).

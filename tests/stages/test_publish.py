@@ -25,6 +25,9 @@ from quantcli.stages.publish import plan_publish, run_publish
 from tests.fixtures.paths import model_path
 from tests.stages.hub_fixtures import HubRepo, model_files, write_hub_cache
 
+# needs the built test models (make models)
+pytestmark = pytest.mark.slow
+
 RECIPE = """\
 name: release2
 outputs:

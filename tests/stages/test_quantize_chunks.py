@@ -18,6 +18,10 @@ from quantcli.quant.imatrix import ImportanceMatrix
 from quantcli.stages import quantize as stage
 from quantcli.stages.quantize import Encoder
 
+# the bytes come from the C kernels or the NumPy reference: `make test` runs this module on both, and on the
+# kernels' baseline variant (QUANTCLI_ISA=default)
+pytestmark = pytest.mark.backend
+
 
 def whole_tensor_bytes(t: TensorPlan, stored: np.ndarray, dtype: str) -> bytes:
     """Widen the whole tensor with NumPy, then encode it in one call: the path chunking must reproduce."""

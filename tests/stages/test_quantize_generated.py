@@ -5,6 +5,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import pytest
 from gguf import GGMLQuantizationType as T
 
 from quantcli.io.checkpoint import Checkpoint
@@ -14,6 +15,10 @@ from quantcli.models.transforms import Constant, Llama3RopeFactors
 from quantcli.plan import Plan, TensorPlan
 from quantcli.quant.backend import get_backend
 from quantcli.stages.quantize import Encoder, write_ggufs
+
+# the bytes come from the C kernels or the NumPy reference: `make test` runs this module on both, and on the
+# kernels' baseline variant (QUANTCLI_ISA=default)
+pytestmark = pytest.mark.backend
 
 
 def generated_plan(qtype: T) -> Plan:

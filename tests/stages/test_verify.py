@@ -25,6 +25,7 @@ def q8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # needs the built test models
 def test_a_good_file_passes_with_figures_per_tensor(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-llama"))
     assert report.ok, report.problems
@@ -33,11 +34,13 @@ def test_a_good_file_passes_with_figures_per_tensor(q8: Path) -> None:
     assert all(t.snr_db == float("inf") for t in report.tensors if t.type == "F32")
 
 
+@pytest.mark.slow  # needs the built test models
 def test_threshold_exceeded_fails(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-llama"), min_snr_db=80)
     assert not report.ok and any(not t.ok for t in report.tensors)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_truncated_file_is_a_verify_error(q8: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(q8.read_bytes()[: q8.stat().st_size // 2])
@@ -52,6 +55,7 @@ def test_garbage_is_a_verify_error(tmp_path: Path) -> None:
         verify_file(junk)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_wrong_source_is_reported(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-qwen2"))
     assert not report.ok
@@ -63,6 +67,7 @@ def test_error_figures() -> None:
     assert max_abs == 0.5 and abs(rmse - (0.125 ** 0.5)) < 1e-12 and abs(snr - 10 * np.log10(25 / 0.25)) < 1e-9
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_json_and_exit_codes(q8: Path) -> None:
     base = [sys.executable, "-m", "quantcli.cli.app", "verify", str(q8), "--source", str(model_path("tiny-llama"))]
     good = subprocess.run(base + ["--json"], capture_output=True, text=True)
