@@ -1,6 +1,6 @@
 # quantcli developer tasks. `make test` works on a fresh machine: it creates the venv, builds the C extension,
 # installs llama-cpp-python (built from source once, then cached by pip) and the test models, then runs the
-# suite twice: on the C kernels and on the NumPy reference.
+# suite on the C kernels, and its backend-dependent tests again on the NumPy reference and the kernels' baseline.
 PY        ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install dev models test test-fast test-c test-reference bench lint demo clean
+.PHONY: install dev models test test-fast test-portable bench lint demo clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -25,21 +25,38 @@ install: $(BIN)/activate
 	@$(BIN)/quantcli version
 
 # Test and benchmark dependencies: torch from the CPU wheel, transformers, llama.cpp built from its sdist.
+# llama-cpp-python has no Linux wheel on PyPI, so pip compiles llama.cpp the first time (then it reuses its cached
+# wheel); that build prints nothing for many minutes, so say once what is happening and for how long.
 dev: install
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[test]"
+	@$(PYTHON) -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$(LLAMA_CPP_VERSION)')" 2>/dev/null \
+	  || $(PIP) cache list "llama_cpp_python-$(LLAMA_CPP_VERSION)-*" 2>/dev/null | grep -q whl \
+	  || echo "Building llama.cpp from source for llama-cpp-python $(LLAMA_CPP_VERSION) (the tests' byte-exact oracle; PyPI has no Linux wheel): about 7 minutes on 2 idle cores, up to 16 on busy ones; once, pip caches the wheel."
 	$(PIP) install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 
 models: dev
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS)
 
-# The whole suite on both backends (markupsafe/msgpack style: the C path and the reference give the same bytes).
+# The suite in passes (docs/ci.md). First everything, on the C kernels' best instruction-set variant, with the
+# docstring examples (pyproject's testpaths and --doctest-modules). Then only the tests whose bytes come from the
+# kernels (marker `backend`; the slow llama.cpp oracle excluded) again: on the NumPy reference, and on the kernels'
+# baseline variant (test-portable).
+PYTEST := $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider
 test: models
-	QUANTCLI_BACKEND=c $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20 tests
-	QUANTCLI_BACKEND=reference $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider --durations=20 -m "not slow" tests
+	QUANTCLI_BACKEND=c $(PYTEST) --durations=20
+	QUANTCLI_BACKEND=reference $(PYTEST) -m "backend and not slow"
+	$(MAKE) --no-print-directory test-portable
 
+# The portable scalar fallbacks: the `default` variant every build carries (what a CPU without AVX2 runs), forced
+# with QUANTCLI_ISA, through every kernel test against the golden vectors, llama.cpp and the other variants.
+test-portable: dev
+	QUANTCLI_BACKEND=c QUANTCLI_ISA=default $(PYTEST) -m "backend and not slow"
+
+# No test models needed: what `pytest -m "not slow"` runs on a clean clone (tests/conftest.py hides the models
+# from tests not marked slow, so the tier stays honest).
 test-fast: dev
-	$(PYTHON) -m pytest -q -x -m "not slow" tests
+	$(PYTEST) -x -m "not slow"
 
 bench: models
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
