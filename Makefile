@@ -43,15 +43,17 @@ models: dev
 # kernels (marker `backend`; the slow llama.cpp oracle excluded) again: on the NumPy reference, and on the kernels'
 # baseline variant (test-portable).
 PYTEST := $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider
+PORTABLE_PASS := QUANTCLI_BACKEND=c QUANTCLI_ISA=default $(PYTEST) -m "backend and not slow"
 test: models
 	QUANTCLI_BACKEND=c $(PYTEST) --durations=20
 	QUANTCLI_BACKEND=reference $(PYTEST) -m "backend and not slow"
-	$(MAKE) --no-print-directory test-portable
+	$(PORTABLE_PASS)
 
 # The portable scalar fallbacks: the `default` variant every build carries (what a CPU without AVX2 runs), forced
 # with QUANTCLI_ISA, through every kernel test against the golden vectors, llama.cpp and the other variants.
+# (tests/quant/test_portable_build.py checks the QUANTCLI_PORTABLE=1 build, which has that variant alone.)
 test-portable: dev
-	QUANTCLI_BACKEND=c QUANTCLI_ISA=default $(PYTEST) -m "backend and not slow"
+	$(PORTABLE_PASS)
 
 # No test models needed: what `pytest -m "not slow"` runs on a clean clone (tests/conftest.py hides the models
 # from tests not marked slow, so the tier stays honest).
