@@ -6,6 +6,8 @@ Each variant against llama.cpp and the golden vectors: `make test` runs tests/qu
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -99,11 +101,13 @@ def test_quantcli_isa_selects_a_variant(monkeypatch: pytest.MonkeyPatch) -> None
 
 # ---- the C entry point checks sizes before a kernel writes a byte ----
 @pytest.fixture(scope="module")
-def kernels():
-    return get_backend("c").kernels
+def kernels() -> ModuleType:
+    module = get_backend("c").kernels
+    assert module is not None
+    return module
 
 
-def test_a_row_length_off_the_block_size_is_refused(kernels) -> None:
+def test_a_row_length_off_the_block_size_is_refused(kernels: ModuleType) -> None:
     src = np.zeros((2, 48), np.float32)
     dst = np.zeros(2 * 2 * 18, np.uint8)
     with pytest.raises(ValueError, match="n_per_row=48 is not a positive multiple of the block size 32"):
@@ -115,7 +119,7 @@ def test_a_row_length_off_the_block_size_is_refused(kernels) -> None:
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q6_K, T.IQ4_XS], ids=lambda t: t.name)
-def test_a_short_destination_is_refused_and_left_untouched(kernels, qtype: GGMLQuantizationType) -> None:
+def test_a_short_destination_is_refused_and_left_untouched(kernels: ModuleType, qtype: GGMLQuantizationType) -> None:
     block, size = GGML_QUANT_SIZES[qtype]
     src = np.ones((3, 2 * block), np.float32)
     guard = np.full(3 * 2 * size, 0xAB, np.uint8)
@@ -127,7 +131,7 @@ def test_a_short_destination_is_refused_and_left_untouched(kernels, qtype: GGMLQ
         kernels.quantize(int(qtype), src, 2 * block, np.zeros(3 * 2 * size + 1, np.uint8), None, 1)
 
 
-def test_src_and_imatrix_sizes_and_unknown_variants_are_refused(kernels) -> None:
+def test_src_and_imatrix_sizes_and_unknown_variants_are_refused(kernels: ModuleType) -> None:
     dst = np.zeros(2 * 34, np.uint8)
     with pytest.raises(ValueError, match="not a whole number of float32 rows"):
         kernels.quantize(int(T.Q8_0), np.zeros(65, np.float32), 32, dst, None, 1)
@@ -139,5 +143,5 @@ def test_src_and_imatrix_sizes_and_unknown_variants_are_refused(kernels) -> None
         kernels.quantize(int(T.F16), np.zeros(64, np.float32), 32, dst, None, 1)
 
 
-def test_no_rows_is_a_no_op(kernels) -> None:
+def test_no_rows_is_a_no_op(kernels: ModuleType) -> None:
     kernels.quantize(int(T.Q8_0), np.zeros(0, np.float32), 32, np.zeros(0, np.uint8), None, 2)
