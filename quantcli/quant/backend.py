@@ -60,7 +60,8 @@ class Backend:
         if kind is None or not self._c_convert():
             return to_float32(array, dtype)
         out = np.empty(array.shape, dtype=np.float32)
-        self.kernels.convert(kind, np.ascontiguousarray(array), out, max(1, threads), self.isa)  # type: ignore[union-attr]
+        self.kernels.convert(kind, np.ascontiguousarray(array), out, max(1, threads),  # type: ignore[union-attr]
+                             self.isa)
         return out
 
     def to_float16(self, values: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -99,7 +100,8 @@ def _choose_isa(kernels: ModuleType, isa: str | None) -> str:
     if not isa:
         return usable[0]
     if isa not in ISAS:
-        raise InputError(f"QUANTCLI_ISA={isa!r} is not an instruction-set variant.", hint=f"Use one of: {', '.join(ISAS)}.")
+        raise InputError(f"QUANTCLI_ISA={isa!r} is not an instruction-set variant.",
+                         hint=f"Use one of: {', '.join(ISAS)}.")
     if isa not in usable:
         raise InputError(f"QUANTCLI_ISA={isa} does not run on this machine (or was not built).",
                          hint=f"This machine runs: {', '.join(usable)}.")

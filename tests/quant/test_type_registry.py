@@ -29,7 +29,8 @@ ids = [t.name for t in TYPES]
 def test_the_registry_holds_every_block_type_of_the_kernels() -> None:
     assert len(TYPES) >= 14
     kernels = get_backend("c").kernels
-    orphans = [t.name for t in GGMLQuantizationType if kernels.layout(int(t)) is not None and t not in TYPES]  # type: ignore[union-attr]
+    assert kernels is not None
+    orphans = [t.name for t in GGMLQuantizationType if kernels.layout(int(t)) is not None and t not in TYPES]
     assert not orphans, f"C kernels without a reference class: {orphans}"
 
 

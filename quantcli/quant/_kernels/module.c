@@ -77,7 +77,8 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
         goto done;
     }
     /* The kernels trust their arguments: every size is checked here, before any byte is written. */
-    if (n_per_row <= 0 || n_per_row % kernel->block_values != 0 || n_per_row > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float)) {
+    if (n_per_row <= 0 || n_per_row % kernel->block_values != 0 ||
+        n_per_row > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float)) {
         PyErr_Format(PyExc_ValueError, "n_per_row=%zd is not a positive multiple of the block size %d of ggml type %d",
                      n_per_row, kernel->block_values, type_id);
         goto done;
