@@ -35,12 +35,17 @@ def main(argv: list[str]) -> int:
     return code
 
 
-if __name__ == "__main__":
+def entry(argv: list[str]) -> int:
+    """main() with the exits of a stopped worker: 128+signal, never a traceback."""
     from ..errors import Interrupted
 
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except KeyboardInterrupt:            # a signal before the handlers were in place: nothing was written yet
-        sys.exit(130)
+        return 130
     except Interrupted as exc:           # a signal outside the job (reading the job, writing the result)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(entry(sys.argv[1:]))

@@ -294,7 +294,7 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
         except VerifyError as exc:       # not even readable as GGUF
             entry.verify = {"ok": False, "problems": [str(exc.args[0])]}
             broken.append(i)
-            failures.append(VerifyError(f"{entry.path} failed verification and was removed: {exc.args[0]}",
+            failures.append(VerifyError(f"{exc.args[0]}; it was removed, not left under its final name.",
                                         hint="This is a bug in quantcli; please report it with QUANTCLI_DEBUG=1 output."))
             continue
         entry.verify = checked.to_json()

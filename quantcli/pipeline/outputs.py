@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import InputError, OutputError
-from .manifest import manifest_path
+from .manifest import MANIFEST_SUFFIX, manifest_path
 
 GGUF_SUFFIX = ".gguf"
 FILE_LIKE_SUFFIX = re.compile(r"\.[A-Za-z]+")      # `.bin`, `.txt`: a file name, not a folder name
@@ -76,8 +76,8 @@ def check_name(name: str, what: str, folder: Path) -> None:
                          hint="Give `file:` a template such as {model}-{type}.gguf.")
     if ("/" in name or "\\" in name or "\0" in name or name in (".", "..") or name.startswith(".")
             or os.path.isabs(name)):
-        raise InputError(f"{what} gives the file name {name!r}, which is not a plain file name: it would be "
-                         f"written outside {folder} or hidden in it.",
+        raise InputError(f"{what}: {name!r} is not a plain file name; it would be written outside {folder} "
+                         "or hidden in it.",
                          hint="Use `file:` templates, recipe names and model names without '/', '\\', '..' or "
                               "a leading dot.")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
@@ -89,7 +89,8 @@ def _check_target(path: Path, what: str, real_folder: Path) -> Path:
     """The resolved path of `path`; refused when it is a folder or a symlink leading out of the folder."""
     real = Path(os.path.realpath(path))
     if real.parent != real_folder:
-        raise InputError(f"{what}: {path} is a symlink to {real}, outside the output folder.",
+        how = "is a symlink to" if path.is_symlink() else "resolves to"
+        raise InputError(f"{what}: {path} {how} {real}, outside the output folder {real_folder}.",
                          hint="Remove the symlink or choose another output folder.")
     if path.is_dir():
         raise OutputError(f"{path} is a folder, so {what} cannot be written there.",
@@ -125,8 +126,10 @@ def resolve_layout(output: Path | None, names: Sequence[str], *, model: str, rec
         for name, label in zip(names, labels):
             check_name(name, label, folder)
         files = [folder / name for name in names]
+    if single is None:   # the name is built from the model and recipe names: check the string, not a Path's tail
+        check_name(f"{model}.{recipe}{MANIFEST_SUFFIX}", f"the run manifest (named after model {model!r} and recipe "
+                                                         f"{recipe!r})", folder)
     manifest = manifest_path(folder, model=model, recipe=recipe, single_file=single)
-    check_name(manifest.name, f"the manifest name (from model {model!r} and recipe {recipe!r})", folder)
     resolved = [(label, _check_target(f, label, real_folder)) for f, label in zip(files, labels)]
     resolved.append(("the run manifest", _check_target(manifest, "the run manifest", real_folder)))
     refuse_collisions(resolved, hint="Give each output its own `file:` template or type.")

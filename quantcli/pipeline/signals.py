@@ -18,9 +18,15 @@ from ..errors import Interrupted
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """A Python-level "ignore". Not SIG_IGN: a signal that arrived just before the switch is still delivered to
+    the current Python handler, and CPython reports one whose handler became SIG_IGN meanwhile as an error on
+    stderr ("Signal 15 ignored due to race condition")."""
+
+
 def _raise_once(signum: int, frame: object) -> None:
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     raise Interrupted(signum)
 
 
@@ -52,7 +58,7 @@ def stop_signals_ignored() -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _ignore)
     except ValueError:        # not the main thread: signals are not ours to handle here
         previous = {}
     try:
