@@ -294,15 +294,14 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _start_worker(job: Job, threads: int, force: bool, cache_dir: str, workdir: Path) -> _Running:
+def _start_worker(index: int, job: Job, threads: int, force: bool, cache_dir: str, workdir: Path) -> _Running:
     import json
     import subprocess
     import sys
 
     import quantcli
 
-    job_file = workdir / f"{len(list(workdir.iterdir()))}-job.json"
-    result_file = job_file.with_name(job_file.name.replace("-job", "-result"))
+    job_file, result_file = workdir / f"{index}-job.json", workdir / f"{index}-result.json"
     job_file.write_text(json.dumps({"job": asdict(job), "threads": threads, "force": force, "cache_dir": cache_dir}))
     env = dict(os.environ)
     # The worker imports this same quantcli, wherever it was imported from.
@@ -388,12 +387,14 @@ def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = Fal
     cache_dir = str(default_cache_dir())
     queue = list(jobs)
     running: list[_Running] = []
+    launched = 0
     workdir = Path(tempfile.mkdtemp(prefix="quantcli-batch-"))
     try:
         while queue or running:
             while queue and len(running) < n_jobs:
                 job = queue.pop(0)
-                running.append(_start_worker(job, threads or job.threads or share, force, cache_dir, workdir))
+                running.append(_start_worker(launched, job, threads or job.threads or share, force, cache_dir, workdir))
+                launched += 1
             time.sleep(POLL_SECONDS)
             for run in [r for r in running if r.proc.poll() is not None]:
                 running.remove(run)

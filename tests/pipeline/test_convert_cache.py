@@ -181,8 +181,7 @@ def test_library_default_neither_caches_nor_writes_a_manifest(tiny_llama: Path, 
     for _ in range(2):
         result = convert(ConvertRequest(model=str(tiny_llama), recipe=load_recipe(recipe), output=out, verify="none"))
         assert not result.outputs[0].cached and result.manifest is None
-    # Beside the output only its (empty, hidden) lock file, which outlives the run by design (io/locks.py).
-    assert sorted(p.name for p in out.iterdir()) == [".tiny-llama-Q8_0.gguf.lock", "tiny-llama-Q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-llama-Q8_0.gguf"]
     assert not cache_dir.exists()
 
 

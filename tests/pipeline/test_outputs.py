@@ -123,8 +123,25 @@ def test_output_locks_exclude_a_second_process(tmp_path: Path) -> None:
              "except BlockingIOError:\n    print('held')\n")
     with output_locks([target, tmp_path / "m.manifest.json"]):
         held = subprocess.run([sys.executable, "-c", probe, str(lock_name(target))], capture_output=True, text=True)
-    after = subprocess.run([sys.executable, "-c", probe, str(lock_name(target))], capture_output=True, text=True)
-    assert (held.stdout.strip(), after.stdout.strip()) == ("held", "free")
+    assert held.stdout.strip() == "held"
+    assert list(tmp_path.iterdir()) == []            # the holder removes its lock files when it lets go
+
+
+def test_a_waiter_on_a_lock_file_deleted_by_its_holder_takes_the_new_one(tmp_path: Path) -> None:
+    """Three processes: the holder deletes the lock file on release; a waiter that had opened the old file must
+    not run beside a third process that locked a fresh file of that name."""
+    target = tmp_path / "x.gguf"
+    log = tmp_path / "log"
+    worker = ("import sys, time\nfrom pathlib import Path\nfrom quantcli.io.locks import output_locks\n"
+              "log = open(sys.argv[2], 'a')\n"
+              "for _ in range(30):\n"
+              "    with output_locks([Path(sys.argv[1])]):\n"
+              "        log.write('in\\n'); log.flush(); time.sleep(0.002); log.write('out\\n'); log.flush()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", worker, str(target), str(log)]) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    lines = log.read_text().split()
+    assert len(lines) == 180 and lines == ["in", "out"] * 90        # never two holders at once
+    assert not lock_name(target).exists()
 
 
 def test_write_error_hints_offer_free_space_only_for_space_errors() -> None:
