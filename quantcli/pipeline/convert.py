@@ -26,7 +26,7 @@ from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
-from .outputs import OutputLayout, resolve_layout
+from .outputs import OutputLayout, output_target, resolve_layout
 
 if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
@@ -171,7 +171,7 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
 
     if request.verify not in VERIFY_LEVELS:
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
-
+    output_target(request.output, len(request.recipe.outputs))   # the -o rule, before any download or read
     started = time.perf_counter()
     snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,
                                 local_only=request.local_only)

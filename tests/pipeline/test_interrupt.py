@@ -141,7 +141,7 @@ def test_ctrl_c_to_the_group_stops_a_parallel_batch_cleanly(tiny_llama: Path, tm
         time.sleep(0.1)
     assert group_members(proc.pid) == []                # no worker, no orphan left running
     _, partials = finals_and_partials(tmp_path / "out")
-    assert partials == []
+    assert partials == [] and not list((tmp_path / "out").glob(".*.lock"))
 
 
 def test_partials_of_a_killed_run_are_swept_by_the_next_run(tiny_llama: Path, tmp_path: Path) -> None:
@@ -158,6 +158,7 @@ def test_partials_of_a_killed_run_are_swept_by_the_next_run(tiny_llama: Path, tm
     assert rerun.returncode == 0, rerun.stderr
     finals, partials = finals_and_partials(out)
     assert finals == ["tiny-llama-Q8_0.gguf"] and partials == []
+    assert not list(out.glob(".*.lock"))                # the killed run's lock file was taken over and removed
 
 
 def test_concurrent_runs_to_one_path_leave_a_manifest_that_describes_the_file(tiny_llama: Path, tmp_path: Path) -> None:
