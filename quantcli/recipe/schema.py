@@ -211,7 +211,7 @@ def recipe_json_schema() -> dict[str, Any]:
         "type": "object", "additionalProperties": False, "required": ["type"],
         "properties": {
             "type": {"enum": list(MIXES), "description": "The llama.cpp mix or type of this output."},
-            "file": {"type": "string", "default": DEFAULT_FILE, "description": "File name template: {model}, {type}, {recipe}."},
+            "file": {"type": "string", "minLength": 1, "default": DEFAULT_FILE, "description": "File name template: {model}, {type}, {recipe}."},
             "output_tensor_type": {"enum": ggml}, "token_embedding_type": {"enum": ggml},
             "pure": {"type": "boolean", "default": False},
             "tensor_types": {"type": "object", "additionalProperties": {"enum": ggml},
