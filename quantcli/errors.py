@@ -45,8 +45,10 @@ class VerifyError(QuantcliError):
 
 
 class Interrupted(QuantcliError):
-    """The run was stopped by SIGINT or SIGTERM; the partial output was removed."""
+    """The run was stopped by SIGINT or SIGTERM. Files being written are removed on the way out, but the signal
+    may also come after an output was complete, so the message promises only what always holds."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__("interrupted; the partial output was removed. Run the same command again to finish.")
+        super().__init__("interrupted; no half-written file was left under a final name. Run the same command "
+                         "again to finish (outputs already complete are reused from the cache).")
         self.exit_code = 128 + signum

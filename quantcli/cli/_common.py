@@ -57,19 +57,14 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    from ..errors import Interrupted
-
-    raise Interrupted(signum)
-
-
 def run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     """Call a command body inside the error boundary: our errors become one line and an exit code."""
     from ..errors import Interrupted, QuantcliError
+    from ..pipeline.signals import stop_signals_raise
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return fn(*args, **kwargs)
+        with stop_signals_raise():       # Ctrl-C and SIGTERM: Interrupted, and partial files are removed
+            return fn(*args, **kwargs)
     except QuantcliError as exc:
         if debug():
             raise

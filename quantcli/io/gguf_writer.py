@@ -12,6 +12,7 @@ renamed into place by `commit()`; `abort()` (or leaving the `with` block on an e
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -89,6 +90,19 @@ def encode_metadata(kvs: Sequence[MetaKV]) -> bytes:
     return b"".join(parts)
 
 
+# Errors that more free space would cure; any other write error needs another output place or name.
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def write_error_hint(exc: OSError) -> str:
+    """The fix for a failed write: free space only when space was the problem."""
+    if exc.errno in _SPACE_ERRNOS:
+        return "Free disk space or choose another output folder, then run again."
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        return "Something that is not a file is in the way of the output name: remove it or choose another -o."
+    return "Choose an output folder you can write to (-o), then run again."
+
+
 class _State(enum.Enum):
     DATA = "writing tensor data"
     COMMITTED = "committed"
@@ -145,8 +159,7 @@ class GGUFStreamWriter:
             self._fp.write(data)
         except OSError as exc:
             self.abort()
-            raise OutputError(f"writing {self.path} failed: {exc.strerror}.",
-                              hint="Free disk space or choose another output folder, then run again.") from exc
+            raise OutputError(f"writing {self.path} failed: {exc.strerror}.", hint=write_error_hint(exc)) from exc
         self._pos += len(data)
 
     def _write_header(self, metadata: Sequence[MetaKV]) -> None:
@@ -188,8 +201,7 @@ class GGUFStreamWriter:
             os.replace(self.tmp_path, self.path)
         except OSError as exc:
             self.abort()
-            raise OutputError(f"finishing {self.path} failed: {exc.strerror}.",
-                              hint="Free disk space or choose another output folder, then run again.") from exc
+            raise OutputError(f"finishing {self.path} failed: {exc.strerror}.", hint=write_error_hint(exc)) from exc
         self._state = _State.COMMITTED
 
     def abort(self) -> None:

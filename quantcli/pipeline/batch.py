@@ -30,7 +30,9 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import InputError, QuantcliError, RecipeError
+from ..recipe.schema import Recipe
 from ..recipe.strict_yaml import YamlContext, check_keys, compose, mapping, scalar
+from .outputs import check_name, refuse_collisions, resolve_layout
 
 VERIFY_LEVELS = ("none", "structure", "full")
 DEFAULT_OUTPUT = "out/{model}"
@@ -86,7 +88,7 @@ def _resolve_model(model: str, base: Path) -> str:
     return model
 
 
-def _resolve_recipe(ctx: YamlContext, node: yaml.Node, base: Path) -> tuple[str, str]:
+def _resolve_recipe(ctx: YamlContext, node: yaml.Node, base: Path) -> tuple[str, Recipe]:
     from ..recipe import builtin_names, resolve_recipe
 
     value = scalar(ctx, node, "recipe", str)
@@ -103,10 +105,10 @@ def _resolve_recipe(ctx: YamlContext, node: yaml.Node, base: Path) -> tuple[str,
         recipe = resolve_recipe(value)
     except RecipeError as exc:
         raise ctx.fail(node, f"recipe {value!r} is invalid: {exc}") from exc
-    return value, recipe.name
+    return value, recipe
 
 
-def _recipe_list(ctx: YamlContext, node: yaml.Node, base: Path, what: str) -> list[tuple[str, str]]:
+def _recipe_list(ctx: YamlContext, node: yaml.Node, base: Path, what: str) -> list[tuple[str, Recipe]]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise ctx.fail(node, f"{what} must be a non-empty list of recipe names or files.")
     return [_resolve_recipe(ctx, n, base) for n in node.value]
@@ -132,6 +134,7 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
     if not isinstance(mnode, yaml.SequenceNode) or not mnode.value:
         raise ctx.fail(mnode, "models must be a non-empty list of hub ids or folders.")
     jobs: list[Job] = []
+    planned: list[tuple[Job, Recipe, str, yaml.Node]] = []
     seen: dict[str, yaml.Node] = {}
     for node in mnode.value:
         model_output, name = output, None
@@ -150,7 +153,14 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
             raise ctx.fail(node, f"no recipes for {model}: add a top-level 'recipes' list or one in the entry.")
         resolved = _resolve_model(model, base)
         name = name or _model_name(resolved)
-        for recipe, recipe_name in own:
+        file_model = _file_model_name(resolved)
+        for recipe, rec in own:
+            recipe_name = rec.name
+            for value, what in ((name, f"the model name {name!r}"), (recipe_name, f"the recipe name {recipe_name!r}")):
+                try:
+                    check_name(value, what, Path(model_output))
+                except InputError as exc:
+                    raise ctx.fail(node, str(exc.args[0]), hint=exc.hint) from None
             job_id = f"{name}.{recipe_name}"
             if job_id in seen:
                 raise ctx.fail(node, f"job {job_id!r} appears twice.", hint="Give one of the entries its own 'name'.")
@@ -164,7 +174,38 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
             target = Path(folder).expanduser()
             target = target if target.is_absolute() else base / target
             jobs.append(Job(job_id, name, resolved, recipe, recipe_name, str(target.resolve()), verify, threads))
+            planned.append((jobs[-1], rec, file_model, node))
+    _refuse_shared_outputs(ctx, planned)
     return Batch(source, tuple(jobs))
+
+
+def _file_model_name(model: str) -> str:
+    """The model name convert puts in file names (a hub-cache snapshot folder is named after its repo)."""
+    from ..stages.download import HubRef, snapshot_of_folder
+
+    if Path(model).is_absolute():
+        return snapshot_of_folder(Path(model)).name
+    ref = HubRef.parse(model)
+    return ref.repo_id.split("/")[-1] if ref else Path(model).name
+
+
+def _refuse_shared_outputs(ctx: YamlContext, planned: list[tuple[Job, Recipe, str, yaml.Node]]) -> None:
+    """Every file of every job goes through the same checks as one convert (pipeline/outputs.py), and no two
+    jobs may write one file. An AUTO type is compared as the word AUTO: its real type is known only once the
+    model is read, so two jobs that differ only in that way are not caught here."""
+    from .convert import output_labels, output_names
+
+    entries: list[tuple[str, Path]] = []
+    for job, rec, file_model, node in planned:
+        try:
+            layout = resolve_layout(Path(job.output), output_names(rec, [None] * len(rec.outputs), file_model),
+                                    model=file_model, recipe=rec.name, labels=output_labels(rec), folder_only=True)
+            labels = [f"job {job.id!r} ({label})" for label in output_labels(rec)] + [f"job {job.id!r} (its manifest)"]
+            entries.extend((label, Path(os.path.realpath(p))) for label, p in zip(labels, layout.all_paths))
+            refuse_collisions(entries, hint="Give the jobs their own output folders (output: with {model} and "
+                                            "{recipe}) or their recipes distinct `file:` templates.")
+        except InputError as exc:
+            raise ctx.fail(node, str(exc.args[0]), hint=exc.hint) from None
 
 
 def load_batch(path: Path) -> Batch:
@@ -224,26 +265,92 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
     return result
 
 
-def _job_in_worker(job: Job, force: bool, threads: int | None, cache_dir: str | None) -> JobResult:
-    import signal
-
-    from ..errors import Interrupted
-
-    def stop(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return run_job(job, force=force, threads=threads, cache_dir=cache_dir, warn=_stderr_warn)
-    except Interrupted as exc:
-        # Our exception does not survive pickling back to the parent; report it as a result instead.
-        return JobResult(job.id, job.model, job.recipe_name, "failed", error=str(exc), exit_code=exc.exit_code)
-
-
 def _stderr_warn(message: str) -> None:
     import sys
 
     print(f"Warning: {message}", file=sys.stderr, flush=True)
+
+
+# The module each worker process runs (`python -m WORKER_MODULE JOB.json RESULT.json`); tests point it at a
+# wrapper that injects faults.
+WORKER_MODULE = "quantcli.pipeline.batch_worker"
+STOP_GRACE_SECONDS = 30.0     # how long stopped workers get to remove their partial files before SIGKILL
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class _Running:
+    job: Job
+    proc: Any                 # subprocess.Popen
+    result_file: Path
+
+
+def _ignore_sigint() -> None:
+    """In the worker before exec: a terminal's Ctrl-C goes to the whole process group, and a worker still
+    starting up must not die of it with a traceback. The worker takes SIGINT back once its handlers are in
+    place; until then the parent's SIGTERM stops it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start_worker(index: int, job: Job, threads: int, force: bool, cache_dir: str, workdir: Path) -> _Running:
+    import json
+    import subprocess
+    import sys
+
+    import quantcli
+
+    job_file, result_file = workdir / f"{index}-job.json", workdir / f"{index}-result.json"
+    job_file.write_text(json.dumps({"job": asdict(job), "threads": threads, "force": force, "cache_dir": cache_dir}))
+    env = dict(os.environ)
+    # The worker imports this same quantcli, wherever it was imported from.
+    root = str(Path(quantcli.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(job_file), str(result_file)], env=env,
+                            stdin=subprocess.DEVNULL, preexec_fn=_ignore_sigint)
+    return _Running(job, proc, result_file)
+
+
+def _collect(run: _Running) -> JobResult:
+    """The worker's result, or a failure saying how its process ended (its partial files are swept)."""
+    import json
+    import signal
+
+    from ..io.atomic import sweep_partials
+
+    job, code = run.job, run.proc.returncode
+    try:
+        return JobResult(**json.loads(run.result_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        pass
+    sweep_partials(Path(job.output))
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return JobResult(job.id, job.model, job.recipe_name, "failed", exit_code=1,
+                     error=f"the job's process died ({how}) without a result; partial files it left were removed.")
+
+
+def _stop_workers(running: list[_Running]) -> None:
+    """SIGTERM every live worker (each removes its partial files and exits), SIGKILL those that outlast the
+    grace period, reap them all, and sweep what the killed ones left."""
+    import signal
+
+    from ..io.atomic import sweep_partials
+
+    for run in running:
+        if run.proc.poll() is None:
+            try:
+                run.proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for run in running:
+        try:
+            run.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: it did not stop in time
+            run.proc.kill()
+            run.proc.wait()
+            sweep_partials(Path(run.job.output))
 
 
 def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = False, force: bool = False,
@@ -251,8 +358,10 @@ def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = Fal
               warn: Callable[[str], None] | None = None) -> list[JobResult]:
     """Run `jobs`; without `continue_on_error` the first failure stops the jobs not yet started.
 
-    With n_jobs > 1 each job runs in its own process (spawned, so a crash or a signal stays in it) and the
-    kernel threads are shared out: `threads` 0 or None gives each job cpu_count // n_jobs threads.
+    With n_jobs > 1 each job runs in a worker process of its own (a fresh interpreter, so a crash stays in it)
+    and the kernel threads are shared out: `threads` 0 or None gives each job cpu_count // n_jobs threads.
+    On an interrupt the workers are stopped with SIGTERM, given time to remove their partial files, killed if
+    they do not end, and reaped, so the parent leaves no process behind.
     """
     from .cache import default_cache_dir
 
@@ -269,48 +378,39 @@ def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = Fal
             if r.status == "failed" and not continue_on_error:
                 break
         return [results[j.id] for j in jobs]
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import shutil
+    import tempfile
+
+    from .signals import stop_signals_ignored
 
     share = max(1, (os.cpu_count() or 1) // n_jobs)      # -t first, then the batch file's threads, then a share
     cache_dir = str(default_cache_dir())
-    stop = False
-    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"))
+    queue = list(jobs)
+    running: list[_Running] = []
+    launched = 0
+    workdir = Path(tempfile.mkdtemp(prefix="quantcli-batch-"))
     try:
-        pending = {pool.submit(_job_in_worker, j, force, threads or j.threads or share, cache_dir): j for j in jobs}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                job = pending.pop(fut)
-                if fut.cancelled():
-                    continue
-                exc = fut.exception()
-                if isinstance(exc, KeyboardInterrupt):
-                    raise exc
-                if exc is not None:
-                    r = JobResult(job.id, job.model, job.recipe_name, "failed",
-                                  error=f"the job's process died: {type(exc).__name__}: {exc}", exit_code=1)
-                else:
-                    r = fut.result()
-                results[job.id] = r
+        while queue or running:
+            while queue and len(running) < n_jobs:
+                job = queue.pop(0)
+                running.append(_start_worker(launched, job, threads or job.threads or share, force, cache_dir, workdir))
+                launched += 1
+            time.sleep(POLL_SECONDS)
+            for run in [r for r in running if r.proc.poll() is not None]:
+                running.remove(run)
+                r = _collect(run)
+                results[run.job.id] = r
                 done += 1
                 if on_done:
                     on_done(r, done, total)
-                if r.status == "failed" and not continue_on_error and not stop:
-                    stop = True
-                    for other in list(pending):
-                        if other.cancel():
-                            pending.pop(other)
+                if r.status == "failed" and not continue_on_error:
+                    queue.clear()        # the running jobs finish; the others stay "not run"
     except BaseException:
-        # Interrupted: stop the running jobs the way a terminal would (their writers remove partial files).
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            try:
-                proc.terminate()
-            except (OSError, AttributeError):
-                pass
-        pool.shutdown(wait=True, cancel_futures=True)
+        with stop_signals_ignored():    # a second Ctrl-C must not cut the shutdown short and orphan workers
+            _stop_workers(running)
         raise
-    pool.shutdown(wait=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return [results[j.id] for j in jobs]
 
 

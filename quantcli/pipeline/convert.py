@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from gguf import GGMLQuantizationType
 
@@ -26,8 +26,10 @@ from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
+from .outputs import OutputLayout, output_target, resolve_layout
 
 if TYPE_CHECKING:
+    from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
 
 VERIFY_LEVELS = ("none", "structure", "full")
@@ -127,18 +129,25 @@ def resolve_source(model: str) -> Path:
     return resolve_snapshot(model).path
 
 
-def output_paths(request: ConvertRequest, ckpt: Checkpoint, plans: list[Plan], model_name: str | None = None) -> list[Path]:
-    model_name = model_name or ckpt.path.resolve().name
-    out = request.output
-    specs = request.recipe.outputs
-    if out is not None and (out.suffix == ".gguf") and not out.is_dir():
-        if len(plans) != 1:
-            raise InputError(f"-o {out} names one file but the recipe has {len(plans)} outputs.",
-                             hint="Give a folder with -o, or a recipe with one output.")
-        return [out]
-    folder = out if out is not None else Path(".")
-    return [folder / spec.filename(model_name, request.recipe.name).replace("AUTO", plan.mix)
-            for spec, plan in zip(specs, plans)]
+def output_names(recipe: Recipe, plans: Sequence[Plan | None], model_name: str) -> list[str]:
+    """The file name of every output: its `file:` template with the model, the type (AUTO: the chosen mix) and
+    the recipe filled in. `plans` may hold None where the mix is not known yet (batch files are checked before
+    any model is read); AUTO then stays AUTO."""
+    return [spec.file.format(model=model_name, recipe=recipe.name,
+                             type=plan.mix if (spec.type == "AUTO" and plan is not None) else spec.type)
+            for spec, plan in zip(recipe.outputs, plans)]
+
+
+def output_labels(recipe: Recipe) -> list[str]:
+    return [f"output {i + 1} of recipe {recipe.name!r} (file: {spec.file!r}, type {spec.type})"
+            for i, spec in enumerate(recipe.outputs)]
+
+
+def output_layout(request: ConvertRequest, plans: Sequence[Plan | None], model_name: str) -> OutputLayout:
+    """Every path this request writes (GGUFs and manifest), checked: see pipeline/outputs.py."""
+    names = output_names(request.recipe, plans, model_name)
+    return resolve_layout(request.output, names, model=model_name, recipe=request.recipe.name,
+                          labels=output_labels(request.recipe))
 
 
 def _default_warn(message: str) -> None:
@@ -156,32 +165,54 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     `on_plan` sees every (plan, path); `on_write` only those about to be written (after cache hits are
     taken out); `warn` receives cache warnings (a corrupt entry, an output changed since it was made).
     """
+    from ..io.atomic import sweep_partials
+    from ..io.locks import output_locks
     from ..quant.imatrix import load_imatrix
-    from .cache import StageCache, file_sha256, fingerprint_folder
-    from .keys import imatrix_identity, quantize_key
 
     if request.verify not in VERIFY_LEVELS:
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
+    output_target(request.output, len(request.recipe.outputs))   # the -o rule, before any download or read
     started = time.perf_counter()
     snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,
                                 local_only=request.local_only)
-    source = snapshot.path
-    ckpt = Checkpoint.open(source)
+    ckpt = Checkpoint.open(snapshot.path)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
     source_model = SourceModel.open(ckpt)
     plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
-    paths = output_paths(request, ckpt, plans, snapshot.name)
-    result = ConvertResult(source, plans[0].arch, snapshot=snapshot)
+    layout = output_layout(request, plans, snapshot.name)      # every path checked before any byte is written
+    paths = list(layout.files)
+    result = ConvertResult(snapshot.path, plans[0].arch, snapshot=snapshot)
     pairs = list(zip(plans, paths))
     if on_plan is not None:
         on_plan(pairs)
     if request.dry_run:
         result.outputs = [OutputResult(p, plan.mix, plan) for plan, p in pairs]
         return result
+    warn = warn or _default_warn
+    # One run at a time per final name, from the cache lookup to the manifest: the manifest then always
+    # describes the files beside it (io/locks.py).
+    with output_locks(layout.all_paths if request.manifest else layout.files,
+                      on_wait=lambda p: warn(f"another quantcli run is writing {p}; waiting for it to finish.")):
+        sweep_partials(layout.folder)
+        _convert_locked(request, result, layout, pairs, ckpt, imatrix, snapshot, started,
+                        progress=progress, on_write=on_write, warn=warn)
+    return result
+
+
+def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: OutputLayout,
+                    pairs: list[tuple[Plan, Path]], ckpt: Checkpoint, imatrix: ImportanceMatrix | None, snapshot: Snapshot,
+                    started: float, *, progress: Callable[[TensorPlan, int], None] | None,
+                    on_write: Callable[[list[tuple[Plan, Path]]], None] | None, warn: Callable[[str], None]) -> None:
+    """Look up, write, verify, record and describe the outputs; the caller holds their locks."""
+    from .cache import StageCache, file_sha256, fingerprint_folder
+    from .keys import imatrix_identity, quantize_key
+
+    plans = [plan for plan, _ in pairs]
+    paths = [path for _, path in pairs]
+    source = snapshot.path
     threads = request.threads or os.cpu_count() or 1
     backend = _backend_name()
-    warn = warn or _default_warn
     cache = StageCache(request.cache_dir, warn=warn) if request.cache_dir is not None else None
     fingerprint = fingerprint_folder(source, snapshot.files, snapshot.commit) if cache or request.manifest else {}
     im_sha = imatrix_identity(request.imatrix) if cache or request.manifest else None
@@ -204,18 +235,27 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
             entries[i].seconds = spent
             if cache is not None or request.manifest:
                 entries[i].sha256 = file_sha256(paths[i])
-            if cache is not None:
-                cache.store(keys[i], paths[i], sha256=entries[i].sha256 or "", extra={"verify": {}})
     for i, hit in hits.items():
         entries[i].cached, entries[i].sha256 = True, hit.sha256
-    failures = _verify_outputs(request, entries, keys, hits, cache, source, fingerprint)
+    failures, broken = _verify_outputs(request, entries, keys, hits, cache, source, fingerprint)
+    for i in broken:
+        # A file that fails the structure check is not a model: it leaves its final name and the cache.
+        paths[i].unlink(missing_ok=True)
+        if cache is not None:
+            cache.forget(keys[i], paths[i])
+    if cache is not None:
+        for i in todo:
+            report = entries[i].verify
+            if i not in broken and not (isinstance(report, dict) and report.get("ok") is True):
+                # Unverified (--verify none) or below a threshold: cached as made, verified again on every run.
+                cache.store(keys[i], paths[i], sha256=entries[i].sha256 or "", extra={"verify": {}})
     result.outputs = entries
     result.seconds = time.perf_counter() - started
     if request.manifest:
-        result.manifest = _write_manifest(request, result, keys, fingerprint, threads, backend, im_sha)
+        result.manifest = _write_manifest(request, result, layout, keys, fingerprint, threads, backend, im_sha,
+                                          skip=set(broken))
     if failures:
         raise failures[0]
-    return result
 
 
 def _backend_name() -> str:
@@ -226,15 +266,20 @@ def _backend_name() -> str:
 
 def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: list[StageKey],
                     hits: dict[int, CacheHit], cache: StageCache | None, source: Path,
-                    fingerprint: dict) -> list[VerifyError]:
-    """Verify each output (or take the cached report); returns one VerifyError per failed file."""
+                    fingerprint: dict) -> tuple[list[VerifyError], list[int]]:
+    """Verify each output (or take the cached report).
+
+    Returns one VerifyError per failed file, and the indices of the files that are broken (a structural
+    problem, or not readable as GGUF at all), as opposed to whole files whose error is above a threshold.
+    """
     from ..stages.verify import verify_file
     from .keys import verify_key
 
     if request.verify == "none":
-        return []
+        return [], []
     v = request.recipe.verify
     failures: list[VerifyError] = []
+    broken: list[int] = []
     for i, entry in enumerate(entries):
         vkey = verify_key(entry.sha256 or "", level=request.verify, min_snr_db=v.min_snr_db, max_rmse=v.max_rmse,
                           source=fingerprint if request.verify == "full" else None).digest
@@ -243,31 +288,43 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
         if isinstance(report, dict) and report.get("ok") is True:
             entry.verify, entry.verify_cached = report, True
             continue
-        checked = verify_file(entry.path, source if request.verify == "full" else None,
-                              min_snr_db=v.min_snr_db, max_rmse=v.max_rmse)
+        try:
+            checked = verify_file(entry.path, source if request.verify == "full" else None,
+                                  min_snr_db=v.min_snr_db, max_rmse=v.max_rmse)
+        except VerifyError as exc:       # not even readable as GGUF
+            entry.verify = {"ok": False, "problems": [str(exc.args[0])]}
+            broken.append(i)
+            failures.append(VerifyError(f"{exc.args[0]}; it was removed, not left under its final name.",
+                                        hint="This is a bug in quantcli; please report it with QUANTCLI_DEBUG=1 output."))
+            continue
         entry.verify = checked.to_json()
-        if not checked.ok:
+        if checked.problems:
+            broken.append(i)
+            failures.append(VerifyError(f"{entry.path} failed verification and was removed: "
+                                        + "; ".join(checked.problems[:3]),
+                                        hint="Run the same command with --verify none and `quantcli verify` the file "
+                                             "for the full list; the model may hold a tensor quantcli cannot convert."))
+        elif not checked.ok:
             failures.append(VerifyError(f"{entry.path} failed verification: " + "; ".join(
-                checked.problems[:3] + [f"{t.name} SNR {t.snr_db:.1f} dB < {t.min_snr_db}" for t in checked.tensors if not t.ok][:3]),
+                [f"{t.name} SNR {t.snr_db:.1f} dB < {t.min_snr_db}" for t in checked.tensors if not t.ok][:3]),
                 hint="Run `quantcli verify` on it for the full table."))
         elif cache is not None and entry.sha256:
             # Only passing reports are cached: a failure is re-checked (and re-reported) on every run.
             cache.store(keys[i], entry.path, sha256=entry.sha256, extra={"verify": {**(stored or {}), vkey: entry.verify}})
-    return failures
+    return failures, broken
 
 
-def _write_manifest(request: ConvertRequest, result: ConvertResult, keys: list[StageKey], fingerprint: dict,
-                    threads: int, backend: str, im_sha: str | None) -> Path:
-    from .manifest import build_manifest, manifest_path, verify_summary, write_manifest
+def _write_manifest(request: ConvertRequest, result: ConvertResult, layout: OutputLayout, keys: list[StageKey],
+                    fingerprint: dict, threads: int, backend: str, im_sha: str | None, *, skip: set[int]) -> Path:
+    """The manifest at the layout's manifest path, describing every output still on disk (not those in `skip`)."""
+    from .manifest import build_manifest, verify_summary, write_manifest
 
     snap = result.snapshot
-    single = result.outputs[0].path if (request.output is not None and request.output.suffix == ".gguf"
-                                        and len(result.outputs) == 1 and result.outputs[0].path == request.output) else None
-    folder = result.outputs[0].path.parent
-    path = manifest_path(folder, model=snap.name if snap else source_name(result.source), recipe=request.recipe.name,
-                         single_file=single)
+    path = layout.manifest
     outputs = []
-    for entry, key in zip(result.outputs, keys):
+    for i, (entry, key) in enumerate(zip(result.outputs, keys)):
+        if i in skip:
+            continue
         rel = os.path.relpath(entry.path, path.parent)
         outputs.append({"file": rel, "type": entry.type, "bytes": entry.path.stat().st_size, "sha256": entry.sha256,
                         "tensors": len(entry.plan.tensors), "parameters": entry.plan.n_params,

@@ -10,6 +10,7 @@ form, a Recipe with a tuple of OutputSpec, which the run manifest records.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -119,6 +120,8 @@ def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec:
     if "file" in items:
         fnode = items["file"][1]
         template = scalar(ctx, fnode, "file", str)
+        if not template.strip():
+            raise ctx.fail(fnode, "file is empty.", hint="Give a file name template such as {model}-{type}.gguf.")
         for fld in re.findall(r"{([^{}]*)}", template):
             if fld not in FILE_FIELDS:
                 raise ctx.fail(fnode, f"file template uses {{{fld}}}.", hint=f"Available: {', '.join('{%s}' % f for f in FILE_FIELDS)}.")
@@ -147,7 +150,19 @@ def _section(ctx: YamlContext, node: yaml.Node, cls: type, what: str) -> Any:
         ftype = names[key].type
         kind = bool if "bool" in str(ftype) else float if "float" in str(ftype) else str
         kw[key] = scalar(ctx, vnode, f"{what}.{key}", kind)
+        if kind is float:
+            _check_threshold(ctx, vnode, f"{what}.{key}", kw[key], non_negative=key.startswith("max_"))
     return cls(**kw)
+
+
+def _check_threshold(ctx: YamlContext, node: yaml.Node, key: str, value: float, *, non_negative: bool) -> None:
+    """A threshold must be a real number (a NaN compares false with everything and would disable the check)."""
+    if not math.isfinite(value):
+        raise ctx.fail(node, f"{key} must be a finite number, got {node.value!r}.",
+                       hint="Give a number, or leave the key out to use the default.")
+    if non_negative and value < 0:
+        raise ctx.fail(node, f"{key} must be 0 or more, got {node.value!r}.",
+                       hint="An error figure is never negative; a negative bound would fail every tensor.")
 
 
 _TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish")
@@ -196,7 +211,7 @@ def recipe_json_schema() -> dict[str, Any]:
         "type": "object", "additionalProperties": False, "required": ["type"],
         "properties": {
             "type": {"enum": list(MIXES), "description": "The llama.cpp mix or type of this output."},
-            "file": {"type": "string", "default": DEFAULT_FILE, "description": "File name template: {model}, {type}, {recipe}."},
+            "file": {"type": "string", "minLength": 1, "default": DEFAULT_FILE, "description": "File name template: {model}, {type}, {recipe}."},
             "output_tensor_type": {"enum": ggml}, "token_embedding_type": {"enum": ggml},
             "pure": {"type": "boolean", "default": False},
             "tensor_types": {"type": "object", "additionalProperties": {"enum": ggml},
@@ -212,7 +227,7 @@ def recipe_json_schema() -> dict[str, Any]:
             "name": {"type": "string"}, "description": {"type": "string"},
             "quantize": output, "outputs": {"type": "array", "minItems": 1, "items": output},
             "verify": {"type": "object", "additionalProperties": False, "properties": {
-                "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number"}, "enabled": {"type": "boolean"}}},
+                "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number", "minimum": 0}, "enabled": {"type": "boolean"}}},
             "publish": {"type": "object", "additionalProperties": False, "properties": {
                 "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
         },

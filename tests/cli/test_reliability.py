@@ -162,3 +162,61 @@ def test_publish_bad_inputs(tmp_path: Path) -> None:
     broken = small_gguf(tmp_path / "broken")
     broken.write_bytes(broken.read_bytes()[:40])
     expect(cli(["publish", str(broken.parent), "--repo", "me/x", "--dry-run"], tmp_path), 2, "is not a valid GGUF file")
+
+
+def test_recipe_names_cannot_write_outside_the_output_folder(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "a" / "b" / "c"
+    recipe = tmp_path / "r.yaml"
+    for text in ('name: ../../../victim.txt\nquantize: {type: Q8_0, file: "{recipe}"}\n',    # the GGUF
+                 "name: ../../../victim\nquantize: {type: Q8_0}\n",                        # the manifest alone
+                 f"name: {tmp_path}/victim\nquantize: {{type: Q8_0}}\n"):                  # an absolute name
+        recipe.write_text(text)
+        r = cli(["convert", str(model_path("tiny-llama")), "--recipe", str(recipe), "-o", str(out)], tmp_path)
+        expect(r, 2, "is not a plain file name", "without '/'")
+        assert victim.read_text() == "precious"
+        assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and "cache" not in p.parts) == ["r.yaml", "victim.txt"]
+
+
+def test_two_outputs_resolving_to_one_file_are_refused_before_writing(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('name: r\noutputs:\n  - {type: Q8_0, file: "x-{recipe}.gguf"}\n  - {type: Q4_0, file: "x-r.gguf"}\n')
+    out = tmp_path / "out"
+    r = cli(["convert", str(model_path("tiny-llama")), "--recipe", str(recipe), "-o", str(out)], tmp_path)
+    expect(r, 2, "would both write", "Give each output its own `file:` template or type.")
+    assert "Free disk space" not in r.stderr and not out.exists()
+
+
+def test_dash_o_with_a_file_suffix(tmp_path: Path) -> None:
+    r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(tmp_path / "out.bin")], tmp_path)
+    expect(r, 2, "'.bin', which is not a GGUF file name", "Name the output file *.gguf")
+    assert not (tmp_path / "out.bin").exists()
+    upper = tmp_path / "out" / "M.GGUF"
+    r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "--verify", "none", "-o", str(upper)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert upper.is_file() and (tmp_path / "out" / "M.manifest.json").is_file()
+
+
+def test_a_folder_in_the_way_of_an_output_is_named_not_blamed_on_disk_space(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "tiny-llama-Q8_0.gguf").mkdir(parents=True)
+    r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path)
+    expect(r, 2, "tiny-llama-Q8_0.gguf is a folder", "Remove or rename that folder")
+    assert "Free disk space" not in r.stderr and leftovers(out) == ["tiny-llama-Q8_0.gguf"]
+
+
+def test_an_output_that_fails_structure_verify_is_removed_and_never_cached(tmp_path: Path) -> None:
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text("name: two\noutputs:\n  - type: Q8_0\n  - type: F16\n")
+    out = tmp_path / "out"
+    args = ["convert", str(model_path("tiny-llama")), "--recipe", str(recipe), "-o", str(out)]
+    r = cli(args, tmp_path, module="tests.pipeline.fault_cli", QC_BREAK_TYPE="Q8_0")
+    expect(r, 1, "tiny-llama-Q8_0.gguf is not a readable GGUF file", "it was removed, not left under its final name")
+    assert leftovers(out) == ["tiny-llama-F16.gguf", "tiny-llama.two.manifest.json"]
+    manifest = json.loads((out / "tiny-llama.two.manifest.json").read_text())
+    assert [o["file"] for o in manifest["outputs"]] == ["tiny-llama-F16.gguf"]     # only what is on disk
+    again = cli(args + ["--json"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    cached = {Path(o["path"]).name: o["cached"] for o in json.loads(again.stdout)["outputs"]}
+    assert cached == {"tiny-llama-Q8_0.gguf": False, "tiny-llama-F16.gguf": True}

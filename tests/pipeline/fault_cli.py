@@ -7,6 +7,10 @@ QC_MARKER / QC_SLOW_TYPE / QC_SLOW_SECONDS: after each tensor of type QC_SLOW_TY
     encoded, touch the marker file and sleep (default 0.2 s): time to send a signal while outputs are open
     under their temporary names.
 QC_FAKE_FREE_BYTES: shutil.disk_usage reports this much free space (a nearly full disk).
+QC_BREAK_TYPE: an output of this type loses its last byte just before its rename (a writer bug: the file no
+    longer holds the tensor data its header promises), so the verify step sees a broken file.
+
+Batch workers run tests.pipeline.fault_worker, which applies the same faults in the worker process.
 """
 from __future__ import annotations
 
@@ -42,6 +46,24 @@ if os.environ.get("QC_FAKE_FREE_BYTES"):
         return type(real)(real.total, real.total - _free, _free)
 
     shutil.disk_usage = _usage  # type: ignore[assignment]
+
+if os.environ.get("QC_BREAK_TYPE"):
+    from quantcli.io import gguf_writer
+
+    _real_commit = gguf_writer.GGUFStreamWriter.commit
+
+    def _broken_commit(self):  # type: ignore[no-untyped-def]
+        types = {t.qtype.name for t in self.tensors}
+        if os.environ["QC_BREAK_TYPE"] in types and not self._fp.closed:
+            self._fp.flush()
+            self._fp.truncate(self._pos - 1)
+        _real_commit(self)
+
+    gguf_writer.GGUFStreamWriter.commit = _broken_commit  # type: ignore[method-assign]
+
+from quantcli.pipeline import batch as _batch
+
+_batch.WORKER_MODULE = "tests.pipeline.fault_worker"
 
 if __name__ == "__main__":
     from quantcli.cli.app import main
