@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..errors import InputError, QuantcliError, RecipeError
+from ..errors import ExitCode, InputError, QuantcliError, RecipeError
 from ..recipe.strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 
 VERIFY_LEVELS = ("none", "structure", "full")
@@ -216,7 +216,7 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
             raise
         result.status, result.error, result.exit_code = "failed", str(exc), exc.exit_code
     except Exception as exc:  # noqa: BLE001 - one broken job must not take the batch down
-        result.status, result.exit_code = "failed", 1
+        result.status, result.exit_code = "failed", int(ExitCode.INTERNAL)
         result.error = f"internal error: {type(exc).__name__}: {exc}"
         if os.environ.get("QUANTCLI_DEBUG"):
             result.error += "\n" + traceback.format_exc()
@@ -289,7 +289,7 @@ def run_batch(jobs: list[Job], *, n_jobs: int = 1, continue_on_error: bool = Fal
                     raise exc
                 if exc is not None:
                     r = JobResult(job.id, job.model, job.recipe_name, "failed",
-                                  error=f"the job's process died: {type(exc).__name__}: {exc}", exit_code=1)
+                                  error=f"the job's process died: {type(exc).__name__}: {exc}", exit_code=int(ExitCode.INTERNAL))
                 else:
                     r = fut.result()
                 results[job.id] = r

@@ -228,7 +228,7 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
                     hits: dict[int, CacheHit], cache: StageCache | None, source: Path,
                     fingerprint: dict) -> list[VerifyError]:
     """Verify each output (or take the cached report); returns one VerifyError per failed file."""
-    from ..stages.verify import verify_file
+    from ..stages.verify import failure_line, verify_file
     from .keys import verify_key
 
     if request.verify == "none":
@@ -247,9 +247,8 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
                               min_snr_db=v.min_snr_db, max_rmse=v.max_rmse)
         entry.verify = checked.to_json()
         if not checked.ok:
-            failures.append(VerifyError(f"{entry.path} failed verification: " + "; ".join(
-                checked.problems[:3] + [f"{t.name} SNR {t.snr_db:.1f} dB < {t.min_snr_db}" for t in checked.tensors if not t.ok][:3]),
-                hint="Run `quantcli verify` on it for the full table."))
+            failures.append(VerifyError(f"{entry.path} failed verification: {failure_line(entry.verify)}.",
+                                        hint="`quantcli verify FILE --source MODEL --all` lists every tensor."))
         elif cache is not None and entry.sha256:
             # Only passing reports are cached: a failure is re-checked (and re-reported) on every run.
             cache.store(keys[i], entry.path, sha256=entry.sha256, extra={"verify": {**(stored or {}), vkey: entry.verify}})
@@ -272,8 +271,7 @@ def _write_manifest(request: ConvertRequest, result: ConvertResult, keys: list[S
         outputs.append({"file": rel, "type": entry.type, "bytes": entry.path.stat().st_size, "sha256": entry.sha256,
                         "tensors": len(entry.plan.tensors), "parameters": entry.plan.n_params,
                         "cache": "hit" if entry.cached else "written", "key": key.digest,
-                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify),
-                        "verify": entry.verify})
+                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify)})
     source = {"model": request.model, "path": str(Path(result.source).resolve()),
               "repo_id": snap.repo_id if snap else None, "revision": snap.revision if snap else None,
               "commit": snap.commit if snap else None, "fingerprint": fingerprint}
