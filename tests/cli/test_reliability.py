@@ -68,7 +68,7 @@ def test_disk_too_small_for_the_planned_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path,
             module="tests.pipeline.fault_cli", QC_FAKE_FREE_BYTES="1000000")
-    expect(r, 2, "GB free but the output needs", "Free disk space")
+    expect(r, 3, "GB free but the output needs", "Free disk space")
     assert leftovers(out) == []
 
 
@@ -80,7 +80,7 @@ def test_file_system_refuses_a_write_midway(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (5_000_000, 5_000_000))
 
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path, preexec=limit)
-    expect(r, 2, "failed: File too large", "Free disk space or choose another output folder")
+    expect(r, 3, "failed: File too large", "Free disk space or choose another output folder")
     assert leftovers(out) == []
 
 
@@ -88,7 +88,7 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(blocker / "out")], tmp_path)
-    expect(r, 2, "cannot write to", "Choose an output folder you can write to")
+    expect(r, 3, "cannot write to", "Choose an output folder you can write to")
     assert blocker.read_text() == "not a folder"
 
 
