@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import JobsFailed
 from ._common import ForceOpt, JsonOpt, ThreadsOpt, err, human_bytes, out, print_json, run, warn
 
 
@@ -66,9 +67,9 @@ def batch(
     run(body)
 
 
-def jobs_failed(data: dict) -> "JobsFailed":
+def jobs_failed(data: dict) -> JobsFailed:
     """The one-line error of a batch with failed jobs; its exit code is the most serious of the jobs' own."""
-    from ..errors import ExitCode, JobsFailed
+    from ..errors import ExitCode
 
     failed = [j for j in data["jobs"] if j["status"] == "failed"]
     s = data["summary"]

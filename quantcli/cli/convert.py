@@ -1,6 +1,7 @@
 """`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF, one or many outputs from one read."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -140,4 +141,5 @@ def result_json(result, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
             "outputs": outputs}
 
 
-convert.__doc__ = f"{convert.__doc__}\n\n{EXAMPLES}"
+# cleandoc first: the examples are not indented, so the docstring's own indent would survive into --help.
+convert.__doc__ = f"{inspect.cleandoc(convert.__doc__ or '')}\n\n{EXAMPLES}"

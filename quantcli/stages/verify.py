@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGUF_MAGIC
 from gguf.quants import dequantize
 
 from ..errors import InputError, UnsupportedError, VerifyError
