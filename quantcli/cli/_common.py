@@ -67,11 +67,20 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 # OS errors that say the machine cannot do what was asked, whatever the input: they exit ExitCode.ENVIRONMENT
-# with the OS's own words instead of reading as a quantcli bug. Everything else that nobody raised on purpose
-# is an internal error.
-_ENVIRONMENT_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM",
-                                                                  "EMFILE", "ENFILE", "ENOMEM", "EIO")
-                                if hasattr(errno, name))
+# with the OS's own words and a fix that fits the error, instead of reading as a quantcli bug. Everything else
+# that nobody raised on purpose is an internal error.
+_ENVIRONMENT_FIXES = {
+    "ENOSPC": "Free disk space or write elsewhere with -o",
+    "EDQUOT": "Free space within your disk quota or write elsewhere with -o",
+    "EROFS": "Write to a folder on a writable file system (-o)",
+    "EACCES": "Fix the permissions of that path or choose another one",
+    "EPERM": "Fix the permissions of that path or choose another one",
+    "EMFILE": "Raise the open-file limit (ulimit -n)",
+    "ENFILE": "Close other programs; the system's open-file table is full",
+    "ENOMEM": "Close other programs or use a machine with more memory",
+    "EIO": "Check the disk: the system reported an I/O error",
+}
+_ENVIRONMENT_ERRNOS = {getattr(errno, name): fix for name, fix in _ENVIRONMENT_FIXES.items() if hasattr(errno, name)}
 
 
 def _fail(message: str, code: int) -> "typer.Exit":
@@ -113,8 +122,8 @@ def run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
             raise
         if exc.errno in _ENVIRONMENT_ERRNOS:
             where = f" ({exc.filename})" if exc.filename else ""
-            raise _fail(f"{exc.strerror or exc}{where}. Free disk space or fix the folder's permissions, then run "
-                        "the same command again.", ExitCode.ENVIRONMENT) from None
+            raise _fail(f"{exc.strerror or exc}{where}. {_ENVIRONMENT_ERRNOS[exc.errno]}, then run the same "
+                        "command again.", ExitCode.ENVIRONMENT) from None
         raise _fail(_internal(exc), ExitCode.INTERNAL) from None
     except Exception as exc:  # noqa: BLE001 - the boundary of the program
         if debug():
