@@ -91,20 +91,20 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                           "skipped (--force redoes it)", highlight=False)
             else:
                 out.print(f"wrote {o.path} ({o.type}, {size})", highlight=False)
-            print_verify(o.verify, request.verify, cached=o.verify_cached)
+            print_verify(o.verify, request.verify, source=result.source, cached=o.verify_cached)
         if result.manifest is not None:
             err.print(f"manifest: {result.manifest}", highlight=False)
         err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
-def print_verify(report: dict | None, level: str, *, cached: bool) -> None:
+def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:
     """What verify said about one output: one line for a structure check, the summary for a full one."""
     if report is None:
         return
     if level == "full":
         from .verify import print_summary
 
-        print_summary(report, cached=cached)
+        print_summary(report, source=source, cached=cached)
     elif report.get("ok"):
         out.print(f"  verified: structure ok ({report.get('n_tensors')} tensors){', cached' if cached else ''}",
                   highlight=False)
