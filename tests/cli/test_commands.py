@@ -19,6 +19,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, "QUANTCLI_NO_PROGRESS": "1", **(env or {})})
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     res = cli("convert", str(model_path("tiny-llama")), "--type", "Q4_0", "--dry-run", "-o", str(out), "--json")
@@ -34,6 +35,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert tensor_bytes < plan["outputs"][0]["bytes"] < 2 * tensor_bytes
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dry_run_size_is_the_written_size(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     plan = json.loads(cli("convert", str(model_path("tiny-llama")), "--type", "Q4_K_M", "--dry-run", "--json").stdout)
@@ -44,6 +46,7 @@ def test_dry_run_size_is_the_written_size(tmp_path: Path) -> None:
         {t["name"]: t["type"] for t in plan["outputs"][0]["tensors"]}
 
 
+@pytest.mark.slow  # needs the built test models
 def test_default_type_keeps_bf16(tmp_path: Path) -> None:
     out = tmp_path / "bf16.gguf"
     assert cli("convert", str(model_path("tiny-llama-bf16")), "-o", str(out)).returncode == 0
@@ -51,6 +54,7 @@ def test_default_type_keeps_bf16(tmp_path: Path) -> None:
     assert types == {"BF16"}
 
 
+@pytest.mark.slow  # needs the built test models
 def test_inspect_gguf_and_folder(tmp_path: Path) -> None:
     out = tmp_path / "f16.gguf"
     assert cli("convert", str(model_path("tiny-llama-f16")), "-o", str(out)).returncode == 0
@@ -93,6 +97,7 @@ def q8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # needs the built test models
 def test_bad_input_and_usage_exit_2(q8: Path, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.gguf"
     damaged.write_bytes(q8.read_bytes()[:4000])
@@ -118,6 +123,7 @@ def test_bad_input_and_usage_exit_2(q8: Path, tmp_path: Path) -> None:
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
 
 
+@pytest.mark.slow  # needs the built test models
 def test_failed_verification_exits_1_naming_check_figure_and_threshold(tmp_path: Path) -> None:
     recipe = tmp_path / "strict.yaml"
     recipe.write_text("name: strict\nquantize:\n  type: Q8_0\nverify:\n  min_snr_db: 200\n")
@@ -128,6 +134,7 @@ def test_failed_verification_exits_1_naming_check_figure_and_threshold(tmp_path:
     assert "failed verification" in line and "tensors over their threshold" in line and "dB < 200 dB" in line
 
 
+@pytest.mark.slow  # needs the built test models
 def test_environment_problems_exit_3(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -165,6 +172,7 @@ def test_environment_and_internal_errors_have_their_own_codes(exc: str, code: in
 
 # --- JSON: strict everywhere --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # needs the built test models
 def test_every_json_output_is_strict_json(q8: Path, tmp_path: Path) -> None:
     from gguf import GGUFWriter
 
@@ -200,6 +208,7 @@ def test_help_shows_no_value_on_flags(command: tuple[str, ...]) -> None:
     assert "<bool>" not in res.stdout
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dry_run_shapes_are_the_written_files_shapes(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
     plan = json.loads(cli("convert", str(model_path("tiny-llama")), "--type", "Q4_0", "--dry-run", "--json").stdout)
@@ -212,6 +221,7 @@ def test_dry_run_shapes_are_the_written_files_shapes(tmp_path: Path) -> None:
     assert any(line.split()[0] == "token_embd.weight" and f"{embd[0]}x{embd[1]}" in line for line in text.splitlines())
 
 
+@pytest.mark.slow  # needs the built test models
 def test_inspect_a_safetensors_file() -> None:
     folder = json.loads(cli("inspect", str(model_path("tiny-llama")), "--json").stdout)
     (st,) = list(model_path("tiny-llama").glob("*.safetensors"))
@@ -220,6 +230,7 @@ def test_inspect_a_safetensors_file() -> None:
     assert [(t["name"], t["shape"]) for t in single["tensors"]] == [(t["name"], t["shape"]) for t in folder["tensors"]]
 
 
+@pytest.mark.slow  # needs the built test models
 def test_convert_verify_full_prints_the_summary_and_the_manifest_keeps_it(tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
     res = cli("convert", str(model_path("tiny-llama")), "--type", "Q8_0", "--verify", "full", "-o", str(out),

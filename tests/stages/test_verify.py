@@ -38,6 +38,7 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_a_good_file_passes_with_figures_per_tensor(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-llama"))
     assert report.ok, report.problems
@@ -47,6 +48,7 @@ def test_a_good_file_passes_with_figures_per_tensor(q8: Path) -> None:
     assert all(t.snr_db == float("inf") for t in report.tensors if t.type == "F32")
 
 
+@pytest.mark.slow  # needs the built test models
 def test_threshold_exceeded_fails_and_says_which_figure(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-llama"), min_snr_db=80)
     failed = [t for t in report.tensors if not t.ok]
@@ -57,6 +59,7 @@ def test_threshold_exceeded_fails_and_says_which_figure(q8: Path) -> None:
     assert failed[0].name in line
 
 
+@pytest.mark.slow  # needs the built test models
 def test_rmse_threshold_is_named_as_such(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-llama"), max_rmse=1e-9)
     failed = [t for t in report.tensors if not t.ok]
@@ -64,6 +67,7 @@ def test_rmse_threshold_is_named_as_such(q8: Path) -> None:
     assert all(t.rmse == 0 for t in report.tensors if t.ok)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_summary_leads_with_the_failing_then_the_lowest_snr(q8: Path) -> None:
     snrs = sorted(t.snr_db for t in verify_file(q8, model_path("tiny-llama")).tensors if math.isfinite(t.snr_db))
     report = verify_file(q8, model_path("tiny-llama"), min_snr_db=snrs[len(snrs) // 2])   # about half fail
@@ -78,6 +82,7 @@ def test_summary_leads_with_the_failing_then_the_lowest_snr(q8: Path) -> None:
     assert s["max_rmse"] == max(t.rmse for t in figured)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_truncated_file_is_a_verify_error_naming_the_path_once(q8: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(q8.read_bytes()[: q8.stat().st_size // 2])
@@ -100,8 +105,9 @@ def test_what_is_not_a_gguf_file_is_bad_input(kind: str, tmp_path: Path) -> None
         path.mkdir()
     elif kind == "fifo":
         os.mkfifo(path)          # opening it for reading would block forever
-    elif kind == "safetensors":
-        path = model_path("tiny-llama") / "model.safetensors"
+    elif kind == "safetensors":          # an 8-byte header length, then the JSON header
+        header = b'{"__metadata__":{"format":"pt"}}'
+        path.write_bytes(len(header).to_bytes(8, "little") + header)
     elif kind == "empty":
         path.write_bytes(b"")
     with pytest.raises(InputError) as info:
@@ -109,6 +115,7 @@ def test_what_is_not_a_gguf_file_is_bad_input(kind: str, tmp_path: Path) -> None
     assert not isinstance(info.value, VerifyError)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_wrong_source_is_reported(q8: Path) -> None:
     report = verify_file(q8, model_path("tiny-qwen2"))
     assert not report.ok
@@ -161,6 +168,7 @@ def test_summarize_takes_the_cached_json_form() -> None:
     assert (s["n_failed"], s["n_compared"], s["min_snr_db"], s["max_rmse"]) == (1, 4, 9.0, 0.3)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_summary_first_full_table_behind_all(q8: Path) -> None:
     src = str(model_path("tiny-llama"))
     n = verify_file(q8).n_tensors
@@ -173,6 +181,7 @@ def test_cli_summary_first_full_table_behind_all(q8: Path) -> None:
     assert all(any(line.startswith(name + " ") for line in full.stdout.splitlines()) for name in names)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_failure_is_exit_1_with_one_error_line(q8: Path) -> None:
     bad = cli(str(q8), "--source", str(model_path("tiny-llama")), "--min-snr-db", "90")
     assert bad.returncode == 1
@@ -181,6 +190,7 @@ def test_cli_failure_is_exit_1_with_one_error_line(q8: Path) -> None:
     assert "dB < 90 dB" in lines[0] and "FAILED" in bad.stdout
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_json_is_strict_and_complete(q8: Path) -> None:
     base = [str(q8), "--source", str(model_path("tiny-llama"))]
     good = cli(*base, "--json")
@@ -195,6 +205,7 @@ def test_cli_json_is_strict_and_complete(q8: Path) -> None:
     assert bad.stderr.startswith("Error: ")
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_on_paths_that_are_not_gguf_files(q8: Path, tmp_path: Path) -> None:
     for path in (tmp_path, tmp_path / "missing.gguf", model_path("tiny-llama") / "config.json"):
         r = cli(str(path))
@@ -221,8 +232,9 @@ def test_a_type_gguf_py_cannot_decode_is_a_clear_exit_2(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    # The types are checked before the source is opened, so any folder stands in for it.
     with pytest.raises(UnsupportedError, match="Q8_K"):
-        verify_file(path, model_path("tiny-llama"))
-    r = cli(str(path), "--source", str(model_path("tiny-llama")))
+        verify_file(path, tmp_path)
+    r = cli(str(path), "--source", str(tmp_path))
     assert r.returncode == 2 and "cannot dequantize" in r.stderr and "without --source" in r.stderr, r.stderr
     assert cli(str(path)).returncode == 0         # its structure is fine
