@@ -75,7 +75,7 @@ def print_summary(data: dict[str, Any], *, source: Path | None = None, cached: b
     what = f"compared with {source}" if source is not None else ("compared with the source" if data.get("compared")
                                                                   else "structure only")
     note = ", cached result" if cached else ""
-    out.print(f"{escape(str(data['path']))}: {escape(data.get('arch') or '?')}, {s['n_tensors']} tensors, "
+    out.print(f"{escape(str(data.get('path', '?')))}: {escape(data.get('arch') or '?')}, {s['n_tensors']} tensors, "
               f"{escape(what)}{note}", highlight=False)
     for problem in s["problems"]:
         out.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
