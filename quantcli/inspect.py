@@ -1,28 +1,70 @@
-"""What `quantcli inspect` shows, as plain data: metadata and tensors of a GGUF file or a safetensors folder."""
+"""What `quantcli inspect` shows, as plain data: metadata and tensors of a GGUF file, a safetensors file or a
+Hugging Face model folder.
+
+The kind of a file is read from its first bytes, not its name: GGUF files start with the GGUF magic, safetensors
+files with an 8-byte header length followed by the JSON header's `{`. Shapes are given as each format stores
+them: ggml order (row length first) for GGUF, as llama.cpp prints them; row-major (PyTorch) order for
+safetensors, as transformers prints them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import InputError
 
+ACCEPTED = "a .gguf file, a .safetensors file or a Hugging Face model folder"
+CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings", "torch_dtype", "dtype")
+
 
 def describe(path: Path) -> dict:
+    """{"format", "metadata", "tensors": [{name, type, shape, bytes, ...}], "bytes"} for `path`."""
     path = Path(path)
     if path.is_dir():
-        from .io.checkpoint import Checkpoint
+        return _describe_folder(path)
+    from .stages.verify import file_magic, is_gguf_magic
 
-        ckpt = Checkpoint.open(path)
-        keys = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings", "torch_dtype", "dtype")
-        tensors = [{"name": t.name, "type": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "file": t.path.name}
-                   for t in ckpt.tensors.values()]
-        return {"format": "safetensors", "metadata": {k: ckpt.config[k] for k in keys if k in ckpt.config},
-                "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
-    if not path.exists():
-        raise InputError(f"{path} does not exist.", hint="Give a .gguf file or a model folder.")
-    from .stages.verify import open_layout
+    head = file_magic(path, ACCEPTED)
+    if is_gguf_magic(head):
+        return _describe_gguf(path)
+    if len(head) == 8 and path.stat().st_size > 8 and _looks_like_safetensors(path):
+        return _describe_safetensors(path)
+    raise InputError(f"{path} is neither a GGUF nor a safetensors file (its first bytes are neither format's).",
+                     hint=f"quantcli inspect takes {ACCEPTED}.")
 
-    layout = open_layout(path)
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        fp.seek(8)
+        return fp.read(1) == b"{"
+
+
+def _describe_folder(path: Path) -> dict:
+    from .io.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(path)
+    tensors = [{"name": t.name, "type": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "file": t.path.name}
+               for t in ckpt.tensors.values()]
+    return {"format": "safetensors", "metadata": {k: ckpt.config[k] for k in CONFIG_KEYS if k in ckpt.config},
+            "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
+
+
+def _describe_safetensors(path: Path) -> dict:
+    from .io.safetensors import SafetensorsFile
+
+    st = SafetensorsFile.open(path)
+    tensors = [{"name": t.name, "type": t.dtype, "shape": list(t.shape), "bytes": t.nbytes}
+               for t in st.tensors.values()]
+    return {"format": "safetensors", "metadata": dict(st.metadata), "tensors": tensors,
+            "bytes": path.stat().st_size}
+
+
+def _describe_gguf(path: Path) -> dict:
+    # The layout scan's own error (exit 2) names the file, the byte and the fix; a damaged file given to
+    # inspect is bad input, where verify would call it a failed check.
+    from .io.gguf_layout import read_layout
+
+    layout = read_layout(path)
     metadata: dict[str, object] = {}
     for kv in layout.kvs:
         if kv.key in layout.array_lengths:

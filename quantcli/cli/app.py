@@ -4,6 +4,9 @@ from __future__ import annotations
 import typer
 
 from . import batch, convert, download, inspect, publish, quantize, recipes, verify, version
+from ._common import hide_flag_types
+
+HELP_OPTION_NAMES = ["-h", "--help"]
 
 app = typer.Typer(
     name="quantcli",
@@ -11,7 +14,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTION_NAMES},
 )
 app.command("convert", short_help="Hub id or folder -> GGUF files (all stages, cached).")(convert.convert)
 app.command("download", short_help="Fetch a hub model into the shared Hugging Face cache.")(download.download)
@@ -30,6 +33,7 @@ def main() -> None:
     # machinery worth about 0.1 s, and `quantcli --help` must start in under half a second. Every command's
     # own --help keeps the rich layout with its examples.
     command.rich_markup_mode = None  # type: ignore[attr-defined]
+    hide_flag_types(command, HELP_OPTION_NAMES)
     command(prog_name="quantcli")
 
 

@@ -1,15 +1,14 @@
 """`quantcli batch FILE`: models x recipes from a YAML file, for CI; `--matrix` fans it out over runners."""
 from __future__ import annotations
 
-import json as jsonlib
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import ForceOpt, JsonOpt, ThreadsOpt, err, human_bytes, out, run, warn
+from ..errors import JobsFailed
+from ._common import ForceOpt, JsonOpt, ThreadsOpt, err, human_bytes, out, print_json, run, warn
 
 
 def batch(
@@ -25,7 +24,8 @@ def batch(
     """Run every model x recipe of a batch file through the convert pipeline and report each job.
 
     Finished work is cached, so a re-run only does what failed or changed. Exit code 0 only when every job
-    succeeded, 1 otherwise (2 for an invalid batch file). With --json the report goes to stdout and the
+    succeeded; otherwise the most serious exit code of the failed jobs (4 internal, 3 environment, 2 bad
+    input, 1 verification), and 2 for an invalid batch file. With --json the report goes to stdout and the
     per-job lines to stderr.
 
     [bold]Examples[/]
@@ -40,7 +40,7 @@ def batch(
 
         spec = load_batch(file)
         if matrix:
-            print(jsonlib.dumps(make_matrix(spec), separators=(",", ":")))
+            print_json(make_matrix(spec), compact=True)
             return
         selected = select(spec, job or [])
         started = time.perf_counter()
@@ -58,15 +58,27 @@ def batch(
                             threads=threads or None, on_done=on_done, warn=warn)
         data = report(results, time.perf_counter() - started)
         if json:
-            from ..pipeline.manifest import json_safe
-
-            sys.stdout.write(jsonlib.dumps(json_safe(data), indent=2) + "\n")
+            print_json(data)
         else:
             print_summary(data)
         if not data["ok"]:
-            raise typer.Exit(1)
+            raise jobs_failed(data)
 
     run(body)
+
+
+def jobs_failed(data: dict) -> JobsFailed:
+    """The one-line error of a batch with failed jobs; its exit code is the most serious of the jobs' own."""
+    from ..errors import ExitCode
+
+    failed = [j for j in data["jobs"] if j["status"] == "failed"]
+    s = data["summary"]
+    first = failed[0] if failed else None
+    detail = f" (first: {first['id']}: {(first['error'] or '').splitlines()[0]})" if first else ""
+    code = max((int(j.get("exit_code") or ExitCode.INTERNAL) for j in failed), default=int(ExitCode.INTERNAL))
+    return JobsFailed(f"{s['failed']} of {s['jobs']} jobs failed{detail}.",
+                      hint="Each job's line above says why; fix those and run the batch again "
+                           "(finished jobs are cached).", exit_code=code)
 
 
 def print_summary(data: dict) -> None:

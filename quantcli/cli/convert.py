@@ -1,21 +1,23 @@
 """`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF, one or many outputs from one read."""
 from __future__ import annotations
 
-import json as jsonlib
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import ForceOpt, JsonOpt, ThreadsOpt, byte_progress, err, human_bytes, out, progress_enabled, run, warn
+from ._common import ForceOpt, JsonOpt, ThreadsOpt, byte_progress, err, human_bytes, out, print_json, print_rows, progress_enabled, run, warn
 
 EXAMPLES = """[bold]Examples[/]
 
   quantcli convert ./SmolLM2-135M-Instruct -o smol-q8_0.gguf --type Q8_0
   quantcli convert HuggingFaceTB/SmolLM2-135M-Instruct@main --recipe release -o out/
   quantcli convert ./model --type Q4_K_M --tensor-type 'attn_v=Q8_0' --output-tensor-type Q8_0
-  quantcli convert ./model --recipe recipes/q8_0.yaml -o out/
+  quantcli convert ./model --recipe q8_0 -o out/                # a built-in recipe, by name
+  quantcli convert ./model --recipe my-release.yaml -o out/      # or a recipe file
   quantcli convert ./model --type Q4_0 --dry-run
+  quantcli convert ./model --type Q8_0 --verify full             # also compare every tensor with the source
 """
 
 
@@ -39,7 +41,7 @@ def convert(
     """Convert a Hugging Face checkpoint to GGUF: download (hub ids), plan, quantize, write, verify.
 
     Finished outputs are cached: a re-run with the same inputs and settings re-checks each file's sha256
-    and skips it. A run manifest (<model>.<recipe>.manifest.json) is written beside the outputs.
+    and skips it. A run manifest (docs/pipeline.md) is written beside the outputs.
     """
 
     def body() -> None:
@@ -80,9 +82,7 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
         result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn)
     if json:
-        from ..pipeline.manifest import json_safe
-
-        out.print_json(jsonlib.dumps(json_safe(result_json(result, request.dry_run))))
+        print_json(result_json(result, request.dry_run))
     elif not request.dry_run:
         for o in result.outputs:
             size = human_bytes(o.path.stat().st_size)
@@ -91,23 +91,35 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                           "skipped (--force redoes it)", highlight=False)
             else:
                 out.print(f"wrote {o.path} ({o.type}, {size})", highlight=False)
+            print_verify(o.verify, request.verify, source=result.source, cached=o.verify_cached)
         if result.manifest is not None:
             err.print(f"manifest: {result.manifest}", highlight=False)
         err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
-def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
-    from rich.table import Table
+def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:
+    """What verify said about one output: one line for a structure check, the summary for a full one."""
+    if report is None:
+        return
+    if level == "full":
+        from .verify import print_summary
 
-    table = Table(title=f"{path}  ({plan.arch}, {plan.mix})", title_justify="left")
-    for col in ("tensor", "source", "shape", "type", "bytes"):
-        table.add_column(col, justify="right" if col == "bytes" else "left")
+        print_summary(report, source=source, cached=cached)
+    elif report.get("ok"):
+        out.print(f"  verified: structure ok ({report.get('n_tensors')} tensors){', cached' if cached else ''}",
+                  highlight=False)
+
+
+def print_plan(plan, path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = []
     for t in plan.tensors:
         src = ", ".join(t.spec.sources) or "(computed from config.json)"  # rope_freqs and friends
         if t.spec.transform.describe():
             src += f"  [{t.spec.transform.describe()}]"
-        table.add_row(t.name, src, "x".join(map(str, t.spec.shape)), t.qtype.name, f"{t.nbytes:,}")
-    out.print(table)
+        # ggml order (row length first), as inspect, verify and llama.cpp's own tools print shapes.
+        rows.append((t.name, src, "x".join(map(str, t.ggml_shape)), t.qtype.name, f"{t.nbytes:,}"))
+    out.print(f"{path}  ({plan.arch}, {plan.mix})", markup=False, highlight=False)
+    print_rows(("tensor", "source", "shape", "type", "bytes"), rows, right={4}, indent="  ")
     out.print(f"total: {len(plan.tensors)} tensors, {plan.n_params:,} parameters, {plan.total_bytes:,} bytes "
               f"({human_bytes(plan.total_bytes)})", highlight=False)
 
@@ -118,7 +130,7 @@ def result_json(result, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
         entry = {"path": str(o.path), "type": o.type, "bytes": o.plan.total_bytes, "verify": o.verify,
                  "sha256": o.sha256, "cached": o.cached}
         if dry_run:
-            entry["tensors"] = [{"name": t.name, "sources": list(t.spec.sources), "shape": list(t.spec.shape),
+            entry["tensors"] = [{"name": t.name, "sources": list(t.spec.sources), "shape": list(t.ggml_shape),
                                  "transform": t.spec.transform.describe(), "type": t.qtype.name, "bytes": t.nbytes}
                                 for t in o.plan.tensors]
         outputs.append(entry)
@@ -129,4 +141,5 @@ def result_json(result, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
             "outputs": outputs}
 
 
-convert.__doc__ = f"{convert.__doc__}\n\n{EXAMPLES}"
+# cleandoc first: the examples are not indented, so the docstring's own indent would survive into --help.
+convert.__doc__ = f"{inspect.cleandoc(convert.__doc__ or '')}\n\n{EXAMPLES}"

@@ -1,13 +1,12 @@
 """`quantcli download org/name[@revision]`: the download stage alone, into the shared Hugging Face cache."""
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import ForceOpt, JsonOpt, err, out, progress_enabled, run
+from ._common import ForceOpt, JsonOpt, err, out, progress_enabled, print_json, run
 
 
 def download(
@@ -33,7 +32,7 @@ def download(
 
         snap = fetch(model, cache_dir=cache_dir, force=force, progress=progress_enabled())
         if json:
-            out.print_json(jsonlib.dumps(snap.to_json()))
+            print_json(snap.to_json())
             return
         fetched = len(snap.fetched)
         state = (f"fetched {fetched} of {len(snap.files)} files" if fetched

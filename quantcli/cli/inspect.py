@@ -1,44 +1,50 @@
-"""`quantcli inspect PATH`: metadata and tensor table of a GGUF file or a Hugging Face safetensors folder."""
+"""`quantcli inspect PATH`: metadata and tensor table of a GGUF file, a safetensors file or a model folder."""
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, human_bytes, out, run
+from ._common import JsonOpt, human_bytes, out, print_json, print_rows, run
+
+
+VALUE_WIDTH = 100   # metadata values longer than this (chat templates, token lists) are cut in the table
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .gguf file or a Hugging Face model folder.")],
+    path: Annotated[Path, typer.Argument(help="A .gguf file, a .safetensors file or a Hugging Face model folder.")],
     json: JsonOpt = False,
 ) -> None:
     """Show a model file's metadata and tensors.
+
+    Shapes are listed as each format stores them: ggml order (row length first) for GGUF, as llama.cpp's
+    tools print them; row-major (PyTorch) order for safetensors. --json gives every metadata value in full.
 
     [bold]Examples[/]
 
       quantcli inspect smol-q8_0.gguf
       quantcli inspect ./SmolLM2-135M-Instruct --json
+      quantcli inspect ./SmolLM2-135M-Instruct/model.safetensors
     """
     def body() -> None:
         from ..inspect import describe
 
         info = describe(path)
         if json:
-            out.print_json(jsonlib.dumps(info))
+            print_json(info)
             return
-        from rich.table import Table
-
-        meta = Table(title=f"{path} ({info['format']})", title_justify="left", show_header=False)
-        for k, v in info["metadata"].items():
-            meta.add_row(k, str(v))
-        out.print(meta)
-        tensors = Table(title=f"{len(info['tensors'])} tensors, {human_bytes(info['bytes'])}", title_justify="left")
-        for col in ("name", "type", "shape", "bytes"):
-            tensors.add_column(col, justify="right" if col == "bytes" else "left")
-        for t in info["tensors"]:
-            tensors.add_row(t["name"], t["type"], "x".join(map(str, t["shape"])), f"{t['bytes']:,}")
-        out.print(tensors)
+        out.print(f"{path} ({info['format']}, {len(info['metadata'])} metadata keys)", markup=False, highlight=False)
+        print_rows(("key", "value"), [(k, _cell(v)) for k, v in info["metadata"].items()], indent="  ")
+        out.print(f"{len(info['tensors'])} tensors, {human_bytes(info['bytes'])}", highlight=False)
+        print_rows(("name", "type", "shape", "bytes"),
+                   [(t["name"], t["type"], "x".join(map(str, t["shape"])), f"{t['bytes']:,}") for t in info["tensors"]],
+                   right={3}, indent="  ")
 
     run(body)
+
+
+def _cell(value: object) -> str:
+    """One line of at most VALUE_WIDTH characters for a metadata value."""
+    text = str(value).replace("\n", "\\n")
+    return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."

@@ -1,13 +1,12 @@
 """`quantcli publish FOLDER --repo me/model-GGUF`: upload the GGUF files of a folder with a generated model card."""
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import JsonOpt, err, human_bytes, out, run, warn
+from ._common import JsonOpt, err, human_bytes, out, print_json, run, warn
 
 
 def publish(
@@ -44,14 +43,14 @@ def publish(
                             commit_message=message, warn=warn)
         if dry_run:
             if json:
-                out.print_json(jsonlib.dumps({"dry_run": True, **plan.to_json()}))
+                print_json({"dry_run": True, **plan.to_json()})
                 return
             print_plan(plan)
             return
         result = run_publish(plan, warn=warn)
         if json:
-            out.print_json(jsonlib.dumps({"dry_run": False, **plan.to_json(), "commit_url": result.commit_url,
-                                          "uploaded": result.uploaded}))
+            print_json({"dry_run": False, **plan.to_json(), "commit_url": result.commit_url,
+                        "uploaded": result.uploaded})
             return
         out.print(f"published {len(result.uploaded)} files to https://huggingface.co/{result.repo_id}", highlight=False)
         if result.commit_url:

@@ -1,12 +1,11 @@
 """`quantcli recipes list|show|schema`: the built-in recipes and the recipe format."""
 from __future__ import annotations
 
-import json as jsonlib
 from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, out, run
+from ._common import JsonOpt, out, print_json, run
 
 app = typer.Typer(help="List, show and describe recipes.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -22,8 +21,8 @@ def list_(json: JsonOpt = False) -> None:
 
         rows = [(n, load_recipe(builtin_path(n))) for n in builtin_names()]
         if json:
-            out.print_json(jsonlib.dumps([{"name": n, "description": r.description,
-                                           "outputs": [o.type for o in r.outputs]} for n, r in rows]))
+            print_json([{"name": n, "description": r.description, "outputs": [o.type for o in r.outputs]}
+                        for n, r in rows])
             return
         from rich.table import Table
 
@@ -48,7 +47,7 @@ def show(name: Annotated[str, typer.Argument(help="Built-in name or recipe file.
 
         canonical = resolve_recipe(name).canonical()
         if json:
-            out.print_json(jsonlib.dumps(canonical))
+            print_json(canonical)
         else:
             out.print(yaml.safe_dump(_plain(canonical), sort_keys=False), end="", highlight=False)
 
@@ -61,7 +60,7 @@ def schema() -> None:
     def body() -> None:
         from ..recipe import recipe_json_schema
 
-        print(jsonlib.dumps(recipe_json_schema(), indent=2))
+        print_json(recipe_json_schema())
 
     run(body)
 

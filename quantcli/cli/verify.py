@@ -1,13 +1,12 @@
 """`quantcli verify FILE`: structure and per-tensor error of a GGUF file, optionally against its source."""
 from __future__ import annotations
 
-import json as jsonlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from ._common import JsonOpt, err, out, run
+from ._common import JsonOpt, out, print_json, print_rows, run
 
 
 def verify(
@@ -16,20 +15,26 @@ def verify(
     min_snr_db: Annotated[Optional[float], typer.Option("--min-snr-db", help="Fail when a tensor's SNR is below this (dB). Default: per type.")] = None,
     max_rmse: Annotated[Optional[float], typer.Option("--max-rmse", help="Fail when a tensor's RMSE is above this.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Take the thresholds from this recipe's verify section.")] = None,
+    all_tensors: Annotated[bool, typer.Option("--all", help="Print every tensor's figures, not only the summary (--json always has them).")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Reopen a GGUF with an independent reader, check its structure and, with --source, its error per tensor.
 
-    Exit code 1 when a check fails or a threshold is exceeded.
+    Prints a summary first: tensors checked, how many miss their threshold, the worst tensors by SNR and the
+    verdict. Exit code 0 when every check passes, 1 when one fails (with an Error: line naming it), 2 for a
+    path that is not a GGUF file.
 
     [bold]Examples[/]
 
       quantcli verify smol-q8_0.gguf
+      quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct
+      quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --all
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --json
     """
     def body() -> None:
+        from ..errors import VerifyError
         from ..recipe import resolve_recipe
-        from ..stages.verify import verify_file
+        from ..stages.verify import failure_line, verify_file
 
         snr, rmse = min_snr_db, max_rmse
         if recipe:
@@ -37,23 +42,62 @@ def verify(
             snr = spec.min_snr_db if snr is None else snr
             rmse = spec.max_rmse if rmse is None else rmse
         report = verify_file(path, source, min_snr_db=snr, max_rmse=rmse)
+        data = report.to_json()
         if json:
-            out.print_json(jsonlib.dumps(report.to_json()))
+            print_json({**data, "summary": report.summary()})
         else:
-            from rich.table import Table
-
-            table = Table(title=f"{path} ({report.arch}, {report.n_tensors} tensors)", title_justify="left")
-            for col in ("tensor", "type", "shape", "RMSE", "max abs", "SNR dB", "ok"):
-                table.add_column(col)
-            for t in report.tensors:
-                fmt = (lambda v: "" if v is None else f"{v:.4g}")
-                table.add_row(t.name, t.type, "x".join(map(str, t.shape)), fmt(t.rmse), fmt(t.max_abs), fmt(t.snr_db),
-                              "yes" if t.ok else "[red]NO[/]")
-            out.print(table)
-            for p in report.problems:
-                err.print(f"problem: {p}", highlight=False)
-            out.print("OK" if report.ok else "FAILED", highlight=False)
+            if all_tensors:
+                print_tensor_table(data)
+            print_summary(data, source=source)
         if not report.ok:
-            raise typer.Exit(1)
+            more = report.compared and not (all_tensors or json)
+            raise VerifyError(f"{path} failed verification: {failure_line(data)}.",
+                              hint="`--all` lists every tensor's figures." if more else None)
 
     run(body)
+
+
+def _fmt(value: object, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value == float("inf"):
+        return "lossless"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def print_summary(data: dict[str, Any], *, source: Path | None = None, cached: bool = False) -> None:
+    """The verify summary of one file: counts, worst tensors, verdict (data is a report in its JSON form)."""
+    from rich.markup import escape
+
+    from ..stages.verify import summarize
+
+    s = summarize(data)
+    what = f"compared with {source}" if source is not None else ("compared with the source" if data.get("compared")
+                                                                  else "structure only")
+    note = ", cached result" if cached else ""
+    out.print(f"{escape(str(data.get('path', '?')))}: {escape(data.get('arch') or '?')}, {s['n_tensors']} tensors, "
+              f"{escape(what)}{note}", highlight=False)
+    for problem in s["problems"]:
+        out.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
+    if s["n_compared"]:
+        out.print(f"  {s['n_failed']} of {s['n_compared']} tensors over their threshold; worst SNR "
+                  f"{_fmt(s['min_snr_db'], '.1f')} dB, worst RMSE {_fmt(s['max_rmse'])}", highlight=False)
+        out.print(f"  worst {len(s['worst'])} by SNR:", highlight=False)
+        print_rows(_HEADER[:2] + _HEADER[3:], [_row(t)[:2] + _row(t)[3:] for t in s["worst"]], right={2, 3, 4, 5},
+                   indent="    ")
+    verdict = "[green]OK[/]: every check passed" if s["ok"] else "[red]FAILED[/]"
+    out.print(f"  {verdict}", highlight=False)
+
+
+_HEADER = ("tensor", "type", "shape", "SNR dB", "floor", "RMSE", "max abs", "result")
+
+
+def _row(t: dict[str, Any]) -> tuple[str, ...]:
+    return (t["name"], t["type"], "x".join(map(str, t.get("shape") or [])), _fmt(t["snr_db"], ".1f"),
+            _fmt(t["min_snr_db"], "g"), _fmt(t["rmse"]), _fmt(t["max_abs"]),
+            "ok" if t["ok"] else (t.get("failure") or "failed"))
+
+
+def print_tensor_table(data: dict[str, Any]) -> None:
+    """Every tensor's figures (verify --all), in file order."""
+    print_rows(_HEADER, [_row(t) for t in data["tensors"]], right={3, 4, 5, 6})

@@ -1,9 +1,8 @@
 """`quantcli version`: versions and the active quantization backend."""
 from __future__ import annotations
 
-import json as jsonlib
 
-from ._common import JsonOpt, out, run
+from ._common import JsonOpt, out, print_json, run
 
 
 def version(json: JsonOpt = False) -> None:
@@ -27,7 +26,7 @@ def version(json: JsonOpt = False) -> None:
             except md.PackageNotFoundError:
                 info[pkg] = None
         if json:
-            out.print_json(jsonlib.dumps(info))
+            print_json(info)
         else:
             for k, v in info.items():
                 out.print(f"{k}: {v}", highlight=False)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..errors import InputError, QuantcliError, RecipeError
+from ..errors import ExitCode, InputError, QuantcliError, RecipeError
 from ..recipe.schema import Recipe
 from ..recipe.strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 from .outputs import check_name, refuse_collisions, resolve_layout
@@ -257,7 +257,7 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
             raise
         result.status, result.error, result.exit_code = "failed", str(exc), exc.exit_code
     except Exception as exc:  # noqa: BLE001 - one broken job must not take the batch down
-        result.status, result.exit_code = "failed", 1
+        result.status, result.exit_code = "failed", int(ExitCode.INTERNAL)
         result.error = f"internal error: {type(exc).__name__}: {exc}"
         if os.environ.get("QUANTCLI_DEBUG"):
             result.error += "\n" + traceback.format_exc()
@@ -326,7 +326,7 @@ def _collect(run: _Running) -> JobResult:
         pass
     sweep_partials(Path(job.output))
     how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    return JobResult(job.id, job.model, job.recipe_name, "failed", exit_code=1,
+    return JobResult(job.id, job.model, job.recipe_name, "failed", exit_code=int(ExitCode.INTERNAL),
                      error=f"the job's process died ({how}) without a result; partial files it left were removed.")
 
 

@@ -272,7 +272,7 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
     Returns one VerifyError per failed file, and the indices of the files that are broken (a structural
     problem, or not readable as GGUF at all), as opposed to whole files whose error is above a threshold.
     """
-    from ..stages.verify import verify_file
+    from ..stages.verify import failure_line, verify_file
     from .keys import verify_key
 
     if request.verify == "none":
@@ -300,14 +300,12 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
         entry.verify = checked.to_json()
         if checked.problems:
             broken.append(i)
-            failures.append(VerifyError(f"{entry.path} failed verification and was removed: "
-                                        + "; ".join(checked.problems[:3]),
+            failures.append(VerifyError(f"{entry.path} failed verification and was removed: {failure_line(entry.verify)}.",
                                         hint="Run the same command with --verify none and `quantcli verify` the file "
                                              "for the full list; the model may hold a tensor quantcli cannot convert."))
         elif not checked.ok:
-            failures.append(VerifyError(f"{entry.path} failed verification: " + "; ".join(
-                [f"{t.name} SNR {t.snr_db:.1f} dB < {t.min_snr_db}" for t in checked.tensors if not t.ok][:3]),
-                hint="Run `quantcli verify` on it for the full table."))
+            failures.append(VerifyError(f"{entry.path} failed verification: {failure_line(entry.verify)}.",
+                                        hint="`quantcli verify FILE --source MODEL --all` lists every tensor."))
         elif cache is not None and entry.sha256:
             # Only passing reports are cached: a failure is re-checked (and re-reported) on every run.
             cache.store(keys[i], entry.path, sha256=entry.sha256, extra={"verify": {**(stored or {}), vkey: entry.verify}})
@@ -329,8 +327,7 @@ def _write_manifest(request: ConvertRequest, result: ConvertResult, layout: Outp
         outputs.append({"file": rel, "type": entry.type, "bytes": entry.path.stat().st_size, "sha256": entry.sha256,
                         "tensors": len(entry.plan.tensors), "parameters": entry.plan.n_params,
                         "cache": "hit" if entry.cached else "written", "key": key.digest,
-                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify),
-                        "verify": entry.verify})
+                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify)})
     source = {"model": request.model, "path": str(Path(result.source).resolve()),
               "repo_id": snap.repo_id if snap else None, "revision": snap.revision if snap else None,
               "commit": snap.commit if snap else None, "fingerprint": fingerprint}

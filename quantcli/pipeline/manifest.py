@@ -2,8 +2,9 @@
 
 It records the inputs (hub id, requested revision, resolved commit and per-file blob ids, or the local folder
 and its files), the recipe in canonical form, tool and library versions, the backend, and per output file its
-sha256, size, type, whether it came from the cache, and the verify figures. `quantcli publish` reads it to
-write the model card; a CI job can archive it as the provenance of a release.
+sha256, size, type, whether it came from the cache, and a summary of its verify figures (docs/pipeline.md
+lists every field). `quantcli publish` reads it to write the model card; a CI job can archive it as the
+provenance of a release.
 
     >>> path = manifest_path(Path("out"), model="SmolLM2-135M-Instruct", recipe="release", single_file=None)
     >>> path.name
@@ -47,15 +48,15 @@ def versions() -> dict[str, str | None]:
 
 
 def verify_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The figures a reader wants first: ok, worst SNR, worst RMSE, problem count (full table kept beside)."""
+    """What the manifest keeps of a verify report: ok, counts, worst SNR and RMSE, the problems and the five
+    worst tensors (stages.verify.summarize). The per-tensor table is not kept: it was 98% of the manifest
+    (45 KB per output for SmolLM2, 372 KB for a four-output recipe), and `quantcli verify FILE --source MODEL
+    --json` recomputes it."""
     if report is None:
         return None
-    snrs = [t["snr_db"] for t in report.get("tensors", []) if t.get("snr_db") is not None]
-    rmses = [t["rmse"] for t in report.get("tensors", []) if t.get("rmse") is not None]
-    finite = [s for s in snrs if s != float("inf")]
-    return {"ok": bool(report.get("ok")), "n_tensors": report.get("n_tensors"), "problems": len(report.get("problems", [])),
-            "min_snr_db": min(finite) if finite else (float("inf") if snrs else None),
-            "max_rmse": max(rmses) if rmses else None}
+    from ..stages.verify import summarize
+
+    return summarize(report)
 
 
 def build_manifest(*, command: list[str] | None, source: dict[str, Any], recipe: dict[str, Any], backend: str,

@@ -70,7 +70,7 @@ def test_disk_too_small_for_the_planned_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path,
             module="tests.pipeline.fault_cli", QC_FAKE_FREE_BYTES="1000000")
-    expect(r, 2, "GB free but the output needs", "Free disk space")
+    expect(r, 3, "GB free but the output needs", "Free disk space")
     assert leftovers(out) == []
 
 
@@ -83,7 +83,7 @@ def test_file_system_refuses_a_write_midway(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (5_000_000, 5_000_000))
 
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path, preexec=limit)
-    expect(r, 2, "failed: File too large", "Free disk space or choose another output folder")
+    expect(r, 3, "failed: File too large", "Free disk space or choose another output folder")
     assert leftovers(out) == []
 
 
@@ -92,7 +92,7 @@ def test_output_folder_that_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(blocker / "out")], tmp_path)
-    expect(r, 2, "cannot write to", "Choose an output folder you can write to")
+    expect(r, 3, "cannot write to", "Choose an output folder you can write to")
     assert blocker.read_text() == "not a folder"
 
 
@@ -212,7 +212,7 @@ def test_an_output_that_fails_structure_verify_is_removed_and_never_cached(tmp_p
     out = tmp_path / "out"
     args = ["convert", str(model_path("tiny-llama")), "--recipe", str(recipe), "-o", str(out)]
     r = cli(args, tmp_path, module="tests.pipeline.fault_cli", QC_BREAK_TYPE="Q8_0")
-    expect(r, 1, "tiny-llama-Q8_0.gguf is not a readable GGUF file", "it was removed, not left under its final name")
+    expect(r, 1, "tiny-llama-Q8_0.gguf is not a valid GGUF file", "it was removed, not left under its final name")
     assert leftovers(out) == ["tiny-llama-F16.gguf", "tiny-llama.two.manifest.json"]
     manifest = json.loads((out / "tiny-llama.two.manifest.json").read_text())
     assert [o["file"] for o in manifest["outputs"]] == ["tiny-llama-F16.gguf"]     # only what is on disk

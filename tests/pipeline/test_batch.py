@@ -84,7 +84,8 @@ def test_invalid_batch_files_name_the_line(text: str, line: int, words: str, tmp
 def test_one_good_one_broken_model_continue_on_error(tiny_llama: Path, broken_model: Path, tmp_path: Path) -> None:
     batch = write_batch(tmp_path, [str(broken_model), str(tiny_llama)])
     r = run_cli(["batch", str(batch), "--continue-on-error", "--json"], tmp_path / "cache")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr          # the failed job's own exit code: its model is bad input
+    assert "Error: 1 of 2 jobs failed (first: broken-llama.q8_0: " in r.stderr
     report = json.loads(r.stdout)
     assert report["ok"] is False
     assert report["summary"] == {"jobs": 2, "ok": 1, "failed": 1, "not_run": 0, "outputs_written": 1, "outputs_cached": 0}
@@ -109,7 +110,7 @@ def test_without_continue_on_error_the_first_failure_stops_the_batch(tiny_llama:
                                                                       tmp_path: Path) -> None:
     batch = write_batch(tmp_path, [str(broken_model), str(tiny_llama)])
     r = run_cli(["batch", str(batch)], tmp_path / "cache")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "0 of 2 jobs succeeded" in r.stdout and "not run" in r.stdout
     assert not (tmp_path / "out" / "tiny-llama").exists()
 
@@ -119,7 +120,7 @@ def test_parallel_jobs_rerun_from_cache_and_matrix(tiny_llama: Path, broken_mode
     batch = write_batch(tmp_path, [str(tiny_llama), str(broken_model)], recipes="[q8_0, q4_0]")
     cache = tmp_path / "cache"
     first = run_cli(["batch", str(batch), "--jobs", "2", "--continue-on-error", "--json"], cache)
-    assert first.returncode == 1, first.stderr
+    assert first.returncode == 2, first.stderr
     report = json.loads(first.stdout)
     assert [(j["id"], j["status"]) for j in report["jobs"]] == [
         ("tiny-llama.q8_0", "ok"), ("tiny-llama.q4_0", "ok"), ("broken-llama.q8_0", "failed"), ("broken-llama.q4_0", "failed")]
