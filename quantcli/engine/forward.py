@@ -64,6 +64,7 @@ class Engine:
         self.spec: ModelSpec = source.spec
         self.threads = threads
         self._rope_cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._mask_cache: dict[tuple[int, bool], np.ndarray] = {}
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -255,31 +256,38 @@ class Engine:
         vv = v.transpose(0, 2, 1, 3)                                               # s, kv, ctx, hd
         rows = max(1, SCORE_ROWS // max(1, nh))
         for s in range(n_seq):
-            qs = np.ascontiguousarray(qg[s])
             ks, vs = np.ascontiguousarray(kt[s]), np.ascontiguousarray(vv[s])
-            seq_allowed = allowed
-            if key_mask is not None:
-                seq_allowed = allowed & key_mask[s][None, :]
+            # additive mask: 0 where attending is allowed, -inf elsewhere (every row keeps its own position)
+            seq_bias = allowed if key_mask is None else allowed + np.where(key_mask[s], F32(0), F32(-np.inf))[None, :]
             for r0 in range(0, ctx, rows):
                 r1 = min(ctx, r0 + rows)
-                scores = (qs[:, :, r0:r1] @ ks[:, None]) * F32(spec.attn_scale)   # kv, group, rows, ctx
+                n = r1 - r0
+                # (kv, group * rows, hd) @ (kv, hd, ctx): equal batch dims, so numpy hands each slice to BLAS
+                qs = np.ascontiguousarray(qg[s, :, :, r0:r1]).reshape(nkv, group * n, hd)
+                scores = (qs @ ks).reshape(nkv, group, n, ctx)
+                scores *= F32(spec.attn_scale)
                 if spec.attn_softcap is not None:
                     scores = ops.softcap(scores, spec.attn_softcap)
-                scores = np.where(seq_allowed[r0:r1], scores, F32(-np.inf))
+                scores += seq_bias[r0:r1]
                 ops.softmax_inplace(scores)
-                out[s, r0:r1] = (scores @ vs[:, None]).transpose(2, 0, 1, 3)
+                o = scores.reshape(nkv, group * n, ctx) @ vs                         # kv, group * rows, hd
+                out[s, r0:r1] = o.reshape(nkv, group, n, hd).transpose(2, 0, 1, 3)
         return out.reshape(n_seq * ctx, nh * hd)
 
     def _allowed(self, i: int, ctx: int) -> np.ndarray:
-        """(ctx, ctx) bool: may query position r attend to key position c in block i."""
-        if not self.spec.numerics.causal:
-            return np.ones((ctx, ctx), dtype=bool)
-        r = np.arange(ctx)[:, None]
-        c = np.arange(ctx)[None, :]
-        allowed = c <= r
-        if self.spec.sliding_layers[i] and self.spec.sliding_window is not None:
-            allowed &= (r - c) < self.spec.sliding_window
-        return allowed
+        """(ctx, ctx) float32: 0 where query position r may attend to key position c in block i, else -inf."""
+        key = (ctx, self.spec.sliding_layers[i])
+        if key not in self._mask_cache:
+            if not self.spec.numerics.causal:
+                self._mask_cache[key] = np.zeros((ctx, ctx), dtype=F32)
+            else:
+                r = np.arange(ctx)[:, None]
+                c = np.arange(ctx)[None, :]
+                allowed = c <= r
+                if self.spec.sliding_layers[i] and self.spec.sliding_window is not None:
+                    allowed &= (r - c) < self.spec.sliding_window
+                self._mask_cache[key] = np.where(allowed, F32(0), F32(-np.inf)).astype(F32)
+        return self._mask_cache[key]
 
     def _ffn(self, block: _Block, h: np.ndarray, capture: Capture | None) -> np.ndarray:
         act = ops.ACTIVATIONS[self.spec.numerics.activation]
