@@ -30,6 +30,8 @@ F32 = np.float32
 CHUNK_TOKENS = 2048
 # Attention scores of one sequence are computed for at most this many query rows x heads at a time.
 SCORE_ROWS = 16384
+# Query rows per block in causal attention (each block only multiplies the keys it can see).
+QUERY_BLOCK = 128
 
 
 class _Block:
@@ -254,7 +256,11 @@ class Engine:
         qg = q.reshape(n_seq, ctx, nkv, group, hd).transpose(0, 2, 3, 1, 4)       # s, kv, group, ctx, hd
         kt = k.transpose(0, 2, 3, 1)                                               # s, kv, hd, ctx
         vv = v.transpose(0, 2, 1, 3)                                               # s, kv, ctx, hd
-        rows = max(1, SCORE_ROWS // max(1, nh))
+        causal = spec.numerics.causal
+        window = spec.sliding_window if spec.sliding_layers[i] else None
+        # causal models take query rows in blocks and skip the key columns a block cannot see (those after its
+        # last row, and before its first row's window), which halves the work at long contexts
+        rows = min(QUERY_BLOCK if causal else ctx, max(1, SCORE_ROWS // max(1, nh)))
         for s in range(n_seq):
             ks, vs = np.ascontiguousarray(kt[s]), np.ascontiguousarray(vv[s])
             # additive mask: 0 where attending is allowed, -inf elsewhere (every row keeps its own position)
@@ -262,15 +268,17 @@ class Engine:
             for r0 in range(0, ctx, rows):
                 r1 = min(ctx, r0 + rows)
                 n = r1 - r0
-                # (kv, group * rows, hd) @ (kv, hd, ctx): equal batch dims, so numpy hands each slice to BLAS
+                k0 = max(0, r0 - window + 1) if window is not None else 0
+                k1 = r1 if causal else ctx
+                # (kv, group * rows, hd) @ (kv, hd, keys): equal batch dims, so numpy hands each slice to BLAS
                 qs = np.ascontiguousarray(qg[s, :, :, r0:r1]).reshape(nkv, group * n, hd)
-                scores = (qs @ ks).reshape(nkv, group, n, ctx)
+                scores = (qs @ ks[:, :, k0:k1]).reshape(nkv, group, n, k1 - k0)
                 scores *= F32(spec.attn_scale)
                 if spec.attn_softcap is not None:
                     scores = ops.softcap(scores, spec.attn_softcap)
-                scores += seq_bias[r0:r1]
+                scores += seq_bias[r0:r1, k0:k1]
                 ops.softmax_inplace(scores)
-                o = scores.reshape(nkv, group * n, ctx) @ vs                         # kv, group * rows, hd
+                o = scores.reshape(nkv, group * n, k1 - k0) @ vs[:, k0:k1]          # kv, group * rows, hd
                 out[s, r0:r1] = o.reshape(nkv, group, n, hd).transpose(2, 0, 1, 3)
         return out.reshape(n_seq * ctx, nh * hd)
 
@@ -294,9 +302,11 @@ class Engine:
         if self.spec.fused_gate_up:
             gate_up = self._linear(block, "ffn_gate_up", h, capture)
             gate, up = gate_up[:, :self.spec.ffn], gate_up[:, self.spec.ffn:]
-            inner = act(gate) * up
+            inner = act(gate)
+            inner *= up
         elif self.spec.numerics.gated_ffn:
-            inner = act(self._linear(block, "ffn_gate", h, capture)) * self._linear(block, "ffn_up", h, capture)
+            inner = act(self._linear(block, "ffn_gate", h, capture))
+            inner *= self._linear(block, "ffn_up", h, capture)
         else:
             inner = act(self._linear(block, "ffn_up", h, capture))
         return self._linear(block, "ffn_down", np.ascontiguousarray(inner, dtype=F32), capture)

@@ -37,6 +37,7 @@ def test_sequences_are_independent_of_batching(random_model: Callable[..., Path]
     # chunks of one sequence, and attention scores in slices of a few query rows
     monkeypatch.setattr(forward, "CHUNK_TOKENS", 1)
     monkeypatch.setattr(forward, "SCORE_ROWS", 8)
+    monkeypatch.setattr(forward, "QUERY_BLOCK", 3)
     sliced = logits(eng, ids)
     assert together.shape == (3, 20, 97)
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
@@ -55,8 +56,12 @@ def test_decoder_is_causal(random_model: Callable[..., Path]) -> None:
     np.testing.assert_allclose(logits(eng, ids[:, :7])[0], a[:7], rtol=0, atol=1e-5)
 
 
-def test_sliding_window_limits_what_a_token_sees(random_model: Callable[..., Path]) -> None:
-    # one mistral block with a window of 4: position p attends to p-3..p only
+@pytest.mark.parametrize("query_block", [128, 3])
+def test_sliding_window_limits_what_a_token_sees(random_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+                                                 query_block: int) -> None:
+    # one mistral block with a window of 4: position p attends to p-3..p only (also with query blocks of 3 rows,
+    # where each block skips the keys before its window)
+    monkeypatch.setattr(forward, "QUERY_BLOCK", query_block)
     eng = Engine.from_hf(random_model(architectures=["MistralForCausalLM"], num_hidden_layers=1, sliding_window=4))
     assert eng.spec.sliding_layers == (True,)
     ids = tokens(1, 12)
