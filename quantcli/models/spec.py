@@ -118,7 +118,7 @@ def _int(adapter: Architecture, *keys: str) -> int:
         raise InputError(f"config.json's {keys[0]} is {value!r}, not an integer.", hint="Fix config.json.") from None
 
 
-def _rope(adapter: Architecture, head_dim: int, hidden: int, n_head: int, n_ctx: int) -> RopeSpec:
+def _rope(adapter: Architecture, head_dim: int, n_ctx: int) -> RopeSpec:
     scaling = adapter.rope_scaling()
     kind = str(scaling.get("rope_type", scaling.get("type", "default")) or "default").lower()
     kind = {"su": "longrope"}.get(kind, kind)
@@ -253,7 +253,7 @@ def spec_from_config(config: Mapping, folder: Path | None = None) -> ModelSpec:
     norm_eps = float(adapter.need(*eps_keys))  # type: ignore[arg-type]
     rope = rope_local = None
     if numerics.rope != "none":
-        rope = _rope(adapter, head_dim, hidden, n_head, n_ctx)
+        rope = _rope(adapter, head_dim, n_ctx)
         local_theta = adapter.rope_theta_swa()
         if local_theta is not None:
             rope_local = RopeSpec("default", local_theta, rope.dims)

@@ -10,8 +10,6 @@ Against llama.cpp the bounds of conftest.py apply (its GELU table costs up to 3.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
