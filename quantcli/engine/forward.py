@@ -99,17 +99,19 @@ class Engine:
 
         The blocks (and every capture call for them) run before this returns. The iterator yields, per sequence
         and in order, float32 logits [ctx, vocab] for a decoder, or the last hidden states [ctx, hidden] for an
-        encoder. The output head's input is captured as each sequence's logits are produced; with logits=False
+        encoder or a bare transformer without an LM head (Qwen2Model; after its final norm). The output head's input is captured as each sequence's logits are produced; with logits=False
         it is captured here and the iterator is empty.
         """
         tokens = self._check_tokens(tokens)
         mask = self._check_mask(attention_mask, tokens.shape)
         with _threads_limit(self.threads):
             x = self._forward(tokens, capture, mask, token_types)
-        if self.spec.is_encoder:
-            return iter(list(x))
         head = self.spec.output_tensor()
-        assert head is not None
+        if head is None:  # encoders and bare transformers: the last hidden states (after the final norm, if any)
+            if self.spec.numerics.causal:
+                norm = self.source.load(self.spec.tensor("output_norm"))
+                return iter([ops.rms_norm(x[s], norm, self.spec.norm_eps) for s in range(x.shape[0])])
+            return iter(list(x))
         name = self.source.name(head)
         if not logits:
             if capture is not None:

@@ -164,3 +164,25 @@ def test_bert_padding_does_not_change_real_tokens(tmp_path: Path) -> None:
     np.testing.assert_allclose(eng.embed(padded, attention_mask=mask)[0], short.mean(axis=0), rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="positions"):
         eng.run(tokens(1, 17, vocab=50))
+
+
+def test_headless_qwen2_runs_with_its_own_tensor_names(tmp_path: Path) -> None:
+    """Qwen2Model (an embedding model's bare transformer) stores names without "model." and has no LM head."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    config = {**LLAMA_CONFIG, "architectures": ["Qwen2Model"]}
+    folder = write_random_checkpoint(tmp_path / "q", {**config, "architectures": ["Qwen2ForCausalLM"]})
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    eng = Engine.from_hf(folder)
+    assert not eng.spec.has_lm_head and eng.spec.output_tensor() is None
+    names: set[str] = set()
+    states = list(eng.run(tokens(2, 5), capture=lambda name, x: names.add(name)))
+    assert [s.shape for s in states] == [(5, 64), (5, 64)]
+    assert "layers.0.self_attn.q_proj.weight" in names and not any(n.startswith("model.") for n in names)
+    # the final norm is applied: every state has the RMS the norm's scale gives it
+    scale = weights["norm.weight"]
+    np.testing.assert_allclose(np.sqrt(np.mean(np.square(states[0] / scale), axis=1)), 1.0, rtol=1e-3)

@@ -140,3 +140,13 @@ def test_capture_matches_torch_forward_hooks(model: str, torch_module) -> None: 
         assert got[name] == pytest.approx(value, rel=1e-4), name
     linears = {t.hf_name: t.shape[1] for t in eng.spec.tensors if len(t.shape) == 2 and t.layer is not None}
     assert all(shapes[n] == cols for n, cols in linears.items())
+
+
+def test_gguf_with_the_wrong_source_is_refused(converted) -> None:  # type: ignore[no-untyped-def]
+    from quantcli.errors import InputError
+
+    path = converted("tiny-llama", "F32")
+    with pytest.raises(InputError, match="qwen2"):
+        Engine.from_gguf(path, source=model_path("tiny-qwen2"))
+    with pytest.raises(InputError, match="shape"):   # same family, other shapes
+        Engine.from_gguf(path, source=model_path("SmolLM2-135M-Instruct"))
