@@ -60,7 +60,8 @@ def test_engine_matches_transformers_past_the_window(model: str, torch_module) -
         assert_top1_equal(got, ref[s], f"engine {model} seq {s}")
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma2", "tiny-phi3", "tiny-qwen2", "SmolLM2-135M-Instruct"])
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-qwen2", "tiny-qwen3",
+                                   "SmolLM2-135M-Instruct"])
 def test_engine_on_the_f32_gguf(model: str, converted, text_ids, llama_cpp_module) -> None:  # type: ignore[no-untyped-def]
     """The F32 file undoes to the same weights (logits equal from_hf's) and llama.cpp agrees with the engine."""
     path = converted(model, "F32")
@@ -72,6 +73,16 @@ def test_engine_on_the_f32_gguf(model: str, converted, text_ids, llama_cpp_modul
     what = f"{model} llama.cpp vs engine"
     assert_close_to_reference(cpp, from_gguf, relative_tolerance(model, "F32"), what)
     assert_top1_equal(cpp, from_gguf, what)
+
+
+def test_bert_from_the_f32_gguf_equals_the_source(converted) -> None:  # type: ignore[no-untyped-def]
+    model = "all-MiniLM-L6-v2"
+    ids = np.random.default_rng(3).integers(1000, 30000, size=(2, 40))
+    mask = np.ones_like(ids)
+    mask[1, 25:] = 0
+    from_gguf = Engine.from_gguf(converted(model, "F32"), source=model_path(model)).embed(ids, attention_mask=mask)
+    from_hf = Engine.from_hf(model_path(model)).embed(ids, attention_mask=mask)
+    np.testing.assert_allclose(from_gguf, from_hf, rtol=0, atol=1e-6)
 
 
 def test_engine_on_a_quantized_gguf_tracks_the_source(converted, text_ids) -> None:  # type: ignore[no-untyped-def]
