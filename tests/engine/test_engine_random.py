@@ -186,3 +186,34 @@ def test_headless_qwen2_runs_with_its_own_tensor_names(tmp_path: Path) -> None:
     # the final norm is applied: every state has the RMS the norm's scale gives it
     scale = weights["norm.weight"]
     np.testing.assert_allclose(np.sqrt(np.mean(np.square(states[0] / scale), axis=1)), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("plain, wrapped, rename", [
+    ({**LLAMA_CONFIG, "architectures": ["Gemma3ForCausalLM"], "head_dim": 16, "query_pre_attn_scalar": 16,
+      "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+     "Gemma3ForConditionalGeneration", lambda n: n.replace("model.", "model.language_model.", 1)),
+    ({"architectures": ["BertModel"], "num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64,
+      "num_attention_heads": 2, "vocab_size": 97, "max_position_embeddings": 16, "type_vocab_size": 2,
+      "layer_norm_eps": 1e-12},
+     "BertForMaskedLM", lambda n: "bert." + n.replace("LayerNorm.weight", "LayerNorm.gamma")),
+])
+def test_wrapped_checkpoints_resolve_to_the_same_model(tmp_path: Path, plain: dict, wrapped: str,
+                                                      rename: Callable[[str], str]) -> None:
+    """A multimodal gemma3 (language_model prefix) or a masked-LM bert (bert. prefix, old gamma names) runs the
+    same weights as its plain class, and capture reports the checkpoint's own names."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    a = write_random_checkpoint(tmp_path / "plain", plain, seed=4)
+    b = tmp_path / "wrapped"
+    b.mkdir()
+    save_file({rename(k): v for k, v in load_file(str(a / "model.safetensors")).items()},
+              str(b / "model.safetensors"))
+    (b / "config.json").write_text(json.dumps({**plain, "architectures": [wrapped]}))
+    ids = tokens(1, 8)
+    names: set[str] = set()
+    got = list(Engine.from_hf(b).run(ids, capture=lambda n, x: names.add(n)))[0]
+    want = list(Engine.from_hf(a).run(ids))[0]
+    np.testing.assert_array_equal(got, want)
+    assert names and all(n in {rename(k) for k in load_file(str(a / "model.safetensors"))} for n in names)
