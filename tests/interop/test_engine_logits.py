@@ -16,7 +16,7 @@ import pytest
 from quantcli.engine import Engine
 from tests.fixtures.paths import model_path
 
-from .clients import hf_sentence_embeddings, hf_token_states, llama_logits
+from .clients import hf_sentence_embeddings, hf_token_states, llama_logits, llama_token_states
 from .conftest import TEXT, assert_close_to_reference, relative_tolerance
 from .test_decoder_logits import DECODERS
 
@@ -75,14 +75,19 @@ def test_engine_on_the_f32_gguf(model: str, converted, text_ids, llama_cpp_modul
     assert_top1_equal(cpp, from_gguf, what)
 
 
-def test_bert_from_the_f32_gguf_equals_the_source(converted) -> None:  # type: ignore[no-untyped-def]
+def test_bert_from_the_f32_gguf_equals_the_source_and_llama_cpp(converted, llama_cpp_module) -> None:  # type: ignore[no-untyped-def]
     model = "all-MiniLM-L6-v2"
     ids = np.random.default_rng(3).integers(1000, 30000, size=(2, 40))
     mask = np.ones_like(ids)
     mask[1, 25:] = 0
-    from_gguf = Engine.from_gguf(converted(model, "F32"), source=model_path(model)).embed(ids, attention_mask=mask)
+    path = converted(model, "F32")
+    gguf_engine = Engine.from_gguf(path, source=model_path(model))
+    from_gguf = gguf_engine.embed(ids, attention_mask=mask)
     from_hf = Engine.from_hf(model_path(model)).embed(ids, attention_mask=mask)
     np.testing.assert_allclose(from_gguf, from_hf, rtol=0, atol=1e-6)
+    states = next(gguf_engine.run(ids[:1]))
+    cpp = llama_token_states(path, ids[0].tolist())
+    assert_close_to_reference(cpp, states, relative_tolerance(model, "F32"), f"{model} llama.cpp vs engine")
 
 
 def test_engine_on_a_quantized_gguf_tracks_the_source(converted, text_ids) -> None:  # type: ignore[no-untyped-def]
