@@ -157,7 +157,7 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     taken out); `warn` receives cache warnings (a corrupt entry, an output changed since it was made).
     """
     from ..quant.imatrix import load_imatrix
-    from .cache import StageCache, file_sha256, fingerprint_folder
+    from .cache import StageCache, fingerprint_folder
     from .keys import imatrix_identity, quantize_key
 
     if request.verify not in VERIFY_LEVELS:
@@ -198,12 +198,11 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
         if on_write is not None:
             on_write(writing)
         t0 = time.perf_counter()
-        write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress)
+        digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress)
         spent = (time.perf_counter() - t0) / len(todo)
-        for i in todo:
+        for i, digest in zip(todo, digests):
             entries[i].seconds = spent
-            if cache is not None or request.manifest:
-                entries[i].sha256 = file_sha256(paths[i])
+            entries[i].sha256 = digest
             if cache is not None:
                 cache.store(keys[i], paths[i], sha256=entries[i].sha256 or "", extra={"verify": {}})
     for i, hit in hits.items():
