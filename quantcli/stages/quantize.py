@@ -159,8 +159,8 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
 
     Every file goes to a temporary name and is renamed only when complete; on any error or interrupt the
     temporary files are removed and no final name is touched. Reading runs ahead on one thread and writing
-    behind on another (stages/overlap.py), so the calling thread only feeds the kernels; at most two tensors
-    wait to be encoded and two to be written.
+    behind on another (stages/overlap.py), so the calling thread only feeds the kernels; one tensor waits to be
+    encoded and one to be written (depth 1 each: deeper queues bought no speed on 2 cores and cost a tensor each).
     """
     names = [t.name for t in outputs[0][0].tensors]
     for plan, _ in outputs[1:]:
@@ -184,8 +184,8 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     with ExitStack() as stack:
         writers = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
                    for plan, path in outputs]
-        with WriteBehind(write) as sink:
-            for i, (raw, stored) in enumerate(read_ahead(read_sources())):
+        with WriteBehind(write, depth=1) as sink:
+            for i, (raw, stored) in enumerate(read_ahead(read_sources(), depth=1)):
                 for (plan, _), writer in zip(outputs, writers):
                     t = plan.tensors[i]
                     sink.submit((writer, t, enc.encode(t, raw, stored)))
