@@ -160,7 +160,7 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     Every file goes to a temporary name and is renamed only when complete; on any error or interrupt the
     temporary files are removed and no final name is touched. Reading runs ahead on one thread and writing
     behind on another (stages/overlap.py), so the calling thread only feeds the kernels; one tensor waits to be
-    encoded and one to be written (depth 1 each: deeper queues bought no speed on 2 cores and cost a tensor each).
+    encoded and one to be written (depth 1 each: every extra slot would hold one more tensor in memory).
     """
     names = [t.name for t in outputs[0][0].tensors]
     for plan, _ in outputs[1:]:
