@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -184,8 +184,9 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     with ExitStack() as stack:
         writers = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
                    for plan, path in outputs]
-        with WriteBehind(write, depth=1) as sink:
-            for i, (raw, stored) in enumerate(read_ahead(read_sources(), depth=1)):
+        # closing(): an error or Ctrl-C stops the reader now, not when the traceback that holds it is freed
+        with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
+            for i, (raw, stored) in enumerate(sources):
                 for (plan, _), writer in zip(outputs, writers):
                     t = plan.tensors[i]
                     sink.submit((writer, t, enc.encode(t, raw, stored)))
