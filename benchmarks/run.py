@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .measure import Measurement, measure
 from .peer import convert_command, convert_env, llama_cpp_source, quantize_command
+from .scaling import scaling_report, scaling_rows
 
 QUANT_TYPES = ("Q8_0", "Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
 CONVERT_TYPES = {"F16": "f16", "Q8_0": "q8_0"}
@@ -112,7 +113,19 @@ def run(models: Path, repeats: int, threads: int, work: Path, quick: bool) -> li
     return rows
 
 
-def write_report(rows: list[dict], out: Path, repeats: int, threads: int) -> None:
+def run_scaling(models: Path, repeats: int, work: Path) -> list[dict]:
+    """The scaling table on the 168M and the 1.1B bench models. llama-quantize's input is quantcli's F16 file:
+    the table above shows it identical to convert_hf_to_gguf.py's, which takes a minute on the 1.1B model."""
+    env_ours = {"QUANTCLI_NO_PROGRESS": "1"}
+    chosen = [m for m in (models / "bench-llama-168m", models / "bench-llama-1b") if m.is_dir()]
+    f16 = {}
+    for model in chosen:
+        f16[model.name] = work / f"f16-{model.name}.gguf"
+        measure("f16", quantcli(model, f16[model.name], "F16", 2), 1, env_ours)
+    return scaling_rows(chosen, f16, work, repeats, quantcli, env_ours)
+
+
+def write_report(rows: list[dict], out: Path, repeats: int, threads: int, scaling: list[dict] | None = None) -> None:
     from quantcli import __version__
 
     cols = list(rows[0])
@@ -146,6 +159,7 @@ def write_report(rows: list[dict], out: Path, repeats: int, threads: int) -> Non
                   f"Over the {len(quant)} quantized types: time ratio {span('time ratio')}, end-to-end ratio "
                   f"{span('end-to-end ratio')}, RSS ratio {span('RSS ratio')}; identical tensor bytes in "
                   f"{sum(r['bytes'] == 'identical' for r in quant)} of {len(quant)}."]
+    lines += scaling_report(scaling or [])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
@@ -161,7 +175,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="quantcli-bench-"))
     try:
         rows = run(args.models, args.repeats, args.threads, work, args.quick)
-        write_report(rows, args.out, args.repeats, args.threads)
+        scaling = [] if args.quick else run_scaling(args.models, args.repeats, work)
+        write_report(rows, args.out, args.repeats, args.threads, scaling)
         print(f"wrote {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

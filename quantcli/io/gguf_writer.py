@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -141,6 +142,8 @@ class GGUFStreamWriter:
             raise ValueError(f"tensor {dup!r} is planned twice")
         self._next = 0
         self._pos = 0
+        # hashed as written, so the manifest and the cache need not read the file back (issue 11's serial part)
+        self._digest = hashlib.sha256()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fp: BinaryIO = open(self.tmp_path, "wb")
@@ -157,6 +160,7 @@ class GGUFStreamWriter:
     def _write(self, data: bytes | memoryview) -> None:
         try:
             self._fp.write(data)
+            self._digest.update(data)
         except OSError as exc:
             self.abort()
             raise OutputError(f"writing {self.path} failed: {exc.strerror}.", hint=write_error_hint(exc)) from exc
@@ -190,6 +194,11 @@ class GGUFStreamWriter:
         self._write(b"\0" * (_pad(rel, self.align) - rel))
         self._write(buf)
         self._next += 1
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of every byte written so far: the whole file's once all tensors are written."""
+        return self._digest.hexdigest()
 
     def commit(self) -> None:
         """Flush and rename the finished file to its final name (no fsync: io/atomic.py says why)."""

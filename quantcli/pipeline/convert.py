@@ -205,7 +205,7 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
                     started: float, *, progress: Callable[[TensorPlan, int], None] | None,
                     on_write: Callable[[list[tuple[Plan, Path]]], None] | None, warn: Callable[[str], None]) -> None:
     """Look up, write, verify, record and describe the outputs; the caller holds their locks."""
-    from .cache import StageCache, file_sha256, fingerprint_folder
+    from .cache import StageCache, fingerprint_folder
     from .keys import imatrix_identity, quantize_key
 
     plans = [plan for plan, _ in pairs]
@@ -229,12 +229,11 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
         if on_write is not None:
             on_write(writing)
         t0 = time.perf_counter()
-        write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress)
+        digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress)
         spent = (time.perf_counter() - t0) / len(todo)
-        for i in todo:
+        for i, digest in zip(todo, digests):
             entries[i].seconds = spent
-            if cache is not None or request.manifest:
-                entries[i].sha256 = file_sha256(paths[i])
+            entries[i].sha256 = digest
     for i, hit in hits.items():
         entries[i].cached, entries[i].sha256 = True, hit.sha256
     failures, broken = _verify_outputs(request, entries, keys, hits, cache, source, fingerprint)

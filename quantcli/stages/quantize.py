@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import ExitStack
-from typing import Callable, Sequence
+from contextlib import ExitStack, closing
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -21,6 +21,7 @@ from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
 from ..quant.base import quant_class
 from ..quant.imatrix import ImportanceMatrix
+from .overlap import WriteBehind, read_ahead
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
 _RAW_DTYPES = {F32: "F32", F16: "F16", BF16: "BF16"}
@@ -36,9 +37,12 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def _count_nonfinite(values: np.ndarray, dtype: str = "F32") -> int:
-    """NaN/Inf count; BF16 arrives as uint16 bit patterns, where an all-ones exponent marks them."""
+    """NaN/Inf count. 16-bit values are judged by their bit patterns (an all-ones exponent), which is several
+    times faster than widening them; BF16 arrives as uint16 bit patterns anyway."""
     if dtype == "BF16":
         return int(np.count_nonzero((values & np.uint16(0x7F80)) == np.uint16(0x7F80)))
+    if dtype == "F16":
+        return int(np.count_nonzero((values.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00)))
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
@@ -55,6 +59,25 @@ def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf."""
+
+    values: np.ndarray
+    dtype: str
+
+
+def prepare(t: TensorPlan, raw: list[np.ndarray]) -> Stored | None:
+    """The part of encoding that no output type changes: apply an exact transform in the stored type (a copy
+    for permuted tensors) and check every value. write_ggufs runs it on the read-ahead thread, off the kernels'
+    critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform)."""
+    if not (t.source_dtypes and t.spec.transform.exact and len(set(t.source_dtypes)) == 1):
+        return None
+    values = np.ascontiguousarray(t.spec.transform.apply(raw))
+    _check_finite(t, values, t.source_dtypes[0])
+    return Stored(values, t.source_dtypes[0])
+
+
+@dataclass(frozen=True)
 class Encoder:
     """Turns one planned tensor into its GGUF bytes."""
 
@@ -62,17 +85,16 @@ class Encoder:
     threads: int
     imatrix: ImportanceMatrix | None = None
 
-    def encode(self, t: TensorPlan, raw: list[np.ndarray]) -> np.ndarray:
-        spec = t.spec
-        # a generated tensor (no sources) always takes the float32 path below
-        if t.source_dtypes and spec.transform.exact and all(d == _RAW_DTYPES.get(t.qtype) for d in t.source_dtypes):
-            out = np.ascontiguousarray(spec.transform.apply(raw))
-            _check_finite(t, out, t.source_dtypes[0])
-            return out
-        if t.qtype != F32 and len(set(t.source_dtypes)) == 1 and spec.transform.exact:
-            return self._encode_by_chunks(t, np.ascontiguousarray(spec.transform.apply(raw)))
+    def encode(self, t: TensorPlan, raw: list[np.ndarray], stored: Stored | None = None) -> np.ndarray:
+        """`stored` is prepare(t, raw) when the caller already has it (the same for every output of a tensor)."""
+        if stored is None:
+            stored = prepare(t, raw)
+        if stored is not None and stored.dtype == _RAW_DTYPES.get(t.qtype):
+            return stored.values
+        if stored is not None and t.qtype != F32:
+            return self._encode_by_chunks(t, stored)
         values = np.ascontiguousarray(
-            spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
+            t.spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
         _check_finite(t, values)
         if t.qtype == F32:
@@ -80,27 +102,21 @@ class Encoder:
         rows = values.reshape(-1, t.ggml_shape[0])
         return self._encode_rows(t.qtype, rows, self._weights(t))
 
-    def _encode_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
+    def _encode_by_chunks(self, t: TensorPlan, stored: Stored) -> np.ndarray:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
         the bytes are those of the whole-tensor path, but only the stored tensor, its output and one chunk's
         float32 copy are in memory, instead of a float32 copy of the whole tensor (3 GB for a 150k x 5120
-        embedding)."""
-        dtype = t.source_dtypes[0]
-        rows = stored.reshape(-1, t.ggml_shape[0])
+        embedding). The values were checked for NaN/Inf by prepare()."""
+        rows = stored.values.reshape(-1, t.ggml_shape[0])
         weights = self._weights(t)
         if t.qtype in (F16, BF16):
             out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
         else:
             out = np.empty((rows.shape[0], quant_class(t.qtype).row_bytes(rows.shape[1])), dtype=np.uint8)
         step = max(1, CHUNK_VALUES // rows.shape[1])
-        bad = 0
         for start in range(0, rows.shape[0], step):
-            chunk = self.backend.to_float32(rows[start:start + step], dtype, self.threads)
-            bad += _count_nonfinite(chunk)
-            if not bad:   # after the first bad value only count the rest, for the message
-                out[start:start + step] = self._encode_rows(t.qtype, chunk, weights)
-        if bad:
-            raise _nonfinite_error(t, bad)
+            chunk = self.backend.to_float32(rows[start:start + step], stored.dtype, self.threads)
+            out[start:start + step] = self._encode_rows(t.qtype, chunk, weights)
         return out
 
     def _weights(self, t: TensorPlan) -> np.ndarray | None:
@@ -137,11 +153,14 @@ def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
 
 def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threads: int = 1,
                 backend: Backend | None = None, imatrix: ImportanceMatrix | None = None,
-                progress: Progress | None = None) -> list[Path]:
+                progress: Progress | None = None) -> list[str]:
     """Write several planned GGUFs from one read of `ckpt`: each source tensor is read once for all outputs.
+    Returns each file's sha256, computed as it was written.
 
     Every file goes to a temporary name and is renamed only when complete; on any error or interrupt the
-    temporary files are removed and no final name is touched.
+    temporary files are removed and no final name is touched. Reading runs ahead on one thread and writing
+    behind on another (stages/overlap.py), so the calling thread only feeds the kernels; one tensor waits to be
+    encoded and one to be written (depth 1 each: every extra slot would hold one more tensor in memory).
     """
     names = [t.name for t in outputs[0][0].tensors]
     for plan, _ in outputs[1:]:
@@ -149,19 +168,29 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
             raise ValueError("outputs of one run must plan the same tensors in the same order")
     check_free_space(outputs)
     enc = Encoder(backend or get_backend(), threads, imatrix)
+    first_plan = outputs[0][0]
+
+    def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
+        for t in first_plan.tensors:   # every output plans the same sources and transform for a tensor
+            raw = [ckpt.read_raw(s) for s in t.spec.sources]
+            yield raw, prepare(t, raw)
+
+    def write(job: tuple[GGUFStreamWriter, TensorPlan, np.ndarray]) -> None:
+        writer, t, data = job
+        writer.write_tensor(t.name, data)
+        if progress is not None:
+            progress(t, data.nbytes)
+
     with ExitStack() as stack:
         writers = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
                    for plan, path in outputs]
-        for i, name in enumerate(names):
-            first = outputs[0][0].tensors[i]
-            raw = [ckpt.read_raw(s) for s in first.spec.sources]
-            for (plan, _), writer in zip(outputs, writers):
-                t = plan.tensors[i]
-                data = enc.encode(t, raw)
-                writer.write_tensor(name, data)
-                if progress is not None:
-                    progress(t, data.nbytes)
-            del raw
+        # closing(): an error or Ctrl-C stops the reader now, not when the traceback that holds it is freed
+        with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
+            for i, (raw, stored) in enumerate(sources):
+                for (plan, _), writer in zip(outputs, writers):
+                    t = plan.tensors[i]
+                    sink.submit((writer, t, enc.encode(t, raw, stored)))
+                del raw, stored
         for w in writers:
             w.commit()
-    return [path for _, path in outputs]
+        return [w.sha256 for w in writers]

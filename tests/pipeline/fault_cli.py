@@ -25,8 +25,8 @@ from quantcli.stages import quantize
 _real_encode = quantize.Encoder.encode
 
 
-def _slow_encode(self, t, raw):  # type: ignore[no-untyped-def]
-    data = _real_encode(self, t, raw)
+def _slow_encode(self, t, raw, *rest):  # type: ignore[no-untyped-def]
+    data = _real_encode(self, t, raw, *rest)
     wanted = os.environ.get("QC_SLOW_TYPE")
     if not wanted or t.qtype.name == wanted:
         Path(os.environ["QC_MARKER"]).touch()

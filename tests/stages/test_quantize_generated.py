@@ -1,6 +1,8 @@
 """Tensors computed from the config (no source tensor), such as llama 3's rope_freqs, go through the writer."""
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import gguf
@@ -38,7 +40,9 @@ def test_generated_tensor_is_encoded_from_its_transform_alone() -> None:
 def test_generated_tensors_are_written_without_reading_the_checkpoint(tmp_path: Path) -> None:
     plan = generated_plan(T.F32)
     empty = Checkpoint(tmp_path, {}, {})  # nothing to read: every planned tensor is generated
-    (path,) = write_ggufs([(plan, tmp_path / "gen.gguf")], empty)
+    path = tmp_path / "gen.gguf"
+    (digest,) = write_ggufs([(plan, path)], empty)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()   # hashed as written, the whole file
     tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
     np.testing.assert_array_equal(tensors["rope_freqs.weight"].data, plan.tensors[0].spec.transform.apply([]))
     np.testing.assert_array_equal(tensors["rope_factors_long.weight"].data, np.float32([1.0, 1.5, 2.0, 2.5]))
