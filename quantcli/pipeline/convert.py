@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -24,11 +24,12 @@ from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
-from ..recipe.schema import OutputSpec, Recipe
+from ..recipe.schema import CalibrateSpec, OutputSpec, Recipe
 from ..stages.download import Snapshot
 
 if TYPE_CHECKING:
     from .cache import CacheHit, StageCache, StageKey
+    from .calibrate import CalibrationOutcome
 
 VERIFY_LEVELS = ("none", "structure", "full")
 
@@ -42,6 +43,8 @@ class ConvertRequest:
     dry_run: bool = False
     verify: str = "structure"
     imatrix: Path | None = None
+    calibrate_data: str | None = None   # compute the imatrix from this text first (the recipe's calibrate section
+                                        # gives ctx and chunks; without one, the defaults)
     # The pipeline's services, off by default for library callers; the CLI turns them on.
     cache_dir: Path | None = None       # stage cache root (pipeline.cache); None: no caching
     force: bool = False                 # redo every stage even when the cache holds it
@@ -71,6 +74,7 @@ class ConvertResult:
     seconds: float = 0.0
     snapshot: Snapshot | None = None
     manifest: Path | None = None
+    calibration: CalibrationOutcome | None = None
 
 
 def recipe_from_type(mix: str | None, *, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
@@ -167,12 +171,19 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
                                 local_only=request.local_only)
     source = snapshot.path
     ckpt = Checkpoint.open(source)
+    calibration = _calibrate_first(request, snapshot, warn or _default_warn)
+    if calibration is not None:
+        request = replace(request, imatrix=calibration.path)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
     source_model = SourceModel.open(ckpt)
+    if imatrix is not None:
+        from ..stages.calibrate import check_imatrix_fits
+
+        check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
     plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     paths = output_paths(request, ckpt, plans, snapshot.name)
-    result = ConvertResult(source, plans[0].arch, snapshot=snapshot)
+    result = ConvertResult(source, plans[0].arch, snapshot=snapshot, calibration=calibration)
     pairs = list(zip(plans, paths))
     if on_plan is not None:
         on_plan(pairs)
@@ -212,10 +223,29 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     result.outputs = entries
     result.seconds = time.perf_counter() - started
     if request.manifest:
-        result.manifest = _write_manifest(request, result, keys, fingerprint, threads, backend, im_sha)
+        result.manifest = _write_manifest(request, result, keys, fingerprint, threads, backend, im_sha,
+                                          calibration.manifest() if calibration else None)
     if failures:
         raise failures[0]
     return result
+
+
+def _calibrate_first(request: ConvertRequest, snapshot: Snapshot, warn: Callable[[str], None]) -> CalibrationOutcome | None:
+    """The calibrate stage, when the request or its recipe asks for it and no --imatrix was given (not on a dry run)."""
+    if request.calibrate_data is not None and request.imatrix is not None:
+        raise InputError("--calibrate and --imatrix cannot be combined.",
+                         hint="Give --imatrix to quantize with an existing matrix, or --calibrate to compute one.")
+    spec = request.recipe.calibrate
+    if request.calibrate_data is not None:
+        spec = replace(spec or CalibrateSpec(), data=request.calibrate_data)
+    if spec is None or request.imatrix is not None or request.dry_run:
+        return None
+    from .calibrate import CalibrationRequest, imatrix_path, run_calibration
+
+    cal = CalibrationRequest(model=request.model, output=imatrix_path(request.output, snapshot.name), data=spec.data,
+                             ctx=spec.ctx, chunks=spec.chunks, process_output=spec.process_output, field=spec.field,
+                             threads=request.threads, cache_dir=request.cache_dir, force=request.force)
+    return run_calibration(cal, snapshot=snapshot, warn=warn)
 
 
 def _backend_name() -> str:
@@ -257,7 +287,7 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
 
 
 def _write_manifest(request: ConvertRequest, result: ConvertResult, keys: list[StageKey], fingerprint: dict,
-                    threads: int, backend: str, im_sha: str | None) -> Path:
+                    threads: int, backend: str, im_sha: str | None, calibration: dict | None = None) -> Path:
     from .manifest import build_manifest, manifest_path, verify_summary, write_manifest
 
     snap = result.snapshot
@@ -280,6 +310,8 @@ def _write_manifest(request: ConvertRequest, result: ConvertResult, keys: list[S
     manifest = build_manifest(command=None, source=source, recipe=request.recipe.canonical(), backend=backend,
                               threads=threads, outputs=outputs, seconds=result.seconds,
                               imatrix={"path": str(request.imatrix), "sha256": im_sha} if request.imatrix else None)
+    if calibration is not None:
+        manifest["calibration"] = calibration
     return write_manifest(path, manifest)
 
 

@@ -41,7 +41,7 @@ TOKENS_PER_PASS = 65536
 
 @dataclass(frozen=True)
 class CalibrateOptions:
-    ctx: int = DEFAULT_CTX
+    ctx: int | None = None             # None: 512, or the model's context when that is shorter
     chunks: int | None = None          # None: every whole chunk of the text
     process_output: bool = False       # also collect output.weight (llama-imatrix --process-output)
     threads: int = 0
@@ -178,15 +178,33 @@ def calibrate(source: Path, data: CalibrationText, options: CalibrateOptions,
     model = SourceModel.open(Checkpoint.open(Path(source)))
     engine = Engine.from_hf(Path(source), threads=options.threads)
     try:
-        if options.ctx > engine.n_ctx_train:
-            raise InputError(f"--ctx {options.ctx} is longer than the model's context of {engine.n_ctx_train} tokens.",
+        ctx = min(DEFAULT_CTX, engine.n_ctx_train) if options.ctx is None else options.ctx
+        if ctx > engine.n_ctx_train:
+            raise InputError(f"--ctx {ctx} is longer than the model's context of {engine.n_ctx_train} tokens.",
                              hint=f"Use --ctx {min(DEFAULT_CTX, engine.n_ctx_train)} or less.")
         special = special_ids(model.tokenizer(None))
         tokens = text_tokens(Path(source), data.text, special)
-        chunks = chunk_tokens(tokens, options.ctx, options.chunks, special.bos)
+        chunks = chunk_tokens(tokens, ctx, options.chunks, special.bos)
         routes = routes_for(model.specs, process_output=options.process_output)
         entries = collect(engine.run, chunks, routes, progress)
     finally:
         engine.close()
-    stats = ImatrixStats(entries, (data.name,), chunk_count=len(chunks), chunk_size=options.ctx)
+    stats = ImatrixStats(entries, (data.name,), chunk_count=len(chunks), chunk_size=ctx)
     return CalibrationResult(stats, int(len(tokens)), summarize(entries))
+
+
+def check_imatrix_fits(path: Path, weights: Mapping[str, np.ndarray], specs: Iterable[Any]) -> None:
+    """Refuse an importance matrix made for another model: a name that is no matrix of this model, or a size
+    other than the matrix's columns (times its experts). llama.cpp would silently quantize without such entries."""
+    sizes = {s.name: s.shape[-1] * (s.shape[0] if len(s.shape) == 3 else 1) for s in specs if len(s.shape) >= 2}
+    unknown = sorted(n for n in weights if n not in sizes)
+    if unknown:
+        raise InputError(f"the imatrix {path} was made for another model: {len(unknown)} of its {len(weights)} entries "
+                         f"name no matrix of this model (e.g. {unknown[0]}).",
+                         hint="Compute one for this model: quantcli calibrate MODEL -o imatrix.gguf.")
+    for name, w in weights.items():
+        # a token embedding entry of the wrong size is skipped by llama.cpp's quantizer (and by ours), not refused
+        if w.size != sizes[name] and not name.startswith("token_embd"):
+            raise InputError(f"the imatrix {path} was made for another model: {name} has {w.size} values, this "
+                             f"model's {name} needs {sizes[name]}.",
+                             hint="Compute one for this model: quantcli calibrate MODEL -o imatrix.gguf.")
