@@ -26,7 +26,7 @@ BUILTIN_PREFIX = "builtin:"
 # texts so that a quality check never scores a model on the text its importance matrix was fitted to.
 BUILTIN_TEXTS = {"calibration": "calibration.txt.gz", "eval": "eval.txt.gz"}
 DEFAULT_TEXT = "calibration"
-TEXT_SUFFIXES = (".txt", ".text", ".md")
+TEXT_SUFFIXES = (".txt", ".text")       # not .md: a dataset repo's README.md is its card, not its data
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 DATA_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
