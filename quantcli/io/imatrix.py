@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError
 from ..models.metadata import MetaKV, kv_array, kv_str, kv_u32
 from .atomic import atomic_file
-from .gguf_writer import GGUFStreamWriter, TensorInfo
+from .gguf_writer import encode_metadata
 
 # The file format's vocabulary, in one place (llama.cpp: tools/imatrix/imatrix.cpp, common/imatrix-loader.h).
 KEY_TYPE = "general.type"
@@ -75,25 +75,41 @@ class ImatrixStats:
 
 
 def write_imatrix_gguf(path: Path, stats: ImatrixStats) -> None:
-    """Write `stats` as llama.cpp's GGUF imatrix, atomically."""
+    """Write `stats` as llama.cpp's GGUF imatrix, atomically.
+
+    The whole file is built in memory (an imatrix holds a few floats per column, megabytes at most) because the
+    layout must end with the last tensor padded to the alignment: llama.cpp loads imatrix files with their data
+    (no_alloc=false) and then reads every tensor's padded size, the last one's too.
+    """
     metadata: list[MetaKV] = [
         kv_str(KEY_TYPE, TYPE_IMATRIX),
         kv_array(KEY_DATASETS, list(stats.datasets), GGUFValueType.STRING),
         kv_u32(KEY_CHUNK_COUNT, stats.chunk_count),
         kv_u32(KEY_CHUNK_SIZE, stats.chunk_size),
     ]
-    names = sorted(stats.entries)
-    infos: list[TensorInfo] = []
-    for name in names:
-        n_mat, n_cols = stats.entries[name].sums.shape
-        infos.append(TensorInfo(name + SUFFIX_SUMS, (n_cols, n_mat), GGMLQuantizationType.F32))
-        infos.append(TensorInfo(name + SUFFIX_COUNTS, (1, n_mat), GGMLQuantizationType.F32))
-    with GGUFStreamWriter(Path(path), metadata, infos) as writer:
-        for name in names:
-            entry = stats.entries[name]
-            writer.write_tensor(name + SUFFIX_SUMS, np.ascontiguousarray(entry.sums, dtype="<f4"))
-            writer.write_tensor(name + SUFFIX_COUNTS, entry.counts.astype("<f4"))
-        writer.commit()
+    tensors: list[tuple[str, tuple[int, ...], bytes]] = []
+    for name in sorted(stats.entries):
+        entry = stats.entries[name]
+        n_mat, n_cols = entry.sums.shape
+        tensors.append((name + SUFFIX_SUMS, (n_cols, n_mat), np.ascontiguousarray(entry.sums, dtype="<f4").tobytes()))
+        tensors.append((name + SUFFIX_COUNTS, (1, n_mat), entry.counts.astype("<f4").tobytes()))
+    align = GGUF_DEFAULT_ALIGNMENT
+    infos, blobs, offset = [], [], 0
+    for name, shape, data in tensors:
+        raw = name.encode("utf-8")
+        infos.append(struct.pack("<Q", len(raw)) + raw + struct.pack(f"<I{len(shape)}Q", len(shape), *shape)
+                     + struct.pack("<IQ", int(GGMLQuantizationType.F32), offset))
+        padded = data + b"\0" * (-len(data) % align)
+        blobs.append(padded)
+        offset += len(padded)
+    head = struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(tensors), len(metadata))
+    head += encode_metadata(metadata) + b"".join(infos)
+    head += b"\0" * (-len(head) % align)
+    try:
+        with atomic_file(Path(path)) as fp:
+            fp.write(head + b"".join(blobs))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}.", hint="Choose a folder you can write to (-o).") from exc
 
 
 def legacy_values(entry: MatrixStats, chunk_size: int) -> tuple[int, np.ndarray] | None:

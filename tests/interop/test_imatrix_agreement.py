@@ -41,7 +41,7 @@ def torch_statistics(model: Path, chunks: np.ndarray) -> dict[str, tuple[np.ndar
     """HF weight name -> (sum of squared inputs per column, rows seen), from hooks on transformers' Linears."""
     config = transformers.AutoConfig.from_pretrained(model)
     cls = transformers.AutoModel if config.model_type == "bert" else transformers.AutoModelForCausalLM
-    net = cls.from_pretrained(model, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    net = cls.from_pretrained(model, dtype=torch.float32, attn_implementation="eager").eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 

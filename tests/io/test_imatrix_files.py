@@ -122,3 +122,78 @@ def test_an_unwritable_target_is_an_output_error(tmp_path: Path) -> None:
     for fmt in ("gguf", "dat"):
         with pytest.raises(OutputError):
             write_imatrix(tmp_path / "file" / f"m.{fmt}", sample_stats(), fmt)
+
+
+# -- llama.cpp reads the files: its own loader, then its quantizer ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_read(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    pytest.importorskip("llama_cpp")
+    from tests.imatrix_loader import llama_cpp_imatrix_reader
+
+    return llama_cpp_imatrix_reader(tmp_path_factory.mktemp("imatrix-loader"))
+
+
+def quantize_weights(loaded: dict) -> dict[str, np.ndarray]:
+    """What llama-quantize (tools/quantize/quantize.cpp) hands the quantizer from a loaded file: GGUF sums / count
+    per expert (1 for an idle one), legacy values / ncall."""
+    out = {}
+    for name, e in loaded["entries"].items():
+        sums, counts = np.asarray(e["sums"], np.float32), np.asarray(e["counts"], np.float32)
+        if loaded["is_legacy"]:
+            out[name] = sums / counts[0] if counts[0] > 0 else sums
+        else:
+            per = sums.reshape(len(counts), -1)
+            out[name] = np.where(counts[:, None] > 0, per / np.where(counts > 0, counts, 1)[:, None], 1).reshape(-1)
+    return {n: w.astype(np.float32) for n, w in out.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["gguf", "dat"])
+def test_llama_cpp_loads_what_we_wrote(llama_read, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    stats = sample_stats(2)
+    write_imatrix(tmp_path / f"m.{fmt}", stats, fmt)
+    loaded = llama_read(tmp_path / f"m.{fmt}")
+    assert loaded["is_legacy"] == (fmt == "dat") and loaded["has_metadata"] == (fmt == "gguf")
+    assert loaded["datasets"] == ["calib.txt"] and loaded["chunk_count"] == 3
+    assert set(loaded["entries"]) == set(stats.entries)
+    weights = quantize_weights(loaded)
+    ours = load_imatrix(tmp_path / f"m.{fmt}").weights
+    for name, entry in stats.entries.items():
+        if fmt == "gguf":
+            assert loaded["chunk_size"] == CHUNK
+            assert loaded["entries"][name]["counts"] == entry.counts.tolist()
+            np.testing.assert_array_equal(np.asarray(loaded["entries"][name]["sums"], np.float32), entry.sums.reshape(-1))
+        np.testing.assert_array_equal(weights[name], ours[name])     # our reader normalises as llama-quantize does
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["gguf", "dat"])
+def test_llama_quantize_with_our_calibrated_file_gives_our_bytes(llama_read, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    from quantcli.pipeline.calibrate import CalibrationRequest, run_calibration
+    from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
+    from quantcli.quant.mixes import MIXES
+    from tests.fixtures.paths import model_path
+    from tests.gguf_files import scalar_metadata
+    from tests.llama_quantize_oracle import QuantizeRun, llama_quantize
+    from tests.oracle.test_bytes_vs_llama_quantize import assert_same_tensors
+
+    model = str(model_path("tiny-llama"))
+    imatrix = tmp_path / f"imatrix.{fmt}"
+    run_calibration(CalibrationRequest(model=model, output=imatrix, ctx=64, chunks=4))
+    f32 = tmp_path / "f32.gguf"
+    convert(ConvertRequest(model=model, recipe=recipe_from_type("F32"), output=f32, verify="none"))
+    loaded = llama_read(imatrix)
+    for mix in ("Q4_K_M", "IQ4_XS"):
+        peer = tmp_path / f"peer-{mix}.gguf"
+        assert llama_quantize(f32, peer, QuantizeRun(MIXES[mix].ftype, imatrix=quantize_weights(loaded))) == 0
+        mine = tmp_path / f"ours-{mix}.gguf"
+        convert(ConvertRequest(model=model, recipe=recipe_from_type(mix), output=mine, imatrix=imatrix, verify="none"))
+        assert_same_tensors(mine, peer)
+    # the keys llama-quantize adds from the file it loaded (quantize.cpp: path cut to 127 bytes, first dataset,
+    # entry count, chunk count when positive)
+    meta = scalar_metadata(mine)
+    assert meta["quantize.imatrix.file"] == str(imatrix)[:127]
+    assert meta["quantize.imatrix.dataset"] == loaded["datasets"][0] == "builtin:calibration"
+    assert meta["quantize.imatrix.entries_count"] == len(loaded["entries"]) == 14
+    assert meta["quantize.imatrix.chunks_count"] == loaded["chunk_count"] == 4
