@@ -180,7 +180,9 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
         from ..stages.calibrate import check_imatrix_fits
 
         check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
-    plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
+    # a dry run computes no imatrix but plans as if it had one: some mix rules depend on it
+    planned = request.imatrix or (_calibration_target(request, snapshot) if request.dry_run else None)
+    plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     paths = output_paths(request, ckpt, plans, snapshot.name)
     result = ConvertResult(source, plans[0].arch, snapshot=snapshot, calibration=calibration)
@@ -228,6 +230,14 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     if failures:
         raise failures[0]
     return result
+
+
+def _calibration_target(request: ConvertRequest, snapshot: Snapshot) -> Path | None:
+    if request.recipe.calibrate is None and request.calibrate_data is None:
+        return None
+    from .calibrate import imatrix_path
+
+    return imatrix_path(request.output, snapshot.name)
 
 
 def _calibrate_first(request: ConvertRequest, snapshot: Snapshot, warn: Callable[[str], None]) -> CalibrationOutcome | None:

@@ -260,3 +260,21 @@ def test_recipe_calibrate_section_is_strict() -> None:
     for name in ("q4_k_m-imatrix", "q3_k_m-imatrix", "q2_k-imatrix"):
         builtin = resolve_recipe(name)
         assert builtin.calibrate is not None and builtin.calibrate.chunks == 100 and builtin.calibrate.data is None
+
+
+@pytest.mark.slow
+def test_a_dry_run_plans_as_if_calibrated_and_computes_nothing(tmp_path: Path) -> None:
+    from quantcli.io.checkpoint import Checkpoint
+    from quantcli.pipeline.convert import quant_options
+    from quantcli.plan import SourceModel, make_plan
+
+    model = model_path("SmolLM2-135M-Instruct")          # 30 blocks: IQ4_XS's first-eighth rule applies
+    recipe = parse_recipe("quantize: {type: IQ4_XS}\ncalibrate: {chunks: 2}\n", default_name="cal")
+    dry = convert(ConvertRequest(model=str(model), recipe=recipe, output=tmp_path, dry_run=True))
+    assert dry.calibration is None and list(tmp_path.iterdir()) == []
+    source = SourceModel.open(Checkpoint.open(model))
+    spec = recipe.outputs[0]
+    with_one = make_plan(source, quant_options(spec, tmp_path / "any.gguf"))
+    without = make_plan(source, quant_options(spec, None))
+    types = [[t.qtype for t in p.tensors] for p in (dry.outputs[0].plan, with_one, without)]
+    assert types[0] == types[1] != types[2]       # IQ4_XS keeps the first ffn_downs at Q5_K only without one
