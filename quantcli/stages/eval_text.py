@@ -70,6 +70,8 @@ def encode(source: Path, text: str) -> np.ndarray:
     # single inputs; the whole text must be encoded, as llama.cpp does
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    # llama.cpp's tools tokenize their data with parse_special=false: "<|im_start|>" in the text is plain text
+    tokenizer.encode_special_tokens = True
     return np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
 

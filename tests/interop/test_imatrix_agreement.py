@@ -106,6 +106,7 @@ def test_chunks_are_llama_cpp_s_tokens(model: str, tmp_path: Path) -> None:
     vocab = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     sample = gzip.decompress(Path(__file__).resolve().parents[2].joinpath("quantcli/data/calibration.txt.gz")
                              .read_bytes()).decode()[:30000]
+    sample = sample[:15000] + " <|im_start|>user <s> [CLS] " + sample[15000:]   # special-token text stays text
     # llama-imatrix: common_tokenize(ctx, text, add_special=true, parse_special=false), then BOS over each chunk
     theirs = np.asarray(vocab.tokenize(sample.encode(), add_bos=True, special=False), dtype=np.int32)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(vocab.model)))
@@ -114,4 +115,4 @@ def test_chunks_are_llama_cpp_s_tokens(model: str, tmp_path: Path) -> None:
     data = CalibrationText(sample, "sample", "")
     ours = our_chunks(model_path(model), data, ctx, len(expected))
     assert ours.shape == expected.shape
-    assert (ours == expected).mean() >= 0.999, f"{int((ours != expected).sum())} tokens differ"
+    assert (ours == expected).all(), f"{int((ours != expected).sum())} of {ours.size} tokens differ"
