@@ -12,13 +12,17 @@ compute and write the importance matrix on a miss, and say what was done (for th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InputError
 from ..io.imatrix import FORMATS
+from ..recipe.schema import CalibrateSpec
 from ..stages.download import Snapshot
+
+if TYPE_CHECKING:
+    from .convert import ConvertRequest
 
 IMATRIX_FILE = "{model}.imatrix.gguf"   # where convert puts the matrix it computes, beside the outputs
 
@@ -115,3 +119,27 @@ def imatrix_path(output: Path | None, model_name: str) -> Path:
     """Where convert writes the matrix it computes: the outputs' folder (the parent of a single .gguf)."""
     folder = Path(".") if output is None else (output.parent if output.suffix == ".gguf" and not output.is_dir() else output)
     return folder / IMATRIX_FILE.format(model=model_name)
+
+
+def calibration_target(request: ConvertRequest, snapshot: Snapshot) -> Path | None:
+    """Where convert's calibrate stage puts the matrix, None when the request does not calibrate."""
+    if request.recipe.calibrate is None and request.calibrate_data is None:
+        return None
+    return imatrix_path(request.output, snapshot.name)
+
+
+def calibrate_first(request: ConvertRequest, snapshot: Snapshot, warn: Callable[[str], None]) -> CalibrationOutcome | None:
+    """convert's calibrate stage: when the request or its recipe asks for it and no --imatrix was given (and not
+    on a dry run), compute `<model>.imatrix.gguf` beside the outputs; the caller quantizes with it."""
+    if request.calibrate_data is not None and request.imatrix is not None:
+        raise InputError("--calibrate and --imatrix cannot be combined.",
+                         hint="Give --imatrix to quantize with an existing matrix, or --calibrate to compute one.")
+    spec = request.recipe.calibrate
+    if request.calibrate_data is not None:
+        spec = replace(spec or CalibrateSpec(), data=request.calibrate_data)
+    if spec is None or request.imatrix is not None or request.dry_run:
+        return None
+    cal = CalibrationRequest(model=request.model, output=imatrix_path(request.output, snapshot.name), data=spec.data,
+                             ctx=spec.ctx, chunks=spec.chunks, process_output=spec.process_output, field=spec.field,
+                             threads=request.threads, cache_dir=request.cache_dir, force=request.force)
+    return run_calibration(cal, snapshot=snapshot, warn=warn)

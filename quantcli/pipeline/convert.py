@@ -24,8 +24,9 @@ from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
-from ..recipe.schema import CalibrateSpec, OutputSpec, Recipe
+from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
+from .calibrate import calibrate_first, calibration_target
 
 if TYPE_CHECKING:
     from .cache import CacheHit, StageCache, StageKey
@@ -171,7 +172,7 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
                                 local_only=request.local_only)
     source = snapshot.path
     ckpt = Checkpoint.open(source)
-    calibration = _calibrate_first(request, snapshot, warn or _default_warn)
+    calibration = calibrate_first(request, snapshot, warn or _default_warn)
     if calibration is not None:
         request = replace(request, imatrix=calibration.path)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
@@ -181,7 +182,7 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
 
         check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
     # a dry run computes no imatrix but plans as if it had one: some mix rules depend on it
-    planned = request.imatrix or (_calibration_target(request, snapshot) if request.dry_run else None)
+    planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run else None)
     plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     paths = output_paths(request, ckpt, plans, snapshot.name)
@@ -230,32 +231,6 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     if failures:
         raise failures[0]
     return result
-
-
-def _calibration_target(request: ConvertRequest, snapshot: Snapshot) -> Path | None:
-    if request.recipe.calibrate is None and request.calibrate_data is None:
-        return None
-    from .calibrate import imatrix_path
-
-    return imatrix_path(request.output, snapshot.name)
-
-
-def _calibrate_first(request: ConvertRequest, snapshot: Snapshot, warn: Callable[[str], None]) -> CalibrationOutcome | None:
-    """The calibrate stage, when the request or its recipe asks for it and no --imatrix was given (not on a dry run)."""
-    if request.calibrate_data is not None and request.imatrix is not None:
-        raise InputError("--calibrate and --imatrix cannot be combined.",
-                         hint="Give --imatrix to quantize with an existing matrix, or --calibrate to compute one.")
-    spec = request.recipe.calibrate
-    if request.calibrate_data is not None:
-        spec = replace(spec or CalibrateSpec(), data=request.calibrate_data)
-    if spec is None or request.imatrix is not None or request.dry_run:
-        return None
-    from .calibrate import CalibrationRequest, imatrix_path, run_calibration
-
-    cal = CalibrationRequest(model=request.model, output=imatrix_path(request.output, snapshot.name), data=spec.data,
-                             ctx=spec.ctx, chunks=spec.chunks, process_output=spec.process_output, field=spec.field,
-                             threads=request.threads, cache_dir=request.cache_dir, force=request.force)
-    return run_calibration(cal, snapshot=snapshot, warn=warn)
 
 
 def _backend_name() -> str:
