@@ -30,6 +30,8 @@ F32 = np.float32
 CHUNK_TOKENS = 2048
 # Attention scores of one sequence are computed for at most this many query rows x heads at a time.
 SCORE_ROWS = 16384
+# Query rows per block in causal attention (each block only multiplies the keys it can see).
+QUERY_BLOCK = 128
 
 
 class _Block:
@@ -64,6 +66,7 @@ class Engine:
         self.spec: ModelSpec = source.spec
         self.threads = threads
         self._rope_cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._mask_cache: dict[tuple[int, bool], np.ndarray] = {}
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -96,17 +99,19 @@ class Engine:
 
         The blocks (and every capture call for them) run before this returns. The iterator yields, per sequence
         and in order, float32 logits [ctx, vocab] for a decoder, or the last hidden states [ctx, hidden] for an
-        encoder. The output head's input is captured as each sequence's logits are produced; with logits=False
+        encoder or a bare transformer without an LM head (Qwen2Model; after its final norm). The output head's input is captured as each sequence's logits are produced; with logits=False
         it is captured here and the iterator is empty.
         """
         tokens = self._check_tokens(tokens)
         mask = self._check_mask(attention_mask, tokens.shape)
         with _threads_limit(self.threads):
             x = self._forward(tokens, capture, mask, token_types)
-        if self.spec.is_encoder:
-            return iter(list(x))
         head = self.spec.output_tensor()
-        assert head is not None
+        if head is None:  # encoders and bare transformers: the last hidden states (after the final norm, if any)
+            if self.spec.numerics.causal:
+                norm = self.source.load(self.spec.tensor("output_norm"))
+                return iter([ops.rms_norm(x[s], norm, self.spec.norm_eps) for s in range(x.shape[0])])
+            return iter(list(x))
         name = self.source.name(head)
         if not logits:
             if capture is not None:
@@ -253,42 +258,57 @@ class Engine:
         qg = q.reshape(n_seq, ctx, nkv, group, hd).transpose(0, 2, 3, 1, 4)       # s, kv, group, ctx, hd
         kt = k.transpose(0, 2, 3, 1)                                               # s, kv, hd, ctx
         vv = v.transpose(0, 2, 1, 3)                                               # s, kv, ctx, hd
-        rows = max(1, SCORE_ROWS // max(1, nh))
+        causal = spec.numerics.causal
+        window = spec.sliding_window if spec.sliding_layers[i] else None
+        # causal models take query rows in blocks and skip the key columns a block cannot see (those after its
+        # last row, and before its first row's window), which halves the work at long contexts
+        rows = min(QUERY_BLOCK if causal else ctx, max(1, SCORE_ROWS // max(1, nh)))
         for s in range(n_seq):
-            qs = np.ascontiguousarray(qg[s])
             ks, vs = np.ascontiguousarray(kt[s]), np.ascontiguousarray(vv[s])
-            seq_allowed = allowed
-            if key_mask is not None:
-                seq_allowed = allowed & key_mask[s][None, :]
+            # additive mask: 0 where attending is allowed, -inf elsewhere (every row keeps its own position)
+            seq_bias = allowed if key_mask is None else allowed + np.where(key_mask[s], F32(0), F32(-np.inf))[None, :]
             for r0 in range(0, ctx, rows):
                 r1 = min(ctx, r0 + rows)
-                scores = (qs[:, :, r0:r1] @ ks[:, None]) * F32(spec.attn_scale)   # kv, group, rows, ctx
+                n = r1 - r0
+                k0 = max(0, r0 - window + 1) if window is not None else 0
+                k1 = r1 if causal else ctx
+                # (kv, group * rows, hd) @ (kv, hd, keys): equal batch dims, so numpy hands each slice to BLAS
+                qs = np.ascontiguousarray(qg[s, :, :, r0:r1]).reshape(nkv, group * n, hd)
+                scores = (qs @ ks[:, :, k0:k1]).reshape(nkv, group, n, k1 - k0)
+                scores *= F32(spec.attn_scale)
                 if spec.attn_softcap is not None:
                     scores = ops.softcap(scores, spec.attn_softcap)
-                scores = np.where(seq_allowed[r0:r1], scores, F32(-np.inf))
+                scores += seq_bias[r0:r1, k0:k1]
                 ops.softmax_inplace(scores)
-                out[s, r0:r1] = (scores @ vs[:, None]).transpose(2, 0, 1, 3)
+                o = scores.reshape(nkv, group * n, k1 - k0) @ vs[:, k0:k1]          # kv, group * rows, hd
+                out[s, r0:r1] = o.reshape(nkv, group, n, hd).transpose(2, 0, 1, 3)
         return out.reshape(n_seq * ctx, nh * hd)
 
     def _allowed(self, i: int, ctx: int) -> np.ndarray:
-        """(ctx, ctx) bool: may query position r attend to key position c in block i."""
-        if not self.spec.numerics.causal:
-            return np.ones((ctx, ctx), dtype=bool)
-        r = np.arange(ctx)[:, None]
-        c = np.arange(ctx)[None, :]
-        allowed = c <= r
-        if self.spec.sliding_layers[i] and self.spec.sliding_window is not None:
-            allowed &= (r - c) < self.spec.sliding_window
-        return allowed
+        """(ctx, ctx) float32: 0 where query position r may attend to key position c in block i, else -inf."""
+        key = (ctx, self.spec.sliding_layers[i])
+        if key not in self._mask_cache:
+            if not self.spec.numerics.causal:
+                self._mask_cache[key] = np.zeros((ctx, ctx), dtype=F32)
+            else:
+                r = np.arange(ctx)[:, None]
+                c = np.arange(ctx)[None, :]
+                allowed = c <= r
+                if self.spec.sliding_layers[i] and self.spec.sliding_window is not None:
+                    allowed &= (r - c) < self.spec.sliding_window
+                self._mask_cache[key] = np.where(allowed, F32(0), F32(-np.inf)).astype(F32)
+        return self._mask_cache[key]
 
     def _ffn(self, block: _Block, h: np.ndarray, capture: Capture | None) -> np.ndarray:
         act = ops.ACTIVATIONS[self.spec.numerics.activation]
         if self.spec.fused_gate_up:
             gate_up = self._linear(block, "ffn_gate_up", h, capture)
             gate, up = gate_up[:, :self.spec.ffn], gate_up[:, self.spec.ffn:]
-            inner = act(gate) * up
+            inner = act(gate)
+            inner *= up
         elif self.spec.numerics.gated_ffn:
-            inner = act(self._linear(block, "ffn_gate", h, capture)) * self._linear(block, "ffn_up", h, capture)
+            inner = act(self._linear(block, "ffn_gate", h, capture))
+            inner *= self._linear(block, "ffn_up", h, capture)
         else:
             inner = act(self._linear(block, "ffn_up", h, capture))
         return self._linear(block, "ffn_down", np.ascontiguousarray(inner, dtype=F32), capture)

@@ -30,7 +30,10 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (F32(1.0) + np.exp(-x))
+    t = np.negative(x)       # one temporary, updated in place: this runs over every FFN activation
+    np.exp(t, out=t)
+    t += F32(1.0)
+    return np.divide(x, t, out=t)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:

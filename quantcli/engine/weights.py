@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -29,6 +28,10 @@ from ..models.base import IDENTITY, Architecture, adapter_for
 from ..models.spec import ModelSpec, ModelTensor, spec_from_config
 from ..models.transforms import AddOne, PermuteRope
 from ..quant.base import quant_class
+
+
+# Embedding rows are read one by one only when fewer than 1/ROW_READ_RATIO of the table are needed.
+ROW_READ_RATIO = 32
 
 
 def is_norm(role: str) -> bool:
@@ -109,18 +112,15 @@ class HFWeights(WeightSource):
 
     def rows(self, t: ModelTensor, index: np.ndarray) -> np.ndarray:
         info = self.ckpt.tensors[self.name(t)]
-        row_bytes = info.nbytes // info.shape[0]
-        out = np.empty((len(index), row_bytes), dtype=np.uint8)
-        fd = os.open(info.path, os.O_RDONLY)
+        if len(index) * ROW_READ_RATIO > info.shape[0]:
+            return self.load(t)[index]  # most of the table is wanted: one sequential read beats many small ones
+        # a read-only map for the gather: its pages belong to the page cache, not to this process's heap
+        table = np.memmap(info.path, dtype=DTYPES[info.dtype], mode="r", offset=info.offset, shape=info.shape)
         try:
-            for j, r in enumerate(index):
-                got = os.preadv(fd, [memoryview(out[j])], info.offset + int(r) * row_bytes)
-                if got != row_bytes:
-                    raise InputError(f"{info.path} ended inside tensor {info.name!r}.", hint="Re-download the model.")
+            picked = np.array(table[np.asarray(index, dtype=np.int64)])
         finally:
-            os.close(fd)
-        raw = out.view(DTYPES[info.dtype]).reshape(len(index), *info.shape[1:])
-        return self._finish(t, to_float32(raw, info.dtype))
+            del table
+        return self._finish(t, to_float32(picked, info.dtype))
 
 
 def _decode(span: TensorSpan, data: np.ndarray, n_rows: int) -> np.ndarray:

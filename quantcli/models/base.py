@@ -86,6 +86,8 @@ class Architecture:
     # transformers' default for tie_word_embeddings in this family's config class (spec only; the GGUF plan
     # keeps its own rule)
     tied_by_default: ClassVar[bool] = False
+    # HF classes of the family saved without an LM head (bare transformer, e.g. embedding models)
+    headless: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Mapping, folder: Path | None = None) -> None:
         # `folder` is the checkpoint folder, for the few settings stored beside config.json

@@ -85,6 +85,7 @@ class ModelSpec:
     fused_qkv: bool
     fused_gate_up: bool
     post_norm_block: bool                  # bert's LayerNorm-after-residual blocks
+    has_lm_head: bool                      # False for encoders and bare transformer classes (Qwen2Model)
     tensors: tuple[ModelTensor, ...]
 
     @property
@@ -105,7 +106,7 @@ class ModelSpec:
 
     def output_tensor(self) -> ModelTensor | None:
         """The LM head's weight (the embedding's when tied); None for an encoder without a head."""
-        if self.is_encoder:
+        if not self.has_lm_head:
             return None
         return self.tensor("tok_embd") if self.tied_embeddings else self.tensor("output")
 
@@ -118,7 +119,7 @@ def _int(adapter: Architecture, *keys: str) -> int:
         raise InputError(f"config.json's {keys[0]} is {value!r}, not an integer.", hint="Fix config.json.") from None
 
 
-def _rope(adapter: Architecture, head_dim: int, hidden: int, n_head: int, n_ctx: int) -> RopeSpec:
+def _rope(adapter: Architecture, head_dim: int, n_ctx: int) -> RopeSpec:
     scaling = adapter.rope_scaling()
     kind = str(scaling.get("rope_type", scaling.get("type", "default")) or "default").lower()
     kind = {"su": "longrope"}.get(kind, kind)
@@ -187,7 +188,7 @@ def _sentence_transformers(folder: Path | None) -> tuple[str | None, bool]:
 
 
 def _tensors(adapter: Architecture, *, hidden: int, n_head: int, n_head_kv: int, head_dim: int, ffn: int,
-             vocab: int, n_ctx: int, n_types: int, tied: bool) -> tuple[ModelTensor, ...]:
+             vocab: int, n_ctx: int, n_types: int, tied: bool, head: bool) -> tuple[ModelTensor, ...]:
     layout = adapter.hf_layout
     numerics = adapter.numerics
     qkv_bias, out_bias = adapter.attention_biases()
@@ -226,7 +227,7 @@ def _tensors(adapter: Architecture, *, hidden: int, n_head: int, n_head_kv: int,
                      "embd_norm_bias": (hidden,)}
     out = []
     for role, name in layout.globals.items():
-        if role == "output" and tied:
+        if role == "output" and (tied or not head):
             continue
         out.append(ModelTensor(None, role, name, global_shapes[role]))
     for i in range(adapter.n_layer):
@@ -253,7 +254,7 @@ def spec_from_config(config: Mapping, folder: Path | None = None) -> ModelSpec:
     norm_eps = float(adapter.need(*eps_keys))  # type: ignore[arg-type]
     rope = rope_local = None
     if numerics.rope != "none":
-        rope = _rope(adapter, head_dim, hidden, n_head, n_ctx)
+        rope = _rope(adapter, head_dim, n_ctx)
         local_theta = adapter.rope_theta_swa()
         if local_theta is not None:
             rope_local = RopeSpec("default", local_theta, rope.dims)
@@ -270,17 +271,19 @@ def spec_from_config(config: Mapping, folder: Path | None = None) -> ModelSpec:
     n_types = int(cfg.get("type_vocab_size") or 0) if numerics.rope == "none" else 0
     pooling, normalize = _sentence_transformers(folder)
     attn_cap, final_cap = cfg.get("attn_logit_softcapping"), cfg.get("final_logit_softcapping")
+    architecture = str((cfg.get("architectures") or [""])[0])
+    head = numerics.causal and architecture not in adapter.headless
     return ModelSpec(
-        architecture=str((cfg.get("architectures") or [""])[0]), family=adapter.arch_name, numerics=numerics,
+        architecture=architecture, family=adapter.arch_name, numerics=numerics,
         n_layer=adapter.n_layer, hidden=hidden, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, ffn=ffn,
         vocab=vocab, n_ctx_train=n_ctx, norm_eps=norm_eps, rope=rope, rope_local=rope_local, attn_scale=attn_scale,
         attn_softcap=float(attn_cap) if attn_cap else None, final_softcap=float(final_cap) if final_cap else None,
         sliding_window=int(window) if window is not None else None, sliding_layers=sliding,  # type: ignore[call-overload]
         tied_embeddings=tied, n_token_types=n_types, pooling=pooling, normalize=normalize,
         fused_qkv=adapter.hf_layout.fused_qkv, fused_gate_up=adapter.hf_layout.fused_gate_up,
-        post_norm_block=adapter.hf_layout.post_norm_block,
+        post_norm_block=adapter.hf_layout.post_norm_block, has_lm_head=head,
         tensors=_tensors(adapter, hidden=hidden, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, ffn=ffn,
-                         vocab=vocab, n_ctx=n_ctx, n_types=n_types, tied=tied))
+                         vocab=vocab, n_ctx=n_ctx, n_types=n_types, tied=tied, head=head))
 
 
 def model_spec(folder: Path) -> ModelSpec:
