@@ -20,8 +20,8 @@ EXAMPLES = """[bold]Examples[/]
 
 
 def calibrate(
-    model: Annotated[str, typer.Argument(help="A Hugging Face model folder, or a hub id org/name[@revision].")],
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Calibration text: a UTF-8 file, a folder of them, JSONL or parquet, or a hub dataset id org/name[@rev]. Default: the built-in public-domain text.")] = None,
+    model: Annotated[str, typer.Argument(help="A Hugging Face model folder, or a hub id org/name (optionally @revision).")],
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Calibration text: a UTF-8 file, a folder of them, JSONL or parquet, or a hub dataset id org/name (optionally @revision). Default: the built-in public-domain text.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="The imatrix file to write (.gguf, or .dat for the legacy format).")] = Path("imatrix.gguf"),
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", help="Tokens per chunk (llama-imatrix's --ctx-size). Default: 512, or the model's context when shorter.", min=1)] = None,
     chunks: Annotated[Optional[int], typer.Option("--chunks", help="Use only the first N chunks. Default: the whole text.", min=1)] = None,

@@ -22,13 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
 from ..io.imatrix import ImatrixStats, MatrixStats
 from .calibration_data import CalibrationText
+
+if TYPE_CHECKING:
+    from .eval_text import SpecialIds
 
 DEFAULT_CTX = 512
 MIN_CHUNKS = 2                 # the imatrix tool refuses fewer than two chunks of text
@@ -160,7 +163,7 @@ def collect(run: Callable[..., Any], chunks: np.ndarray, routes: Mapping[str, Ro
     return acc.stats()
 
 
-def special_ids(metadata: Iterable[Any]) -> Any:
+def special_ids(metadata: Iterable[Any]) -> SpecialIds:
     """The BOS (and SEP) llama.cpp adds, from the tokenizer metadata quantcli writes into the GGUF."""
     from .eval_text import SpecialIds
 

@@ -138,7 +138,7 @@ def builtin_text(which: str = DEFAULT_TEXT) -> CalibrationText:
 
 
 def _hub_dataset(spec: str, field: str) -> CalibrationText:
-    from ..stages.download import HubRef
+    from .download import HubRef
 
     ref = HubRef.parse(spec.removeprefix(HUB_PREFIX))
     if ref is None:
