@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import batch, convert, download, inspect, publish, quantize, recipes, verify, version
+from . import batch, calibrate, convert, download, inspect, publish, quantize, recipes, verify, version
 from ._common import hide_flag_types
 
 HELP_OPTION_NAMES = ["-h", "--help"]
@@ -17,6 +17,7 @@ app = typer.Typer(
     context_settings={"help_option_names": HELP_OPTION_NAMES},
 )
 app.command("convert", short_help="Hub id or folder -> GGUF files (all stages, cached).")(convert.convert)
+app.command("calibrate", short_help="Calibration text -> importance matrix (llama.cpp's imatrix).")(calibrate.calibrate)
 app.command("download", short_help="Fetch a hub model into the shared Hugging Face cache.")(download.download)
 app.command("quantize", short_help="The quantize stage alone, on a local snapshot.")(quantize.quantize)
 app.command("inspect")(inspect.inspect)

@@ -18,6 +18,8 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --recipe my-release.yaml -o out/      # or a recipe file
   quantcli convert ./model --type Q4_0 --dry-run
   quantcli convert ./model --type Q8_0 --verify full             # also compare every tensor with the source
+  quantcli convert ./model --type Q3_K_M --calibrate calib.txt        # imatrix from calib.txt, then quantize
+  quantcli convert ./model --recipe q4_k_m-imatrix                     # built-in text, 100 chunks of 512
 """
 
 
@@ -31,6 +33,7 @@ def convert(
     token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type", help="Type of token_embd.weight.")] = None,
     pure: Annotated[bool, typer.Option("--pure", help="Every eligible tensor gets the same type (no mix rules).")] = False,
     imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix from llama-imatrix (GGUF or legacy .dat).")] = None,
+    calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="Compute the importance matrix from this text first (file, folder, JSONL/parquet or hub dataset; `builtin:calibration` for the built-in text); cached.")] = None,
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
@@ -57,7 +60,7 @@ def convert(
             type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
             tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
-                                 verify=verify, imatrix=imatrix, force=force)
+                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force)
         execute(request, json=json)
 
     run(body)
@@ -84,6 +87,10 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
     if json:
         print_json(result_json(result, request.dry_run))
     elif not request.dry_run:
+        if result.calibration is not None:
+            c = result.calibration
+            out.print(f"{'cached' if c.cached else 'wrote'} {c.path} (imatrix: {c.chunks} chunks of {c.ctx} tokens "
+                      f"from {c.data_name})", highlight=False)
         for o in result.outputs:
             size = human_bytes(o.path.stat().st_size)
             if o.cached:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -26,11 +26,13 @@ from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
+from .calibrate import calibrate_first, calibration_target
 from .outputs import OutputLayout, output_target, resolve_layout
 
 if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
+    from .calibrate import CalibrationOutcome
 
 VERIFY_LEVELS = ("none", "structure", "full")
 
@@ -44,6 +46,8 @@ class ConvertRequest:
     dry_run: bool = False
     verify: str = "structure"
     imatrix: Path | None = None
+    calibrate_data: str | None = None   # compute the imatrix from this text first (the recipe's calibrate section
+                                        # gives ctx and chunks; without one, the defaults)
     # The pipeline's services, off by default for library callers; the CLI turns them on.
     cache_dir: Path | None = None       # stage cache root (pipeline.cache); None: no caching
     force: bool = False                 # redo every stage even when the cache holds it
@@ -73,6 +77,7 @@ class ConvertResult:
     seconds: float = 0.0
     snapshot: Snapshot | None = None
     manifest: Path | None = None
+    calibration: CalibrationOutcome | None = None
 
 
 def recipe_from_type(mix: str | None, *, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
@@ -176,13 +181,22 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,
                                 local_only=request.local_only)
     ckpt = Checkpoint.open(snapshot.path)
+    calibration = calibrate_first(request, snapshot, warn or _default_warn)
+    if calibration is not None:
+        request = replace(request, imatrix=calibration.path)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
     source_model = SourceModel.open(ckpt)
-    plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
+    if imatrix is not None:
+        from ..stages.calibrate import check_imatrix_fits
+
+        check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
+    # a dry run computes no imatrix but plans as if it had one: some mix rules depend on it
+    planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run else None)
+    plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     layout = output_layout(request, plans, snapshot.name)      # every path checked before any byte is written
     paths = list(layout.files)
-    result = ConvertResult(snapshot.path, plans[0].arch, snapshot=snapshot)
+    result = ConvertResult(snapshot.path, plans[0].arch, snapshot=snapshot, calibration=calibration)
     pairs = list(zip(plans, paths))
     if on_plan is not None:
         on_plan(pairs)
@@ -333,6 +347,8 @@ def _write_manifest(request: ConvertRequest, result: ConvertResult, layout: Outp
     manifest = build_manifest(command=None, source=source, recipe=request.recipe.canonical(), backend=backend,
                               threads=threads, outputs=outputs, seconds=result.seconds,
                               imatrix={"path": str(request.imatrix), "sha256": im_sha} if request.imatrix else None)
+    if result.calibration is not None:
+        manifest["calibration"] = result.calibration.manifest()
     return write_manifest(path, manifest)
 
 

@@ -26,6 +26,7 @@ from .cache import StageKey, file_sha256, hash_parts
 STAGE_VERSIONS: dict[str, int] = {
     "quantize": 1,      # plan -> GGUF bytes
     "verify": 1,        # GGUF (+ source) -> report
+    "calibrate": 1,     # source + calibration text -> imatrix file
 }
 
 
@@ -68,3 +69,11 @@ def verify_key(output_sha256: str, *, level: str, min_snr_db: float | None, max_
     """The verify stage's key: the file's bytes, the level and thresholds, and (level full) the source."""
     params = {"quantcli": __version__, "level": level, "min_snr_db": min_snr_db, "max_rmse": max_rmse}
     return StageKey("verify", STAGE_VERSIONS["verify"], params, {"file": output_sha256, "source": source})
+
+
+def calibrate_key(source: dict[str, Any], data_sha256: str, *, params: dict[str, Any]) -> StageKey:
+    """The calibrate stage's key: the source's identity, the text's sha256, and every setting that reaches the
+    file (ctx, chunks, process_output, format, the dataset name written into it). The engine is float32 NumPy on
+    any backend, so the backend is not part of it."""
+    return StageKey("calibrate", STAGE_VERSIONS["calibrate"], {"quantcli": __version__, **params},
+                    {"source": source, "data": data_sha256})

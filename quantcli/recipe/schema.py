@@ -58,6 +58,17 @@ class PublishSpec:
 
 
 @dataclass(frozen=True)
+class CalibrateSpec:
+    """Compute an importance matrix before quantizing (llama-imatrix's statistics); see docs/calibrate.md."""
+
+    data: str | None = None                # text file, folder, JSONL/parquet, hub dataset id; None: built-in text
+    ctx: int | None = None                 # tokens per chunk; None: 512, or the model's context when shorter
+    chunks: int | None = None              # the first n chunks; None: the whole text
+    process_output: bool = False           # also collect output.weight
+    field: str = "text"                    # the JSONL / parquet field that holds the text
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str = ""
@@ -65,6 +76,7 @@ class Recipe:
     verify: VerifySpec = field(default_factory=VerifySpec)
     publish: PublishSpec = field(default_factory=PublishSpec)
     source: str = "<string>"
+    calibrate: CalibrateSpec | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The recipe as plain data with every default filled in (what the manifest and the cache key use)."""
@@ -165,7 +177,25 @@ def _check_threshold(ctx: YamlContext, node: yaml.Node, key: str, value: float, 
                        hint="An error figure is never negative; a negative bound would fail every tensor.")
 
 
-_TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish")
+def _calibrate(ctx: YamlContext, node: yaml.Node) -> CalibrateSpec:
+    items = mapping(ctx, node, "calibrate")
+    check_keys(ctx, items, tuple(f.name for f in fields(CalibrateSpec)), "calibrate")
+    kw: dict[str, Any] = {}
+    for key in ("data", "field"):
+        if key in items:
+            kw[key] = scalar(ctx, items[key][1], f"calibrate.{key}", str)
+    for key in ("ctx", "chunks"):
+        if key in items:
+            value = scalar(ctx, items[key][1], f"calibrate.{key}", int)
+            if isinstance(value, bool) or value < 1:
+                raise ctx.fail(items[key][1], f"calibrate.{key} must be a positive whole number, not {value!r}.")
+            kw[key] = value
+    if "process_output" in items:
+        kw["process_output"] = scalar(ctx, items["process_output"][1], "calibrate.process_output", bool)
+    return CalibrateSpec(**kw)
+
+
+_TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish", "calibrate")
 
 
 def parse_recipe(text: str, source: str = "<string>", default_name: str = "recipe") -> Recipe:
@@ -189,7 +219,8 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
     desc = scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
     verify = _section(ctx, items["verify"][1], VerifySpec, "verify") if "verify" in items else VerifySpec()
     publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
-    return Recipe(name, desc, outputs, verify, publish, source)
+    calibrate = _calibrate(ctx, items["calibrate"][1]) if "calibrate" in items else None
+    return Recipe(name, desc, outputs, verify, publish, source, calibrate)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -230,5 +261,11 @@ def recipe_json_schema() -> dict[str, Any]:
                 "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number", "minimum": 0}, "enabled": {"type": "boolean"}}},
             "publish": {"type": "object", "additionalProperties": False, "properties": {
                 "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
+            "calibrate": {"type": "object", "additionalProperties": False, "properties": {
+                "data": {"type": "string", "description": "Text file, folder, JSONL/parquet, or hub dataset id; "
+                                                          "default: the built-in text."},
+                "ctx": {"type": "integer", "minimum": 1, "description": "Default: 512, or the model's context when shorter."}, "chunks": {"type": "integer", "minimum": 1},
+                "process_output": {"type": "boolean", "default": False},
+                "field": {"type": "string", "default": "text"}}},
         },
     }
