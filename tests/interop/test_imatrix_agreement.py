@@ -27,6 +27,8 @@ transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-3
 TINY = ("tiny-llama", "tiny-qwen3", "tiny-gemma2", "tiny-phi3", "tiny-mistral", "tiny-bert")
 
+pytestmark = pytest.mark.slow   # every test here needs the built models
+
 
 def text() -> CalibrationText:
     return builtin_text("calibration")
@@ -89,13 +91,11 @@ def test_statistics_agree_with_transformers_hooks(model: str) -> None:
     assert_agreement(model_path(model), ctx=64, n_chunks=3, process_output=model != "tiny-bert")
 
 
-@pytest.mark.slow
 def test_statistics_agree_on_smollm2() -> None:
     errors = assert_agreement(model_path("SmolLM2-135M-Instruct"), ctx=128, n_chunks=2, process_output=True)
     assert len(errors) == 30 * 7            # every matrix of the 30 blocks; the tied head has no output.weight
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model", ("SmolLM2-135M-Instruct", "tiny-gemma2", "tiny-llama"))
 def test_chunks_are_llama_cpp_s_tokens(model: str, tmp_path: Path) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")

@@ -99,6 +99,7 @@ def test_routes_cover_block_matrices_experts_and_output_only_when_asked() -> Non
     assert routes_for(specs, process_output=True)["head"] == Route("output.weight", 0, 1, 4)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_calibrate_on_a_tiny_model_matches_file_and_summary(tmp_path: Path) -> None:
     data = load_calibration_text(None)
     result = calibrate(model_path("tiny-llama"), data, CalibrateOptions(ctx=32, chunks=3, process_output=True))
@@ -156,6 +157,7 @@ def test_bad_data_is_refused_with_the_cause(tmp_path: Path) -> None:
         load_calibration_text("builtin:nope")
 
 
+@pytest.mark.slow  # needs the built test models
 def test_builtin_texts_are_distinct_and_long_enough() -> None:
     from tokenizers import Tokenizer
 
@@ -170,6 +172,7 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, cwd: Path | None
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow  # needs the built test models
 def test_hub_dataset_from_the_cache_offline(tmp_path: Path) -> None:
     repo = HubRepo("org/texts")
     repo.add_commit({"data/train-1.txt": TEXT[:10000].encode(), "data/train-2.txt": TEXT[10000:].encode(),
@@ -193,6 +196,7 @@ def test_hub_dataset_from_the_cache_offline(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not in the hub cache" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # needs the built test models
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "short.txt").write_text("too short to fill two chunks", encoding="utf-8")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
@@ -210,6 +214,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path: Path) -> None:
 
 # -- in the pipeline ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # needs the built test models
 def test_an_imatrix_of_another_model_is_refused(tmp_path: Path) -> None:
     run_calibration(CalibrationRequest(model=str(model_path("tiny-qwen3")), output=tmp_path / "qwen.gguf",
                                        data=None, ctx=32, chunks=2))
@@ -223,6 +228,7 @@ def test_an_imatrix_of_another_model_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out.gguf").exists()
 
 
+@pytest.mark.slow  # needs the built test models
 def test_convert_calibrate_equals_convert_imatrix_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "calib.txt").write_text(TEXT, encoding="utf-8")
