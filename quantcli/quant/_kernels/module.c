@@ -152,7 +152,13 @@ static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(qc_find_quantizer((int)type_id) != NULL);
 }
 
+/* Integer schemes for safetensors folders (int_rtn.c). */
+PyObject *qc_int_rtn(PyObject *self, PyObject *args);
+PyObject *qc_int_pack(PyObject *self, PyObject *args);
+
 static PyMethodDef qc_methods[] = {
+    {"int_rtn", qc_int_rtn, METH_VARARGS, "int_rtn(src, n, group, bits, sym, dtype, method, q, scale, zp, threads)."},
+    {"int_pack", qc_int_pack, METH_VARARGS, "int_pack(q, n, bits, out, threads): int8 codes -> int32 bit stream."},
     {"quantize", qc_quantize, METH_VARARGS,
      "quantize(type_id, src, n_per_row, dst, imatrix, threads): quantize float32 rows of src into dst."},
     {"convert", qc_convert, METH_VARARGS,
