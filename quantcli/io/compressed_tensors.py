@@ -100,8 +100,10 @@ def quantized_modules(names: list[str] | dict[str, Any]) -> list[str]:
     return [n[: -len(".weight_scale")] for n in names if n.endswith(".weight_scale")]
 
 
-def dequantize_module(read: Any, names: dict[str, Any], module: str, weights: dict[str, Any]) -> np.ndarray:
-    """A quantized module's dense weight as a loader rebuilds it, in float32 (exact in the scale dtype).
+def dequantize_module(read: Any, names: dict[str, Any], module: str, weights: dict[str, Any],
+                      dense_dtype: str | None = None) -> np.ndarray:
+    """A quantized module's dense weight as a loader rebuilds it: (code - zero) * scale rounded to the scale's
+    stored dtype (or to dense_dtype, e.g. "F32" for a loader that widens the scales first), as float32.
 
     `read(name)` returns a stored tensor (BF16 as uint16 bits); `names` is the folder's tensor table."""
     from ..quant.int.packing import unpack_int32
@@ -119,6 +121,6 @@ def dequantize_module(read: Any, names: dict[str, Any], module: str, weights: di
         codes = read(f"{module}.weight")
         if f"{module}.weight_zero_point" in names:
             zp = read(f"{module}.weight_zero_point")
-    dtype = names[f"{module}.weight_scale"].dtype
+    dtype = dense_dtype or names[f"{module}.weight_scale"].dtype
     return IntCodes(codes, scale, None if zp is None else np.ascontiguousarray(zp)).dequantize(
         dtype, None if weights.get("strategy") == "channel" else group)
