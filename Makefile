@@ -27,7 +27,7 @@ install: $(BIN)/activate
 # Test and benchmark dependencies: torch from the CPU wheel, transformers, llama.cpp built from its sdist.
 dev: install
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test]" "torch==$(TORCH_VERSION)"
 	$(PIP) install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 
 models: dev
