@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .io.checkpoint import Checkpoint
+from .quant.int.nf4 import NF4_BLOCK
 from .quant.int.rtn import METHODS
 from .quant.int.scheme import IntScheme
 
@@ -24,7 +25,7 @@ from .quant.int.scheme import IntScheme
 # embed_tokens, GPT-2 wte/wpe, BERT word/position/token_type_embeddings.
 EMBEDDING_MARKERS = ("embed_tokens", "embeddings", ".wte.", ".wpe.", "embed_positions")
 ALWAYS_IGNORED = ("lm_head",)        # the output projection stays in 16 bits, as llm-compressor's recipes do
-FORMATS = ("compressed-tensors",)
+FORMATS = ("compressed-tensors", "bnb-nf4")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class IntOptions:
     method: str = "minmax"
     ignore: tuple[str, ...] = ()
     format: str = "compressed-tensors"
+    double_quant: bool = True                     # bnb-nf4 only: 8-bit codes for the block absmax values
     max_shard_bytes: int | None = 5 * 10**9       # transformers' default shard size
 
 
@@ -82,6 +84,9 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
     """Plan a folder; refuses (before any writing) a method, format or group size the tensors cannot take."""
     if options.method not in METHODS:
         raise InputError(f"--method {options.method} is not available.", hint=f"Use one of: {', '.join(METHODS)}.")
+    if options.format == "bnb-nf4" and options.method != "minmax":
+        raise InputError(f"--method {options.method} does not apply to bnb-nf4 (its codes are fixed by absmax).",
+                         hint="Drop --method, or use --format compressed-tensors.")
     if options.format not in FORMATS:
         raise InputError(f"--format {options.format} is not available yet.", hint=f"Use one of: {', '.join(FORMATS)}.")
     for p in options.ignore:
@@ -91,14 +96,27 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
             except re.error as exc:
                 raise InputError(f"--ignore {p!r} is not a valid regex ({exc}).", hint="Fix the pattern after 're:'.") from None
     patterns = ALWAYS_IGNORED + tuple(options.ignore)
+    skipped: list[str] = []
     modules = []
     for name, info in ckpt.tensors.items():
         quantized = (_is_linear_weight(name, info.shape) and info.dtype in ("F32", "F16", "BF16")
                      and not any(matches(name.rsplit(".", 1)[0], p) for p in patterns))
-        if quantized:
+        if _is_linear_weight(name, info.shape) and not quantized and not name.startswith(ALWAYS_IGNORED):
+            skipped.append(name.rsplit(".", 1)[0])
+        if quantized and options.format == "compressed-tensors":
             options.scheme.check_row(name, info.shape[1])
+        if quantized and options.format == "bnb-nf4" and info.shape[1] % NF4_BLOCK:
+            # The format itself allows it, but bitsandbytes 0.50's CPU kernel indexes block scales per row and
+            # decodes such rows wrongly (its own quantize_4bit round trip fails there), so the folder would not
+            # load correctly on the CPU.
+            raise InputError(f"bnb-nf4: the rows of {name!r} have {info.shape[1]} values, not a multiple of {NF4_BLOCK}; "
+                             "bitsandbytes' CPU kernel decodes such rows wrongly.",
+                             hint=f"Add --ignore {name.rsplit('.', 1)[0]} (or a re: pattern), or use --format compressed-tensors.")
         modules.append(ModulePlan(name, info.shape, info.dtype, quantized))
     if not any(m.quantized for m in modules):
         raise InputError(f"{ckpt.path} has no Linear weight left to quantize.",
                          hint="Check --ignore: it excludes every layer.")
-    return IntPlan(ckpt.path, options, tuple(modules), patterns)
+    # compressed-tensors matches its ignore list itself (names and re: patterns); bitsandbytes' skip list is
+    # matched by substring, so it gets the module names the patterns excluded.
+    ignore = patterns if options.format == "compressed-tensors" else ALWAYS_IGNORED + tuple(skipped)
+    return IntPlan(ckpt.path, options, tuple(modules), ignore)

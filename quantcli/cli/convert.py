@@ -18,6 +18,7 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --type Q4_0 --dry-run
   quantcli convert ./model --format compressed-tensors --scheme W4A16 -o model-W4A16/
   quantcli convert ./model --format compressed-tensors --scheme W4A16_ASYM --group-size 64 --method mse
+  quantcli convert ./model --format bnb-nf4 -o model-nf4/
 """
 
 
@@ -34,13 +35,14 @@ def convert(
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
-    format: Annotated[str, typer.Option("--format", help="gguf (default), or compressed-tensors: a safetensors folder transformers and vLLM load.")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
     method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave a module unquantized: its name, or 're:REGEX' over module names. Repeatable; lm_head always.")] = None,
+    double_quant: Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="bnb-nf4: store the block scales as 8-bit codes too (the default, as bitsandbytes' bnb_4bit_use_double_quant).")] = True,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -66,9 +68,10 @@ def convert(
             execute_int(IntConvertRequest(model=model, format=format.lower(), scheme=scheme, method=method.lower(),
                                           bits=bits, group_size=-1 if group_size is None else group_size,
                                           symmetric=sym, ignore=tuple(ignore or ()), output=output, threads=threads,
-                                          dry_run=dry_run, verify=verify), json=json)
+                                          dry_run=dry_run, verify=verify, double_quant=double_quant), json=json)
             return
-        if scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax":
+        if (scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax"
+                or not double_quant):
             raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore apply to folder formats.",
                              hint="Add --format compressed-tensors, or use --type for GGUF.")
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
@@ -141,7 +144,8 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                   f"{', '.join(result.plan.ignore)}", highlight=False)
         return
     size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
-    out.print(f"wrote {result.path}/ ({result.plan.options.scheme.name}, {len(quantized)} weights quantized, "
+    kind = "NF4" if request.format == "bnb-nf4" else result.plan.options.scheme.name
+    out.print(f"wrote {result.path}/ ({kind}, {len(quantized)} weights quantized, "
               f"{human_bytes(size)})", highlight=False)
     if result.report is not None and result.report.weights:
         r = result.report.to_json()

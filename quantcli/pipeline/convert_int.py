@@ -40,6 +40,7 @@ class IntConvertRequest:
     dry_run: bool = False
     verify: str = "structure"           # none | structure | full (error against the source)
     max_shard_bytes: int | None = 5 * 10**9
+    double_quant: bool = True           # bnb-nf4: quantize the block scales too
 
 
 @dataclass
@@ -55,6 +56,14 @@ def resolve_scheme(request: IntConvertRequest) -> IntScheme:
     if request.format not in FORMATS:
         raise InputError(f"--format {request.format!r} is not available.",
                          hint=f"Use one of: {', '.join(ALL_FORMATS)} (gguf is the default, chosen with --type).")
+    if request.format == "bnb-nf4":
+        given = [flag for flag, v in (("--scheme", request.scheme), ("--group-size", request.group_size != -1 or None),
+                                      ("--asym", request.symmetric is False or None)) if v]
+        if given or request.bits not in (None, 4):
+            raise InputError(f"bnb-nf4 has one encoding (4-bit NF4, blocks of 64, symmetric); "
+                             f"{', '.join(given) or f'--bits {request.bits}'} does not apply.",
+                             hint="Drop it, or use --format compressed-tensors for integer schemes.")
+        return SCHEMES["W4A16"]   # unused by the NF4 writer; the plan records the format
     if request.bits is not None and request.bits not in BITS_SCHEMES:
         raise InputError(f"--bits {request.bits} is not available in {request.format}.",
                          hint=f"Use --bits {' or '.join(map(str, BITS_SCHEMES))}.")
@@ -67,8 +76,8 @@ def resolve_scheme(request: IntConvertRequest) -> IntScheme:
     return scheme.with_options(group_size=request.group_size, symmetric=request.symmetric)
 
 
-def default_output(source: Path, scheme: IntScheme, method: str) -> Path:
-    suffix = scheme.name + ("" if method == "minmax" else f"-{method}")
+def default_output(source: Path, scheme: IntScheme, method: str, fmt: str) -> Path:
+    suffix = "NF4" if fmt == "bnb-nf4" else scheme.name + ("" if method == "minmax" else f"-{method}")
     return Path(".") / f"{source.resolve().name}-{suffix}"
 
 
@@ -83,8 +92,9 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
     source = resolve_snapshot(request.model).path
     ckpt = Checkpoint.open(source)
     plan = make_int_plan(ckpt, IntOptions(scheme=scheme, method=request.method, ignore=request.ignore,
-                                          format=request.format, max_shard_bytes=request.max_shard_bytes))
-    out = request.output if request.output is not None else default_output(source, scheme, request.method)
+                                          format=request.format, max_shard_bytes=request.max_shard_bytes,
+                                          double_quant=request.double_quant))
+    out = request.output if request.output is not None else default_output(source, scheme, request.method, request.format)
     if out.suffix in (".gguf", ".safetensors"):
         raise InputError(f"-o {out} names a file, but {request.format} writes a folder.",
                          hint="Give a folder name with -o, e.g. -o model-W4A16/.")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ..io import bnb
 from ..io import compressed_tensors as ct
 from ..io.checkpoint import Checkpoint
 
@@ -51,20 +53,38 @@ def snr(ref: np.ndarray, got: np.ndarray) -> WeightError:
     return WeightError("", math.sqrt(noise), float(np.max(np.abs(diff))) if diff.size else 0.0, db)
 
 
-def check_folder(folder: Path, source: Path | None = None) -> FolderReport:
-    ckpt = Checkpoint.open(folder)
+def dense_weights(ckpt: Checkpoint) -> tuple[dict, list[str], Callable[[str], np.ndarray]]:
+    """(scheme summary, quantized module names, module -> dense float32 weight) of a quantized folder."""
+    qc = ckpt.config.get("quantization_config") or {}
+    if qc.get("quant_method") == "bitsandbytes":
+        modules = [n[: -len("." + bnb.STATE_KEY)] for n in ckpt.tensors if n.endswith("." + bnb.STATE_KEY)]
+
+        def rebuild_nf4(module: str) -> np.ndarray:
+            codes, shape, _ = bnb.read_module(ckpt.read_raw, ckpt.tensors, module)
+            return codes.dequantize(shape)
+
+        return ({"format": "bnb-nf4", "double_quant": bool(qc.get("bnb_4bit_use_double_quant"))}, modules, rebuild_nf4)
     weights = ct.folder_scheme(ckpt.config)
     if weights is None:
-        return FolderReport(folder, {}, 0, ["config.json has no compressed-tensors quantization_config"])
-    modules = ct.quantized_modules(list(ckpt.tensors))
-    report = FolderReport(folder, {k: weights[k] for k in ("num_bits", "group_size", "symmetric", "strategy", "format")},
-                          len(modules))
+        raise ValueError("config.json has no compressed-tensors or bitsandbytes quantization_config")
+    summary = {k: weights[k] for k in ("num_bits", "group_size", "symmetric", "strategy", "format")}
+    return (summary, ct.quantized_modules(list(ckpt.tensors)),
+            lambda module: ct.dequantize_module(ckpt.read_raw, ckpt.tensors, module, weights))
+
+
+def check_folder(folder: Path, source: Path | None = None) -> FolderReport:
+    ckpt = Checkpoint.open(folder)
+    try:
+        summary, modules, rebuild = dense_weights(ckpt)
+    except (ValueError, KeyError) as exc:
+        return FolderReport(folder, {}, 0, [str(exc)])
+    report = FolderReport(folder, summary, len(modules))
     if not modules:
-        report.problems.append("no quantized module (no *.weight_scale tensor)")
+        report.problems.append("no quantized module in the folder")
     src = Checkpoint.open(source) if source is not None else None
     for module in modules:
         try:
-            dense = ct.dequantize_module(ckpt.read_raw, ckpt.tensors, module, weights)
+            dense = rebuild(module)
         except (KeyError, ValueError) as exc:
             report.problems.append(f"{module}: cannot rebuild the weight ({exc})")
             continue

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import bnb
 from ..io import compressed_tensors as ct
 from ..io.atomic import atomic_file
 from ..io.checkpoint import Checkpoint
 from ..io.safetensors_writer import TensorEntry, atomic_folder, write_tensors
 from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight
+from ..quant.int.nf4 import encode_nf4
 from ..safetensors_plan import IntPlan, ModulePlan
 
 # Files of a model folder that a quantized folder does not carry over: the weights and their index (rewritten),
@@ -34,7 +36,9 @@ def plan_entries(plan: IntPlan) -> list[TensorEntry]:
     scheme = plan.options.scheme
     entries: list[TensorEntry] = []
     for m in plan.modules:
-        if m.quantized:
+        if m.quantized and plan.options.format == "bnb-nf4":
+            entries += bnb.module_entries(m.module, m.shape, m.dtype, plan.options.double_quant)
+        elif m.quantized:
             entries += ct.module_entries(m.module, m.shape, scheme, scale_dtype(m))
         else:
             entries.append(TensorEntry(m.source, m.dtype, m.shape))
@@ -47,8 +51,11 @@ def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
     for m in plan.modules:
         if m.quantized:
             rows = backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads)
-            codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
-            yield from ct.module_arrays(m.module, codes, scheme, packed)
+            if plan.options.format == "bnb-nf4":
+                yield from bnb.module_arrays(m.module, m.shape, m.dtype, encode_nf4(rows, plan.options.double_quant))
+            else:
+                codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
+                yield from ct.module_arrays(m.module, codes, scheme, packed)
         else:
             yield m.source, ckpt.read_raw(m.source)
         if progress is not None:
@@ -63,7 +70,10 @@ def write_int_folder(plan: IntPlan, ckpt: Checkpoint, out: Path, *, threads: int
         files = write_tensors(tmp, plan_entries(plan), _arrays(plan, ckpt, backend, threads, progress),
                               plan.options.max_shard_bytes, metadata={"format": "pt"})
         config = dict(ckpt.config)
-        config["quantization_config"] = ct.quantization_config(plan.options.scheme, list(plan.ignore))
+        if plan.options.format == "bnb-nf4":
+            config["quantization_config"] = bnb.quantization_config(plan.options.double_quant, list(plan.ignore))
+        else:
+            config["quantization_config"] = ct.quantization_config(plan.options.scheme, list(plan.ignore))
         with atomic_file(tmp / "config.json") as fp:
             fp.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         for f in sorted(ckpt.path.iterdir()):

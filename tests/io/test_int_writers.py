@@ -165,3 +165,45 @@ def test_writer_refuses_out_of_order_and_missing_tensors(tmp_path: Path) -> None
         with SafetensorsWriter(tmp_path / "x.safetensors", entries) as w:
             w.write("a", np.zeros(2, np.int32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bnb_nf4_layout_and_quant_state(source: Path, tmp_path: Path) -> None:
+    out = convert(source, tmp_path / "nf4", format="bnb-nf4", verify="full")
+    ck = Checkpoint.open(out)
+    qc = ck.config["quantization_config"]
+    assert qc["quant_method"] == "bitsandbytes" and qc["load_in_4bit"] and qc["bnb_4bit_use_double_quant"]
+    assert qc["llm_int8_skip_modules"] == ["lm_head"]
+    m = "model.layers.0.mlp.up_proj.weight"
+    blocks = FFN * HIDDEN // 64
+    assert ck.tensors[m].dtype == "U8" and ck.tensors[m].shape == (FFN * HIDDEN // 2, 1)
+    assert ck.tensors[f"{m}.absmax"].dtype == "U8" and ck.tensors[f"{m}.absmax"].shape == (blocks,)
+    assert ck.tensors[f"{m}.nested_absmax"].shape == (-(-blocks // 256),)
+    assert ck.tensors[f"{m}.quant_map"].shape == (16,) and ck.tensors[f"{m}.nested_quant_map"].shape == (256,)
+    state = json.loads(bytes(ck.read_raw(f"{m}.quant_state.bitsandbytes__nf4")).decode())
+    assert state["quant_type"] == "nf4" and state["blocksize"] == 64 and state["shape"] == [FFN, HIDDEN]
+    assert state["dtype"] == "float16" and state["nested_blocksize"] == 256 and isinstance(state["nested_offset"], float)
+    plain = Checkpoint.open(convert(source, tmp_path / "nf4-plain", format="bnb-nf4", double_quant=False))
+    assert plain.tensors[f"{m}.absmax"].dtype == "F32" and f"{m}.nested_absmax" not in plain.tensors
+
+
+def test_bnb_nf4_refuses_rows_its_cpu_kernel_misreads(source: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    t = load_file(str(source / "model.safetensors"))
+    t["model.layers.0.mlp.down_proj.weight"] = t["model.layers.0.mlp.down_proj.weight"][:, :96].copy()
+    save_file(t, str(source / "model.safetensors"))
+    with pytest.raises(InputError, match="not a multiple of 64") as exc:
+        convert(source, tmp_path / "out", format="bnb-nf4")
+    assert "--ignore model.layers.0.mlp.down_proj" in exc.value.hint
+    assert not (tmp_path / "out").exists()
+    ck = Checkpoint.open(convert(source, tmp_path / "out", format="bnb-nf4", ignore=("re:.*down_proj",)))
+    assert ck.config["quantization_config"]["llm_int8_skip_modules"] == [
+        "lm_head", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+
+
+@pytest.mark.parametrize("kw", [{"scheme": "W4A16"}, {"bits": 8}, {"group_size": 32}, {"symmetric": False},
+                                {"method": "mse"}])
+def test_bnb_nf4_refuses_integer_scheme_options(source: Path, tmp_path: Path, kw: dict) -> None:
+    with pytest.raises(InputError):
+        convert(source, tmp_path / "out", format="bnb-nf4", **kw)
+    assert not (tmp_path / "out").exists()
