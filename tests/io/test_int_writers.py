@@ -207,3 +207,28 @@ def test_bnb_nf4_refuses_integer_scheme_options(source: Path, tmp_path: Path, kw
     with pytest.raises(InputError):
         convert(source, tmp_path / "out", format="bnb-nf4", **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_a_folder_and_inspect_describes_it(source: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "QUANTCLI_NO_PROGRESS": "1", "QUANTCLI_DEBUG": ""}
+    out = tmp_path / "w8"
+    proc = subprocess.run([sys.executable, "-m", "quantcli.cli.app", "convert", str(source), "--format",
+                           "compressed-tensors", "--bits", "8", "--group-size", "64", "--verify", "full", "--json",
+                           "-o", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["scheme"] == "W8A16" and result["verify"]["ok"] and result["verify"]["min_snr_db"] > 35
+    assert len(result["quantized"]) == 6
+    proc = subprocess.run([sys.executable, "-m", "quantcli.cli.app", "inspect", str(out), "--json"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["metadata"]["quantization"].startswith(
+        "compressed-tensors pack-quantized: int8 symmetric group 64")
+
+
+def test_cli_refuses_folder_options_without_a_folder_format(source: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "quantcli.cli.app", "convert", str(source), "--scheme", "W4A16",
+                           "-o", str(tmp_path / "x.gguf")], capture_output=True, text=True,
+                          env={**os.environ, "QUANTCLI_NO_PROGRESS": "1", "QUANTCLI_DEBUG": ""})
+    assert proc.returncode == 2 and "--format compressed-tensors" in proc.stderr
+    assert not (tmp_path / "x.gguf").exists()
