@@ -18,7 +18,7 @@ from ..io.atomic import atomic_file
 from ..io.checkpoint import Checkpoint
 from ..io.safetensors_writer import TensorEntry, atomic_folder, write_tensors
 from ..quant.backend import Backend, get_backend
-from ..quant.int.encode import encode_weight
+from ..quant.int.encode import encode_weight, nf4_kernels
 from ..quant.int.nf4 import encode_nf4
 from ..safetensors_plan import IntPlan, ModulePlan
 
@@ -52,7 +52,8 @@ def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
         if m.quantized:
             rows = backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads)
             if plan.options.format == "bnb-nf4":
-                yield from bnb.module_arrays(m.module, m.shape, m.dtype, encode_nf4(rows, plan.options.double_quant))
+                codes = encode_nf4(rows, plan.options.double_quant, nf4_kernels(backend), threads)
+                yield from bnb.module_arrays(m.module, m.shape, m.dtype, codes)
             else:
                 codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
                 yield from ct.module_arrays(m.module, codes, scheme, packed)

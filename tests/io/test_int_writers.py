@@ -232,3 +232,16 @@ def test_cli_refuses_folder_options_without_a_folder_format(source: Path, tmp_pa
                           env={**os.environ, "QUANTCLI_NO_PROGRESS": "1", "QUANTCLI_DEBUG": ""})
     assert proc.returncode == 2 and "--format compressed-tensors" in proc.stderr
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("kw", [{"scheme": "W4A16_ASYM", "group_size": 64, "method": "mse"}, {"scheme": "W8A8"},
+                                {"format": "bnb-nf4"}])
+def test_c_and_reference_backends_write_the_same_bytes(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       kw: dict) -> None:
+    pytest.importorskip("quantcli._kernels")
+    files = {}
+    for backend in ("c", "reference"):
+        monkeypatch.setenv("QUANTCLI_BACKEND", backend)
+        out = convert(source, tmp_path / backend, **kw)
+        files[backend] = (out / "model.safetensors").read_bytes()
+    assert files["c"] == files["reference"]

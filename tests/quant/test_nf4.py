@@ -2,8 +2,28 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quantcli.quant.int.nf4 import NF4_LEVELS, dynamic_code, encode_nf4
+
+kernels = pytest.importorskip("quantcli._kernels")
+
+
+@pytest.mark.parametrize("n", [64 * 40, 64 * 7 + 13, 5, 64 * 300 + 1])
+@pytest.mark.parametrize("double", [True, False])
+def test_c_twin_equals_reference(n: int, double: bool) -> None:
+    rng = np.random.default_rng(n)
+    w = (rng.standard_normal(n) * rng.uniform(0.001, 1.0)).astype(np.float32)
+    w[: min(n, 64)] = 0.0                               # an all-zero block
+    if n > 200:
+        w[100] = 50.0                                   # an outlier block
+        w[130:140] = (NF4_LEVELS[8] + NF4_LEVELS[9]) / 2 * np.abs(w[128:192]).max()   # near a midpoint
+    ref = encode_nf4(w, double)
+    c = encode_nf4(w, double, kernels, threads=3)
+    assert np.array_equal(ref.packed, c.packed) and np.array_equal(ref.absmax, c.absmax)
+    assert (ref.nested_absmax is None) == (c.nested_absmax is None)
+    if double:
+        assert np.array_equal(ref.nested_absmax, c.nested_absmax) and ref.offset == c.offset
 
 
 def test_levels_are_the_published_sorted_table() -> None:

@@ -4,6 +4,8 @@ Both give the same codes, scales, zero points and packed words; QUANTCLI_BACKEND
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
 from ...errors import InputError
@@ -17,8 +19,18 @@ DTYPE_IDS = {"F32": 0, "F16": 1, "BF16": 2}
 SCALE_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
-def _has_c(backend: Backend) -> bool:
-    return backend.policy != "reference" and backend.kernels is not None and hasattr(backend.kernels, "int_rtn")
+def _has_c(backend: Backend, kernel: str = "int_rtn") -> bool:
+    return backend.policy != "reference" and backend.kernels is not None and hasattr(backend.kernels, kernel)
+
+
+def nf4_kernels(backend: Backend) -> ModuleType | None:
+    """The extension when the NF4 loop should run in C, None for the NumPy reference."""
+    if _has_c(backend, "nf4_blocks"):
+        return backend.kernels
+    if backend.policy == "c":
+        raise InputError("QUANTCLI_BACKEND=c but the C extension has no NF4 kernel.",
+                         hint="Rebuild it (make install), or use QUANTCLI_BACKEND=reference.")
+    return None
 
 
 def encode_weight(rows: np.ndarray, scheme: IntScheme, scale_dtype: str, method: str, backend: Backend,

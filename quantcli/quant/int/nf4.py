@@ -7,12 +7,13 @@ Two indices share a byte, the first in the high nibble. Double quantization stor
 8-bit codes: their mean (the offset) is subtracted, then blocks of 256 are scaled by their own absmax and mapped
 to the nearest entry of a signed 8-bit dynamic code (DYNAMIC_CODE). A loader rebuilds
 absmax = code[q] * nested_absmax + offset and weight = NF4[index] * absmax, in float32, then casts to the model dtype.
-formats/bnb-nf4.md describes the same bytes.
+formats/bnb-nf4.md describes the same bytes. The C twin of the blockwise loop is quant/_kernels/nf4.c.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +82,16 @@ def _blockwise(values: np.ndarray, block: int, levels: np.ndarray) -> tuple[np.n
     return np.searchsorted(mids, scaled, side="left").astype(np.uint8), absmax
 
 
-def encode_nf4(weight: np.ndarray, double_quant: bool = True) -> NF4Codes:
+def encode_nf4(weight: np.ndarray, double_quant: bool = True, kernels: Any = None, threads: int = 1) -> NF4Codes:
+    """Encode a weight; `kernels` (quantcli._kernels) runs the blockwise loop in C (nf4.c), with the same bytes."""
     flat = np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
-    with np.errstate(all="ignore"):
-        idx, absmax = _blockwise(flat, NF4_BLOCK, NF4_LEVELS)
+    if kernels is not None:
+        idx = np.empty(flat.shape[0], dtype=np.uint8)
+        absmax = np.empty(-(-flat.shape[0] // NF4_BLOCK), dtype=np.float32)
+        kernels.nf4_blocks(flat, idx, absmax, max(1, threads))
+    else:
+        with np.errstate(all="ignore"):
+            idx, absmax = _blockwise(flat, NF4_BLOCK, NF4_LEVELS)
     if idx.shape[0] % 2:
         idx = np.append(idx, np.uint8(7))            # pad with the 0.0 level
     packed = ((idx[0::2] << 4) | idx[1::2]).astype(np.uint8)[:, None]
