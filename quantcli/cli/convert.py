@@ -20,6 +20,9 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --type Q8_0 --verify full             # also compare every tensor with the source
   quantcli convert ./model --type Q3_K_M --calibrate calib.txt        # imatrix from calib.txt, then quantize
   quantcli convert ./model --recipe q4_k_m-imatrix                     # built-in text, 100 chunks of 512
+  quantcli convert ./model --format compressed-tensors --scheme W4A16 -o model-W4A16/
+  quantcli convert ./model --format compressed-tensors --scheme W4A16_ASYM --group-size 64 --method mse
+  quantcli convert ./model --format bnb-nf4 -o model-nf4/
 """
 
 
@@ -37,6 +40,14 @@ def convert(
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
+    format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
+    scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search).")] = "minmax",
+    bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
+    group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
+    sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave a module unquantized: its name, or 're:REGEX' over module names. Repeatable; lm_head always.")] = None,
+    double_quant: Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="bnb-nf4: store the block scales as 8-bit codes too (the default, as bitsandbytes' bnb_4bit_use_double_quant).")] = True,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -52,6 +63,22 @@ def convert(
         from ..pipeline.convert import ConvertRequest, parse_tensor_type, recipe_from_type
         from ..recipe import resolve_recipe
 
+        if format.lower() != "gguf":
+            from ..pipeline.convert_int import IntConvertRequest
+
+            if recipe or type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure or imatrix or calibrate:
+                raise InputError(f"--format {format} takes --scheme/--method/--bits/--group-size/--sym/--ignore, "
+                                 "not the GGUF options (--type, --recipe, --tensor-type, --imatrix, --calibrate, ...).",
+                                 hint="Drop the GGUF options, or use --format gguf.")
+            execute_int(IntConvertRequest(model=model, format=format.lower(), scheme=scheme, method=method.lower(),
+                                          bits=bits, group_size=-1 if group_size is None else group_size,
+                                          symmetric=sym, ignore=tuple(ignore or ()), output=output, threads=threads,
+                                          dry_run=dry_run, verify=verify, double_quant=double_quant), json=json)
+            return
+        if (scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax"
+                or not double_quant):
+            raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore apply to folder formats.",
+                             hint="Add --format compressed-tensors, or use --type for GGUF.")
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
             raise InputError("--recipe cannot be combined with --type/--tensor-type/--output-tensor-type/"
                              "--token-embedding-type/--pure/--pre-tokenizer.",
@@ -102,6 +129,37 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         if result.manifest is not None:
             err.print(f"manifest: {result.manifest}", highlight=False)
         err.print(f"done in {result.seconds:.2f} s", highlight=False)
+
+
+def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary."""
+    from ..pipeline.convert_int import convert_int
+
+    result = convert_int(request)
+    if json:
+        report = result.report.to_json() if result.report else None
+        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
+                    "scheme": result.plan.options.scheme.name, "method": result.plan.options.method,
+                    "quantized": [m.source for m in result.plan.modules if m.quantized],
+                    "seconds": round(result.seconds, 3), "verify": report})
+        return
+    quantized = [m for m in result.plan.modules if m.quantized]
+    if request.dry_run:
+        for m in result.plan.modules:
+            out.print(f"{m.source}  {'x'.join(map(str, m.shape))}  {m.dtype} -> "
+                      f"{result.plan.options.scheme.name if m.quantized else 'kept'}", highlight=False)
+        out.print(f"{len(quantized)} of {len(result.plan.modules)} tensors quantized; ignore: "
+                  f"{', '.join(result.plan.ignore)}", highlight=False)
+        return
+    size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
+    kind = "NF4" if request.format == "bnb-nf4" else result.plan.options.scheme.name
+    out.print(f"wrote {result.path}/ ({kind}, {len(quantized)} weights quantized, "
+              f"{human_bytes(size)})", highlight=False)
+    if result.report is not None and result.report.weights:
+        r = result.report.to_json()
+        err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
+                  f"{len(result.report.weights)} weights", highlight=False)
+    err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
 def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:

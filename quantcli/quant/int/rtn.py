@@ -1,0 +1,139 @@
+"""Round-to-nearest integer encoding (NumPy reference): scales and zero points per group, then codes.
+
+min-max follows compressed-tensors' calculate_qparams (0.20): the range always holds 0; symmetric scales are
+absmax / ((qmax - qmin) / 2) (so 4-bit divides by 7.5 and uses code -8 only at the clamp); asymmetric scales are
+(max - min) / (qmax - qmin) with zero point round(qmin - min / scale). One difference on purpose: the scale is
+rounded to the stored dtype *before* the codes are computed, so the codes are the best ones for the scale the
+loader will actually multiply by. "mse" shrinks the range by 1 - i/100 for i = 0..20 and keeps the candidate with
+the least squared error (summed over the group left to right in float32, the order the C twin uses).
+
+The C twin is qc_int_rtn in quant/_kernels/int_rtn.c; tests/quant/test_int_schemes.py holds them equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scheme import IntScheme
+
+METHODS = ("minmax", "mse")
+MSE_GRID = 100          # candidates are 1 - i / MSE_GRID ...
+MSE_STEPS = 20          # ... for i = 0 .. MSE_STEPS (down to 0.8 of the min-max range)
+SCALE_DTYPES = ("F32", "F16", "BF16")
+# The smallest normal of each scale dtype: a scale that would round to 0 is stored as this instead.
+TINY = {"F32": np.float32(2.0 ** -126), "F16": np.float32(2.0 ** -14), "BF16": np.float32(2.0 ** -126)}
+
+
+@dataclass(frozen=True)
+class IntCodes:
+    """One tensor's encoding: codes (rows, n) int8; scale (rows, groups) in its stored dtype (BF16 as uint16 bits);
+    zero points (rows, groups) int8, or None for a symmetric scheme."""
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+
+    def scale_f32(self) -> np.ndarray:
+        return scale_to_f32(self.scale)
+
+    def dequantize(self, scale_dtype: str, group_size: int | None) -> np.ndarray:
+        """What a loader computes: (code - zero) * scale, each step exact in float32, rounded to the scale dtype."""
+        rows, n = self.codes.shape
+        g = n if group_size is None else group_size
+        q = self.codes.astype(np.float32).reshape(rows, n // g, g)
+        if self.zero_point is not None:
+            q = q - self.zero_point.astype(np.float32)[:, :, None]
+        dense = (q * self.scale_f32()[:, :, None]).reshape(rows, n)
+        return round_to(dense, scale_dtype)[1]
+
+
+def round_to(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 -> (stored array, its float32 value), round to nearest even. BF16 is stored as uint16 bits."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "F32":
+        return values, values
+    if dtype == "F16":
+        stored = values.astype(np.float16)
+        return stored, stored.astype(np.float32)
+    bits = values.view(np.uint32)
+    stored = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    return stored, (stored.astype(np.uint32) << 16).view(np.float32)
+
+
+def scale_to_f32(scale: np.ndarray) -> np.ndarray:
+    if scale.dtype == np.uint16:
+        return (scale.astype(np.uint32) << 16).view(np.float32)
+    return scale.astype(np.float32)
+
+
+def _params(lo: np.ndarray, hi: np.ndarray, scheme: IntScheme, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-group (stored scale, its float32 value, zero point as float32 or None) from a range that holds 0."""
+    if scheme.symmetric:
+        amax = np.maximum(-lo, hi)
+        raw = amax / np.float32((scheme.qmax - scheme.qmin) / 2)
+    else:
+        raw = (hi - lo) / np.float32(scheme.qmax - scheme.qmin)
+    stored, scale = round_to(raw, dtype)
+    zero = scale == 0
+    if zero.any():
+        scale = np.where(zero, TINY[dtype], scale)
+        stored = round_to(scale, dtype)[0]
+    if scheme.symmetric:
+        return stored, scale, None
+    zp = np.clip(np.rint(np.float32(scheme.qmin) - lo / scale), scheme.qmin, scheme.qmax).astype(np.float32)
+    return stored, scale, zp
+
+
+def _codes(groups: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, scheme: IntScheme) -> np.ndarray:
+    scaled = groups / scale[:, None]
+    if zp is not None:
+        scaled = scaled + zp[:, None]
+    return np.clip(np.rint(scaled), scheme.qmin, scheme.qmax)
+
+
+def encode(rows: np.ndarray, scheme: IntScheme, scale_dtype: str, method: str = "minmax") -> IntCodes:
+    """(nrows, n) float32 -> IntCodes. The scheme's group size must divide n (IntScheme.check_row)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    nrows, n = rows.shape
+    g = n if scheme.group_size is None else scheme.group_size
+    groups = rows.reshape(-1, g)
+    with np.errstate(all="ignore"):
+        lo = np.minimum(groups.min(axis=1), np.float32(0))
+        hi = np.maximum(groups.max(axis=1), np.float32(0))
+        stored, scale, zp = _params(lo, hi, scheme, scale_dtype)
+        if method == "mse":
+            stored, scale, zp = _mse_search(groups, lo, hi, scheme, scale_dtype, (stored, scale, zp))
+        elif method != "minmax":
+            raise ValueError(f"unknown RTN method {method!r}")
+        q = _codes(groups, scale, zp, scheme)
+    shape = (nrows, n // g)
+    return IntCodes(q.astype(np.int8).reshape(nrows, n), stored.reshape(shape),
+                    None if zp is None else zp.astype(np.int8).reshape(shape))
+
+
+def _sq_error(groups: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, scheme: IntScheme) -> np.ndarray:
+    q = _codes(groups, scale, zp, scheme)
+    if zp is not None:
+        q = q - zp[:, None]
+    diff = q * scale[:, None] - groups
+    err = np.zeros(groups.shape[0], dtype=np.float32)
+    for j in range(groups.shape[1]):          # left to right, float32: the C loop's order
+        err += diff[:, j] * diff[:, j]
+    return err
+
+
+def _mse_search(groups: np.ndarray, lo: np.ndarray, hi: np.ndarray, scheme: IntScheme, dtype: str,
+                best: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    b_stored, b_scale, b_zp = best
+    b_err = _sq_error(groups, b_scale, b_zp, scheme)
+    for i in range(1, MSE_STEPS + 1):
+        p = np.float32(1 - i / MSE_GRID)
+        stored, scale, zp = _params(lo * p, hi * p, scheme, dtype)
+        err = _sq_error(groups, scale, zp, scheme)
+        better = err < b_err
+        b_err = np.where(better, err, b_err)
+        b_stored, b_scale = np.where(better, stored, b_stored), np.where(better, scale, b_scale)
+        if zp is not None:
+            b_zp = np.where(better, zp, b_zp)
+    return b_stored, b_scale, b_zp
