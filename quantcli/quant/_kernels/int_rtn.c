@@ -10,6 +10,10 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+/* Compiled once (setup.py ONCE), not per variant: it uses the baseline helpers of kernels.h. */
+#ifndef QC_ISA
+#define QC_ISA default
+#endif
 #include "kernels.h"
 
 enum { INT_F32 = 0, INT_F16 = 1, INT_BF16 = 2 };
