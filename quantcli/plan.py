@@ -124,7 +124,10 @@ class SourceModel:
     @classmethod
     def open(cls, ckpt: Checkpoint) -> "SourceModel":
         adapter = adapter_for(ckpt.config, ckpt.path)
+        # config.json is checked against the tensors present before anything is sized by it
+        adapter.check_block_count(ckpt.tensors)
         specs = adapter.tensor_specs(ckpt.tensors)
+        adapter.check_shapes(specs)
         for spec in specs:
             for src in spec.sources:
                 if ckpt.tensors[src].dtype not in ("F32", "F16", "BF16", "F64"):
@@ -136,7 +139,7 @@ class SourceModel:
         if pre_tokenizer not in self._tokenizer:
             from .models.tokenizer import tokenizer_metadata
 
-            vocab_size = int(self.adapter.get("vocab_size", default=0) or 0)  # type: ignore[arg-type]
+            vocab_size = self.adapter.get_int("vocab_size", default=0) or 0
             self._tokenizer[pre_tokenizer] = tokenizer_metadata(self.ckpt.path, self.ckpt.config, vocab_size=vocab_size,
                                                                 pre_tokenizer=pre_tokenizer)
         return self._tokenizer[pre_tokenizer]
