@@ -36,7 +36,9 @@ out = _LazyConsole(soft_wrap=True)                   # results
 err = _LazyConsole(stderr=True, soft_wrap=True)      # diagnostics and progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", "-t", help="Threads for the quantization kernels (0: all cores).", min=0)]
+MAX_THREADS = 1024  # quant.backend.MAX_THREADS (not imported: --help must not load numpy)
+ThreadsOpt = Annotated[int, typer.Option("--threads", "-t", help="Threads for the quantization kernels (0: all cores).",
+                                         min=0, max=MAX_THREADS)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo every stage even when the cache says the output is up to date.")]
 
 
@@ -73,7 +75,10 @@ def run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     except QuantcliError as exc:
         if debug():
             raise
-        err.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        # escaped: a message quoting user input ("tensor_types[attn_v]") must not be read as rich markup
+        err.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if debug():
@@ -85,7 +90,9 @@ def run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     except Exception as exc:  # noqa: BLE001 - the boundary of the program
         if debug():
             raise
-        err.print(f"[bold red]Error:[/] internal error: {type(exc).__name__}: {exc}. "
+        from rich.markup import escape
+
+        err.print(f"[bold red]Error:[/] internal error: {type(exc).__name__}: {escape(str(exc))}. "
                   "Set QUANTCLI_DEBUG=1 for the traceback and please report it.", highlight=False)
         raise typer.Exit(1) from None
 

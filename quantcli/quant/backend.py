@@ -19,6 +19,7 @@ from ..io.safetensors import to_float32
 from .base import quant_class
 
 BACKENDS = ("auto", "c", "reference")
+MAX_THREADS = 1024  # the kernels count threads in a C int; more than this is a typo, not a machine
 
 
 def _load_kernels() -> ModuleType | None:

@@ -97,3 +97,12 @@ def registered_types() -> list[GGMLQuantizationType]:
     from . import types  # noqa: F401
 
     return sorted(_REGISTRY, key=int)
+
+
+FLOAT_OUTPUT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+
+
+def writable_types() -> list[GGMLQuantizationType]:
+    """Every tensor type quantcli can write: the float types and each block type with an encoder. The one list
+    the CLI options, recipes and the recipe JSON Schema accept (gguf-py knows more types than quantcli writes)."""
+    return sorted(set(FLOAT_OUTPUT_TYPES) | set(registered_types()), key=int)
