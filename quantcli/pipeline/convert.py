@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
-from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
+from ..plan import FLOAT_TYPES, Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
@@ -171,6 +171,10 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     source_model = SourceModel.open(ckpt)
     plans = [make_plan(source_model, quant_options(spec, request.imatrix), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
+    if imatrix is not None:
+        note = imatrix.check_coverage(imatrix_targets(plans))
+        if note is not None:
+            (warn or _default_warn)(note)
     paths = output_paths(request, ckpt, plans, snapshot.name)
     result = ConvertResult(source, plans[0].arch, snapshot=snapshot)
     pairs = list(zip(plans, paths))
@@ -216,6 +220,12 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     if failures:
         raise failures[0]
     return result
+
+
+def imatrix_targets(plans: list[Plan]) -> list[str]:
+    """The tensors some output encodes in a block type: those an importance matrix weights."""
+    names = {t.name for plan in plans for t in plan.tensors if t.qtype not in FLOAT_TYPES}
+    return [t.name for t in plans[0].tensors if t.name in names]
 
 
 def _backend_name() -> str:

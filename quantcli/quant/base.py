@@ -27,6 +27,8 @@ class QuantType:
     # Blocks per chunk of rows handed to encode_chunk. Rows are independent in every type, so this bounds the
     # work arrays (and keeps them in cache) without changing a byte; the K-quants' searches want smaller chunks.
     chunk_blocks: ClassVar[int] = 1 << 15
+    # Byte offsets of the fp16 fields (scales, mins) in a block: the only fields a finite input can overflow.
+    fp16_offsets: ClassVar[tuple[int, ...]] = ()
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -35,6 +37,17 @@ class QuantType:
         if qtype in _REGISTRY:
             raise TypeError(f"{qtype.name} is registered twice ({_REGISTRY[qtype].__name__}, {cls.__name__})")
         _REGISTRY[qtype] = cls
+
+    @classmethod
+    def overflowed_blocks(cls, encoded: np.ndarray) -> np.ndarray:
+        """Per block of `encoded` (rows of bytes), True where an fp16 scale field is Inf or NaN: the input's
+        magnitude exceeded what this type's scales can hold, and the block would decode to Inf/NaN."""
+        blocks = np.ascontiguousarray(encoded).reshape(-1, cls.type_size)
+        bad = np.zeros(blocks.shape[0], dtype=bool)
+        for offset in cls.fp16_offsets:
+            bits = blocks[:, offset:offset + 2].copy().view("<u2").reshape(-1)
+            bad |= (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
+        return bad
 
     @classmethod
     def row_bytes(cls, n_per_row: int) -> int:

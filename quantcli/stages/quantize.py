@@ -54,6 +54,30 @@ def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None
         raise _nonfinite_error(t, bad)
 
 
+def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first_row: int = 0) -> InputError:
+    """Name the tensor, the value and the row that do not fit the target type."""
+    what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
+    r = int(np.flatnonzero(bad_rows)[0])
+    value = float(rows[r][np.argmax(np.abs(rows[r]))])
+    kind = "the largest F16 value is 65504" if t.qtype == F16 else (
+        "it rounds to Inf in BF16" if t.qtype == BF16 else f"{t.qtype.name}'s fp16 block scales overflow to Inf")
+    return InputError(f"tensor {what!r} holds {value:g} (row {first_row + r}), too large for {t.qtype.name} "
+                      f"(as {t.name}): {kind}.",
+                      hint=f"Check the weights; to keep such values write this tensor as F32 "
+                           f"(--tensor-type '{t.name.replace('.', chr(92) + '.')}=F32').")
+
+
+def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray) -> np.ndarray:
+    """Per encoded row, True where a finite input became Inf/NaN in the target type."""
+    if qtype == F16:
+        return ~np.isfinite(encoded).all(axis=1)
+    if qtype == BF16:
+        return ((encoded & np.uint16(0x7F80)) == np.uint16(0x7F80)).any(axis=1)
+    if qtype == F32:
+        return np.zeros(encoded.shape[0], dtype=bool)
+    return quant_class(qtype).overflowed_blocks(encoded).reshape(encoded.shape[0], -1).any(axis=1)
+
+
 @dataclass(frozen=True)
 class Encoder:
     """Turns one planned tensor into its GGUF bytes."""
@@ -78,7 +102,7 @@ class Encoder:
         if t.qtype == F32:
             return values
         rows = values.reshape(-1, t.ggml_shape[0])
-        return self._encode_rows(t.qtype, rows, self._weights(t))
+        return self._encode_checked(t, rows, self._weights(t))
 
     def _encode_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
@@ -98,7 +122,7 @@ class Encoder:
             chunk = self.backend.to_float32(rows[start:start + step], dtype, self.threads)
             bad += _count_nonfinite(chunk)
             if not bad:   # after the first bad value only count the rest, for the message
-                out[start:start + step] = self._encode_rows(t.qtype, chunk, weights)
+                out[start:start + step] = self._encode_checked(t, chunk, weights, start)
         if bad:
             raise _nonfinite_error(t, bad)
         return out
@@ -108,6 +132,15 @@ class Encoder:
         if self.imatrix is None or t.qtype in (F16, BF16):
             return None
         return self.imatrix.for_tensor(t.name, t.ggml_shape[0])
+
+    def _encode_checked(self, t: TensorPlan, rows: np.ndarray, weights: np.ndarray | None, first_row: int = 0) -> np.ndarray:
+        """Encode finite rows and refuse any that overflow the target type (1e6 in F16 is Inf; in Q4_0 its
+        block scale is Inf and the block decodes to NaN): llama.cpp would write them without a word."""
+        encoded = self._encode_rows(t.qtype, rows, weights)
+        bad_rows = _overflowed_rows(t.qtype, encoded.reshape(rows.shape[0], -1))
+        if bad_rows.any():
+            raise _overflow_error(t, rows, bad_rows, first_row)
+        return encoded
 
     def _encode_rows(self, qtype: GGMLQuantizationType, rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         if qtype == F16:

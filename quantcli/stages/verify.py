@@ -92,10 +92,14 @@ def error_figures(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float
     """(RMSE, max abs error, SNR in dB) of `got` against `ref`, computed in float64."""
     r = ref.astype(np.float64).ravel()
     d = got.astype(np.float64).ravel() - r
-    err = float(np.dot(d, d))
-    sig = float(np.dot(r, r))
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = float(np.dot(d, d))
+        sig = float(np.dot(r, r))
+    if not math.isfinite(err):  # Inf/NaN decoded values: no finite figure describes them; the worst ones do
+        return math.inf, math.inf, -math.inf
     rmse = math.sqrt(err / max(1, d.size))
-    snr = math.inf if err == 0 else (10 * math.log10(sig / err) if sig > 0 else -math.inf)
+    ratio = sig / err if err > 0 else math.inf
+    snr = math.inf if ratio == math.inf else (10 * math.log10(ratio) if ratio > 0 else -math.inf)
     return rmse, float(np.abs(d).max(initial=0.0)), snr
 
 
