@@ -18,6 +18,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
+FP16_MAX = 65504.0
 
 
 class QuantType:
@@ -39,15 +40,23 @@ class QuantType:
         _REGISTRY[qtype] = cls
 
     @classmethod
-    def overflowed_blocks(cls, encoded: np.ndarray) -> np.ndarray:
-        """Per block of `encoded` (rows of bytes), True where an fp16 scale field is Inf or NaN: the input's
-        magnitude exceeded what this type's scales can hold, and the block would decode to Inf/NaN."""
+    def overflowed_blocks(cls, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per block, True where finite input values were too large for this type's fp16 scale fields.
+
+        Depending on the type's search, such a block stores an Inf/NaN scale (it decodes to Inf/NaN) or a zero
+        scale (it decodes to zeros). A zero scale is also what tiny values legitimately get, so it counts as an
+        overflow only when the block holds a value beyond the largest fp16 (65504), which no zero scale can
+        represent. `rows` are the float32 rows that were encoded into `encoded`.
+        """
         blocks = np.ascontiguousarray(encoded).reshape(-1, cls.type_size)
-        bad = np.zeros(blocks.shape[0], dtype=bool)
+        amax = np.abs(np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, cls.block_size)).max(axis=1)
+        non_finite = np.zeros(blocks.shape[0], dtype=bool)
+        all_zero = np.ones(blocks.shape[0], dtype=bool)
         for offset in cls.fp16_offsets:
             bits = blocks[:, offset:offset + 2].copy().view("<u2").reshape(-1)
-            bad |= (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
-        return bad
+            non_finite |= (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
+            all_zero &= (bits & np.uint16(0x7FFF)) == 0
+        return non_finite | (all_zero & (amax > FP16_MAX))
 
     @classmethod
     def row_bytes(cls, n_per_row: int) -> int:

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.files import require_regular
 from ..models.metadata import MetaKV, kv_str, kv_u32
 
 # The keys llama-quantize records in the files it writes from an imatrix (counts as UINT32, as it stores them).
@@ -167,6 +168,8 @@ def _load_legacy(path: Path, data: bytes) -> ImportanceMatrix:
 
 def load_imatrix(path: Path) -> ImportanceMatrix:
     path = Path(path)
+    if path.exists():
+        require_regular(path, "imatrix file")
     try:
         data = path.read_bytes()
     except OSError as exc:

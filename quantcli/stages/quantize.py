@@ -60,22 +60,22 @@ def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first
     r = int(np.flatnonzero(bad_rows)[0])
     value = float(rows[r][np.argmax(np.abs(rows[r]))])
     kind = "the largest F16 value is 65504" if t.qtype == F16 else (
-        "it rounds to Inf in BF16" if t.qtype == BF16 else f"{t.qtype.name}'s fp16 block scales overflow to Inf")
+        "it rounds to Inf in BF16" if t.qtype == BF16 else f"{t.qtype.name}'s fp16 block scales overflow")
     return InputError(f"tensor {what!r} holds {value:g} (row {first_row + r}), too large for {t.qtype.name} "
                       f"(as {t.name}): {kind}.",
                       hint=f"Check the weights; to keep such values write this tensor as F32 "
                            f"(--tensor-type '{t.name.replace('.', chr(92) + '.')}=F32').")
 
 
-def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray) -> np.ndarray:
-    """Per encoded row, True where a finite input became Inf/NaN in the target type."""
+def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per encoded row, True where a finite input became Inf/NaN (or, in a block type, zeros) in the target type."""
     if qtype == F16:
         return ~np.isfinite(encoded).all(axis=1)
     if qtype == BF16:
         return ((encoded & np.uint16(0x7F80)) == np.uint16(0x7F80)).any(axis=1)
     if qtype == F32:
         return np.zeros(encoded.shape[0], dtype=bool)
-    return quant_class(qtype).overflowed_blocks(encoded).reshape(encoded.shape[0], -1).any(axis=1)
+    return quant_class(qtype).overflowed_blocks(encoded, rows).reshape(encoded.shape[0], -1).any(axis=1)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Encoder:
         """Encode finite rows and refuse any that overflow the target type (1e6 in F16 is Inf; in Q4_0 its
         block scale is Inf and the block decodes to NaN): llama.cpp would write them without a word."""
         encoded = self._encode_rows(t.qtype, rows, weights)
-        bad_rows = _overflowed_rows(t.qtype, encoded.reshape(rows.shape[0], -1))
+        bad_rows = _overflowed_rows(t.qtype, encoded.reshape(rows.shape[0], -1), rows)
         if bad_rows.any():
             raise _overflow_error(t, rows, bad_rows, first_row)
         return encoded
