@@ -417,7 +417,8 @@ def adapter_for(config: Mapping, folder: Path | None = None) -> Architecture:
     names = config.get("architectures") or []
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         shown = "" if not names else f" (it is {names!r})"
-        raise InputError(f"config.json has no 'architectures' list of names{shown}.",
+        source = folder / "config.json" if folder is not None else "config.json"
+        raise InputError(f"{source} has no 'architectures' list of names{shown}.",
                          hint="Add e.g. \"architectures\": [\"LlamaForCausalLM\"] or re-download config.json.")
     for name in names:
         if name in _REGISTRY:
