@@ -68,7 +68,9 @@ class ImportanceMatrix:
 
     def check_coverage(self, quantized: Sequence[str]) -> str | None:
         """Refuse a matrix that names none of the tensors it would weight; else a sentence saying what was used
-        when it does not cover them all (None when every quantized tensor has its entry)."""
+        when it does not cover them all (None when every quantized tensor has its entry). The token embedding is
+        left out: it is a row lookup, not a matrix product, so llama-imatrix never records it."""
+        quantized = [n for n in quantized if not n.startswith("token_embd")]
         if not quantized:
             return None
         used, unused = self.coverage(quantized)

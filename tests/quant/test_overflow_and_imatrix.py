@@ -98,3 +98,9 @@ def test_imatrix_coverage_is_reported(tmp_path: Path) -> None:
     assert im.check_coverage(["blk.0.ffn_up.weight", "blk.9.ffn_up.weight"]) is None
     with pytest.raises(InputError, match="has no entry for any of the 1 tensors"):
         im.check_coverage(["token_embd.weight"])
+
+
+def test_the_token_embedding_is_not_counted_as_missing(tmp_path: Path) -> None:
+    # llama-imatrix never records the embedding (a row lookup), so its absence is not worth a warning
+    im = load_imatrix(legacy_imatrix(tmp_path / "im.dat", {"blk.0.ffn_up.weight": np.ones(64)}))
+    assert im.check_coverage(["token_embd.weight", "blk.0.ffn_up.weight"]) is None
