@@ -19,7 +19,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
-from ..quant.base import quant_class
+from ..quant.base import FP16_MAX, quant_class
 from ..quant.imatrix import ImportanceMatrix
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
@@ -67,6 +67,16 @@ def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first
                            f"(--tensor-type '{t.name.replace('.', chr(92) + '.')}=F32').")
 
 
+def _within_fp16(values: np.ndarray) -> bool:
+    """True when every value is finite and within fp16 range: then no target type can overflow (F16 holds it,
+    and every fp16 block scale or min is a fraction of the block's range). Two reductions, cheaper than the isfinite
+    count they replace, so the common case pays nothing for the overflow check; NaN fails the comparison."""
+    if values.size == 0:
+        return True
+    with np.errstate(invalid="ignore"):
+        return bool(max(float(values.max()), -float(values.min())) <= FP16_MAX)
+
+
 def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Per encoded row, True where a finite input became Inf/NaN (or, in a block type, zeros) in the target type."""
     if qtype == F16:
@@ -98,11 +108,13 @@ class Encoder:
         values = np.ascontiguousarray(
             spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
-        _check_finite(t, values)
+        safe = _within_fp16(values)
+        if not safe:
+            _check_finite(t, values)
         if t.qtype == F32:
             return values
         rows = values.reshape(-1, t.ggml_shape[0])
-        return self._encode_checked(t, rows, self._weights(t))
+        return self._encode_checked(t, rows, self._weights(t), safe=safe)
 
     def _encode_by_chunks(self, t: TensorPlan, stored: np.ndarray) -> np.ndarray:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
@@ -120,9 +132,11 @@ class Encoder:
         bad = 0
         for start in range(0, rows.shape[0], step):
             chunk = self.backend.to_float32(rows[start:start + step], dtype, self.threads)
-            bad += _count_nonfinite(chunk)
+            safe = _within_fp16(chunk)
+            if not safe:
+                bad += _count_nonfinite(chunk)
             if not bad:   # after the first bad value only count the rest, for the message
-                out[start:start + step] = self._encode_checked(t, chunk, weights, start)
+                out[start:start + step] = self._encode_checked(t, chunk, weights, start, safe=safe)
         if bad:
             raise _nonfinite_error(t, bad)
         return out
@@ -133,10 +147,13 @@ class Encoder:
             return None
         return self.imatrix.for_tensor(t.name, t.ggml_shape[0])
 
-    def _encode_checked(self, t: TensorPlan, rows: np.ndarray, weights: np.ndarray | None, first_row: int = 0) -> np.ndarray:
+    def _encode_checked(self, t: TensorPlan, rows: np.ndarray, weights: np.ndarray | None, first_row: int = 0, *,
+                        safe: bool = False) -> np.ndarray:
         """Encode finite rows and refuse any that overflow the target type (1e6 in F16 is Inf; in Q4_0 its
         block scale is Inf and the block decodes to NaN): llama.cpp would write them without a word."""
         encoded = self._encode_rows(t.qtype, rows, weights)
+        if safe:
+            return encoded
         bad_rows = _overflowed_rows(t.qtype, encoded.reshape(rows.shape[0], -1), rows)
         if bad_rows.any():
             raise _overflow_error(t, rows, bad_rows, first_row)
