@@ -21,7 +21,7 @@ from .io.checkpoint import Checkpoint
 from .io.gguf_writer import TensorInfo as GGUFTensorInfo
 from .io.gguf_writer import planned_size
 from .models.base import Architecture, TensorSpec, adapter_for
-from .models.metadata import MetaKV, kv_str, kv_u32
+from .models.metadata import MetaKV, check_text, kv_str, kv_u32
 from .quant.mixes import MIXES, MixContext, MixOptions, MixTensor, choose_types
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts we write
@@ -155,5 +155,6 @@ def make_plan(source: SourceModel, options: QuantOptions, *, extra_metadata: lis
     types = choose_types(mix, mix_tensors, mix_context(adapter, options.imatrix is not None), options.mix_options)
     metadata = general_metadata(adapter, ckpt, mix) + adapter.metadata() + source.tokenizer(options.pre_tokenizer)
     metadata += extra_metadata or []
+    check_text(metadata, str(ckpt.path))
     tensors = tuple(TensorPlan(s, types[s.name], tuple(ckpt.tensors[x].dtype for x in s.sources)) for s in specs)
     return Plan(ckpt.path, adapter.arch_name, mix, tuple(metadata), tensors)

@@ -223,6 +223,10 @@ def lone_surrogate_token(m: Path) -> None:
     (m / "tokenizer.json").write_text(text.replace(quoted, quoted[:-1] + '\\ud800"', 1))
 
 
+def lone_surrogate_name(m: Path) -> None:
+    set_config(_name_or_path="x\ud800")(m)
+
+
 def non_utf8_chat_template(m: Path) -> None:
     cfg = json.loads((m / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
@@ -255,7 +259,8 @@ HARDENING: dict[str, tuple[Callable[[Path], None], tuple[str, ...], str]] = {
     "deeply nested config.json": (deep_json("config.json"), (), "nests JSON too deeply"),
     "deeply nested tokenizer.json": (deep_json("tokenizer.json"), (), "nests JSON too deeply"),
     "a FIFO as the weights file": (fifo_weights, (), "is a FIFO, not a regular file"),
-    "a lone surrogate in a token": (lone_surrogate_token, (), "lone UTF-16 surrogate"),
+    "a lone surrogate in a token": (lone_surrogate_token, (), "tokenizer.ggml.tokens["),
+    "a lone surrogate in the model name": (lone_surrogate_name, (), "general.name ('x\\ud800') holds a lone UTF-16 surrogate"),
     "invalid UTF-8 in the chat template": (non_utf8_chat_template, (), "chat_template.jinja is not UTF-8 text"),
     # finite weights the target type cannot hold
     "1e6 in an F16 output": (edit_tensor(DOWN, with_value(1e6)), ("--type", "F16"),

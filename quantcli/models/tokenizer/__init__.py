@@ -114,24 +114,7 @@ def tokenizer_metadata(model_dir: Path, config: dict, *, vocab_size: int,
     special = read_special_tokens(files, config, vocab.tokens)
     log.info("tokenizer: %s/%s, %d tokens, %s", vocab.model, vocab.pre, len(vocab.tokens),
              describe(special, vocab.tokens))
-    out = vocab_metadata(vocab) + list(vocab.extra) + special.metadata()
-    _check_text(out, Path(model_dir))
-    return out
-
-
-def _check_text(metadata: list[MetaKV], folder: Path) -> None:
-    """Every string bound for the GGUF must be UTF-8. JSON escapes can spell lone UTF-16 surrogates ("\\ud800"),
-    which Python reads but cannot encode; found here, the error names the key instead of failing mid-write."""
-    for kv in metadata:
-        values = [kv.value] if kv.vtype == GGUFValueType.STRING else (
-            kv.value if kv.vtype == GGUFValueType.ARRAY and kv.subtype == GGUFValueType.STRING else [])
-        for i, value in enumerate(values):  # type: ignore[union-attr]
-            try:
-                str(value).encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InputError(f"the tokenizer in {folder} has a {kv.key} entry ({i}: {value!r}) with a lone UTF-16 "
-                                 "surrogate, which is not text.",
-                                 hint="Fix the escape in tokenizer.json / tokenizer_config.json (or re-download them).") from exc
+    return vocab_metadata(vocab) + list(vocab.extra) + special.metadata()
 
 
 __all__ = ["tokenizer_metadata", "export_vocab", "vocab_metadata", "MetaKV"]
