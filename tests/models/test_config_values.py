@@ -94,3 +94,11 @@ def test_tensor_shapes_must_agree_with_the_config(changes: dict, tensor: tuple |
 def test_a_consistent_model_passes_the_shape_check() -> None:
     adapter = llama()
     adapter.check_shapes(adapter.tensor_specs(llama_tensors()))
+
+
+@pytest.mark.parametrize("id2label", [{"x": "a"}, ["a", "b"], {"-1": "a"}])
+def test_classifier_labels_need_numeric_ids(id2label: object) -> None:
+    adapter = adapter_for({"architectures": ["BertForSequenceClassification"], "num_hidden_layers": 1,
+                           "id2label": id2label})
+    with pytest.raises(InputError, match="id2label must map label ids"):
+        adapter.labels()
