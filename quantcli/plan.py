@@ -21,7 +21,7 @@ from .io.checkpoint import Checkpoint
 from .io.gguf_writer import TensorInfo as GGUFTensorInfo
 from .io.gguf_writer import planned_size
 from .models.base import Architecture, TensorSpec, adapter_for
-from .models.metadata import MetaKV, kv_str, kv_u32
+from .models.metadata import MetaKV, check_text, kv_str, kv_u32
 from .quant.mixes import MIXES, MixContext, MixOptions, MixTensor, choose_types
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts we write
@@ -124,7 +124,10 @@ class SourceModel:
     @classmethod
     def open(cls, ckpt: Checkpoint) -> "SourceModel":
         adapter = adapter_for(ckpt.config, ckpt.path)
+        # config.json is checked against the tensors present before anything is sized by it
+        adapter.check_block_count(ckpt.tensors)
         specs = adapter.tensor_specs(ckpt.tensors)
+        adapter.check_shapes(specs)
         for spec in specs:
             for src in spec.sources:
                 if ckpt.tensors[src].dtype not in ("F32", "F16", "BF16", "F64"):
@@ -136,7 +139,7 @@ class SourceModel:
         if pre_tokenizer not in self._tokenizer:
             from .models.tokenizer import tokenizer_metadata
 
-            vocab_size = int(self.adapter.get("vocab_size", default=0) or 0)  # type: ignore[arg-type]
+            vocab_size = self.adapter.get_int("vocab_size", default=0) or 0
             self._tokenizer[pre_tokenizer] = tokenizer_metadata(self.ckpt.path, self.ckpt.config, vocab_size=vocab_size,
                                                                 pre_tokenizer=pre_tokenizer)
         return self._tokenizer[pre_tokenizer]
@@ -152,5 +155,6 @@ def make_plan(source: SourceModel, options: QuantOptions, *, extra_metadata: lis
     types = choose_types(mix, mix_tensors, mix_context(adapter, options.imatrix is not None), options.mix_options)
     metadata = general_metadata(adapter, ckpt, mix) + adapter.metadata() + source.tokenizer(options.pre_tokenizer)
     metadata += extra_metadata or []
+    check_text(metadata, str(ckpt.path))
     tensors = tuple(TensorPlan(s, types[s.name], tuple(ckpt.tensors[x].dtype for x in s.sources)) for s in specs)
     return Plan(ckpt.path, adapter.arch_name, mix, tuple(metadata), tensors)

@@ -39,7 +39,9 @@ out = _LazyConsole(soft_wrap=True)                   # results
 err = _LazyConsole(stderr=True, soft_wrap=True)      # diagnostics and progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", "-t", help="Threads for the quantization kernels (0: all cores).", min=0)]
+MAX_THREADS = 1024  # quant.backend.MAX_THREADS (not imported: --help must not load numpy)
+ThreadsOpt = Annotated[int, typer.Option("--threads", "-t", help="Threads for the quantization kernels (0: all cores).",
+                                         min=0, max=MAX_THREADS)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Redo every stage even when the cache says the output is up to date.")]
 
 

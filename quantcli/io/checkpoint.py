@@ -6,26 +6,23 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .files import load_json
 from .safetensors import SafetensorsFile, TensorInfo, read_tensor, to_float32
 
 INDEX_NAME = "model.safetensors.index.json"
 
 
 def _load_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    if not path.exists():
         raise InputError(f"{path.parent} has no {path.name}.",
-                         hint=f"Point quantcli at a Hugging Face model folder that contains {what}.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}).", hint="Fix or re-download the file.") from exc
+                         hint=f"Point quantcli at a Hugging Face model folder that contains {what}.")
+    data = load_json(path, what)
     if not isinstance(data, dict):
         raise InputError(f"{path} must hold a JSON object.", hint="Fix or re-download the file.")
     return data
@@ -49,6 +46,10 @@ class Checkpoint:
             weight_map = _load_json(index_path, "the shard index").get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise InputError(f"{index_path} has no weight_map.", hint="Fix or re-download the index file.")
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str) or not v), None)
+            if bad is not None:
+                raise InputError(f"{index_path}: weight_map[{bad!r}] is {weight_map[bad]!r}, not a shard file name.",
+                                 hint="Fix or re-download the index file.")
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in path.glob("*.safetensors"))
@@ -70,6 +71,9 @@ class Checkpoint:
                 if tname in tensors:
                     raise InputError(f"tensor {tname!r} appears in both {tensors[tname].path.name} and {name}.",
                                      hint="The checkpoint is inconsistent; re-download it.")
+                if 0 in info.shape:
+                    raise InputError(f"{shard}: tensor {tname!r} has shape {list(info.shape)}, with a zero-length dimension.",
+                                     hint="A model weight cannot be empty; the checkpoint is damaged, re-download it.")
                 tensors[tname] = info
         if weight_map is not None:
             missing = [t for t, f in weight_map.items() if t not in tensors or tensors[t].path.name != f]

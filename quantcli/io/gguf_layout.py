@@ -19,6 +19,7 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from ..errors import InputError
+from .files import require_regular
 
 MAX_DIMS = 4                     # GGML_MAX_DIMS
 MAX_COUNT = 1 << 32              # more tensors, keys or array items than any file holds: a corrupt header
@@ -204,6 +205,8 @@ def _scan(cur: _Cursor, path: Path) -> GGUFLayout:
 def read_layout(path: Path) -> GGUFLayout:
     """Scan `path`'s header; any inconsistency is an InputError naming the byte where it was found."""
     path = Path(path)
+    if path.exists():
+        require_regular(path, "GGUF file")  # opening a FIFO would block until a writer appears
     try:
         with open(path, "rb") as fp:
             size = fp.seek(0, 2)

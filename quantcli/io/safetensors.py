@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
+from .files import require_regular
 
 HEADER_SIZE_CAP = 100 * 1024 * 1024  # the safetensors project's own cap on the JSON header
 
@@ -74,8 +75,8 @@ class SafetensorsFile:
     @classmethod
     def open(cls, path: Path) -> "SafetensorsFile":
         path = Path(path)
+        size = require_regular(path, "safetensors file").st_size
         try:
-            size = path.stat().st_size
             with open(path, "rb") as f:
                 head = f.read(8)
                 if len(head) < 8:
@@ -92,6 +93,8 @@ class SafetensorsFile:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _bad(path, f"header is not valid JSON ({exc})") from exc
+        except RecursionError as exc:  # a valid header is two levels deep; Python's parser recurses per level
+            raise _bad(path, "header nests JSON too deeply") from exc
         if not isinstance(header, dict):
             raise _bad(path, "header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}

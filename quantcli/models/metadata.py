@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from gguf import GGUFValueType
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class MetaKV:
@@ -34,3 +36,25 @@ def kv_bool(key: str, value: bool) -> MetaKV:
 
 def kv_array(key: str, values: list, subtype: GGUFValueType) -> MetaKV:
     return MetaKV(key, list(values), GGUFValueType.ARRAY, subtype)
+
+
+def check_text(metadata: list[MetaKV], source: str) -> None:
+    """Every string bound for the GGUF must encode as UTF-8. JSON escapes can spell lone UTF-16 surrogates
+    ("\\ud800") that Python reads but cannot encode; found here, before anything is hashed or written, the
+    error names the key (a token, the model name, a chat template) instead of failing mid-run."""
+    for kv in metadata:
+        if kv.vtype == GGUFValueType.STRING:
+            values = [kv.value]
+        elif kv.vtype == GGUFValueType.ARRAY and kv.subtype == GGUFValueType.STRING:
+            values = list(kv.value)  # type: ignore[call-overload]
+        else:
+            continue
+        for i, value in enumerate(values):
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = f"{kv.key}[{i}]" if kv.vtype == GGUFValueType.ARRAY else kv.key
+                raise InputError(f"{source}: the value of {where} ({value!r}) holds a lone UTF-16 surrogate, "
+                                 "which is not text.",
+                                 hint="It comes from an escape like \\ud800 in the model's JSON files "
+                                      "(config.json, tokenizer.json, tokenizer_config.json); fix or re-download them.") from exc

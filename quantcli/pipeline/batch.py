@@ -30,8 +30,11 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import ExitCode, InputError, QuantcliError, RecipeError
+from ..io.files import read_text
+from ..quant.backend import MAX_THREADS
 from ..recipe.schema import Recipe
 from ..recipe.strict_yaml import YamlContext, check_keys, compose, mapping, scalar
+from ..recipe.templates import template_problem
 from .outputs import check_name, refuse_collisions, resolve_layout
 
 VERIFY_LEVELS = ("none", "structure", "full")
@@ -123,12 +126,14 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
     if "models" not in items:
         raise ctx.fail(root, "the batch file needs a 'models' list.")
     output = scalar(ctx, items["output"][1], "output", str) if "output" in items else DEFAULT_OUTPUT
+    if (problem := template_problem(output, ("model", "recipe"))) is not None:
+        raise ctx.fail(items["output"][1], f"output {output!r} {problem}.")
     verify = scalar(ctx, items["verify"][1], "verify", str) if "verify" in items else "structure"
     if verify not in VERIFY_LEVELS:
         raise ctx.fail(items["verify"][1], f"verify must be one of {', '.join(VERIFY_LEVELS)}, got {verify!r}.")
     threads = scalar(ctx, items["threads"][1], "threads", int) if "threads" in items else 0
-    if threads < 0:
-        raise ctx.fail(items["threads"][1], "threads must be 0 (all cores) or more.")
+    if not 0 <= threads <= MAX_THREADS:
+        raise ctx.fail(items["threads"][1], f"threads must be from 0 (all cores) to {MAX_THREADS}.")
     recipes = _recipe_list(ctx, items["recipes"][1], base, "recipes") if "recipes" in items else None
     mnode = items["models"][1]
     if not isinstance(mnode, yaml.SequenceNode) or not mnode.value:
@@ -146,6 +151,8 @@ def parse_batch(text: str, source: str = "<string>", base: Path | None = None) -
             model = scalar(ctx, entry["model"][1], "model", str)
             own = _recipe_list(ctx, entry["recipes"][1], base, "recipes") if "recipes" in entry else recipes
             model_output = scalar(ctx, entry["output"][1], "output", str) if "output" in entry else output
+            if (problem := template_problem(model_output, ("model", "recipe"))) is not None:
+                raise ctx.fail(entry["output"][1], f"output {model_output!r} {problem}.")
             name = scalar(ctx, entry["name"][1], "name", str) if "name" in entry else None
         else:
             model, own = scalar(ctx, node, "model", str), recipes
@@ -209,10 +216,9 @@ def _refuse_shared_outputs(ctx: YamlContext, planned: list[tuple[Job, Recipe, st
 
 
 def load_batch(path: Path) -> Batch:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read batch file {path}: {exc.strerror}.", hint="Check the path.") from exc
+    if not Path(path).exists():
+        raise InputError(f"cannot read batch file {path}: No such file or directory.", hint="Check the path.")
+    text = read_text(Path(path), "batch file")
     return parse_batch(text, str(path), base=Path(path).resolve().parent)
 
 

@@ -112,6 +112,23 @@ class StageCache:
     def __init__(self, root: Path, *, warn: Warn | None = None) -> None:
         self.root = Path(root)
         self._warn = warn or (lambda message: None)
+        self.enabled = self._probe()
+
+    def _probe(self) -> bool:
+        """Can records be written under root? Checked before any output is written: a cache folder that is a
+        file, read-only or on a full disk turns the cache off with one warning (outputs are still written and
+        verified, only not remembered), instead of failing after the GGUF is on disk."""
+        probe = self.root / "stages" / f".probe-{os.getpid()}"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as fp:
+                fp.write(b"ok")
+            probe.unlink()
+            return True
+        except OSError as exc:
+            self._warn(f"the stage cache {self.root} cannot be written ({exc.strerror}); running without it. "
+                       f"Set {CACHE_ENV} to a writable folder to cache outputs.")
+            return False
 
     def _record_path(self, key: StageKey, output: Path) -> Path:
         where = hashlib.sha256(str(Path(output).resolve()).encode()).hexdigest()[:16]
@@ -139,6 +156,8 @@ class StageCache:
 
     def lookup(self, key: StageKey, output: Path) -> CacheHit | None:
         """The cached output for `key` at `output`, re-hashed and checked; None on any doubt."""
+        if not self.enabled:
+            return None
         record_path = self._record_path(key, output)
         data = self._read(record_path)
         if data is None:
@@ -158,11 +177,17 @@ class StageCache:
 
     def store(self, key: StageKey, output: Path, *, sha256: str, extra: dict[str, Any] | None = None) -> None:
         """Record that `key` produced `output` (already complete on disk, with this sha256)."""
+        if not self.enabled:
+            return
         output = Path(output)
         record = {"format": RECORD_FORMAT, "key": key.digest, "stage": key.stage, "version": key.version,
                   "path": str(output.resolve()), "sha256": sha256, "size": output.stat().st_size,
                   "extra": extra or {}}
-        atomic_write(self._record_path(key, output), json.dumps(record, indent=1).encode("utf-8"))
+        try:
+            atomic_write(self._record_path(key, output), json.dumps(record, indent=1).encode("utf-8"))
+        except OSError as exc:  # the disk filled up after the probe: the output is fine, it is just not remembered
+            self.enabled = False
+            self._warn(f"cannot write to the stage cache {self.root} ({exc.strerror}); running without it.")
 
     def forget(self, key: StageKey, output: Path) -> None:
         try:

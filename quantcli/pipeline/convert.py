@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
-from ..plan import Plan, QuantOptions, SourceModel, TensorPlan, make_plan
+from ..plan import FLOAT_TYPES, Plan, QuantOptions, SourceModel, TensorPlan, make_plan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
@@ -194,6 +194,10 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run else None)
     plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
+    if imatrix is not None:
+        note = imatrix.check_coverage(imatrix_targets(plans))
+        if note is not None:
+            (warn or _default_warn)(note)
     layout = output_layout(request, plans, snapshot.name)      # every path checked before any byte is written
     paths = list(layout.files)
     result = ConvertResult(snapshot.path, plans[0].arch, snapshot=snapshot, calibration=calibration)
@@ -269,6 +273,12 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
                                           skip=set(broken))
     if failures:
         raise failures[0]
+
+
+def imatrix_targets(plans: list[Plan]) -> list[str]:
+    """The tensors some output encodes in a block type: those an importance matrix weights."""
+    names = {t.name for plan in plans for t in plan.tensors if t.qtype not in FLOAT_TYPES}
+    return [t.name for t in plans[0].tensors if t.name in names]
 
 
 def _backend_name() -> str:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputError
 from .cache import atomic_write
 
 MANIFEST_FORMAT = 1
@@ -89,7 +90,12 @@ def json_safe(value: Any) -> Any:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
-    atomic_write(Path(path), (json.dumps(json_safe(manifest), indent=2) + "\n").encode("utf-8"))
+    try:
+        atomic_write(Path(path), (json.dumps(json_safe(manifest), indent=2) + "\n").encode("utf-8"))
+    except OSError as exc:  # disk full, quota, read-only folder: the outputs are complete, only the report is not
+        raise OutputError(f"writing the run manifest {path} failed: {exc.strerror}.",
+                          hint="The GGUF files were written and cached; free disk space and run the same command "
+                               "again to write the manifest.") from exc
     return Path(path)
 
 

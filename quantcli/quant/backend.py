@@ -24,6 +24,7 @@ from .base import quant_class
 
 BACKENDS = ("auto", "c", "reference")
 ISAS = ("avx512", "avx2", "default")
+MAX_THREADS = 1024  # the kernels count threads in a C int; more than this is a typo, not a machine
 
 
 def _load_kernels() -> ModuleType | None:
@@ -67,7 +68,8 @@ class Backend:
     def to_float16(self, values: np.ndarray, threads: int = 1) -> np.ndarray:
         """float32 -> float16, round to nearest even (the same bits as NumPy's astype)."""
         if not self._c_convert():
-            return values.astype(np.float16)
+            with np.errstate(over="ignore"):  # values beyond F16 become Inf; the quantize stage reports them
+                return values.astype(np.float16)
         out = np.empty(values.shape, dtype=np.float16)
         self.kernels.convert(2, np.ascontiguousarray(values, dtype=np.float32), out, max(1, threads),  # type: ignore[union-attr]
                              self.isa)

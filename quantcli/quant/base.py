@@ -18,6 +18,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
+FP16_MAX = 65504.0
 
 
 class QuantType:
@@ -27,6 +28,8 @@ class QuantType:
     # Blocks per chunk of rows handed to encode_chunk. Rows are independent in every type, so this bounds the
     # work arrays (and keeps them in cache) without changing a byte; the K-quants' searches want smaller chunks.
     chunk_blocks: ClassVar[int] = 1 << 15
+    # Byte offsets of the fp16 fields (scales, mins) in a block: the only fields a finite input can overflow.
+    fp16_offsets: ClassVar[tuple[int, ...]] = ()
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -35,6 +38,25 @@ class QuantType:
         if qtype in _REGISTRY:
             raise TypeError(f"{qtype.name} is registered twice ({_REGISTRY[qtype].__name__}, {cls.__name__})")
         _REGISTRY[qtype] = cls
+
+    @classmethod
+    def overflowed_blocks(cls, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per block, True where finite input values were too large for this type's fp16 scale fields.
+
+        Depending on the type's search, such a block stores an Inf/NaN scale (it decodes to Inf/NaN) or a zero
+        scale (it decodes to zeros). A zero scale is also what tiny values legitimately get, so it counts as an
+        overflow only when the block holds a value beyond the largest fp16 (65504), which no zero scale can
+        represent. `rows` are the float32 rows that were encoded into `encoded`.
+        """
+        blocks = np.ascontiguousarray(encoded).reshape(-1, cls.type_size)
+        amax = np.abs(np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, cls.block_size)).max(axis=1)
+        non_finite = np.zeros(blocks.shape[0], dtype=bool)
+        all_zero = np.ones(blocks.shape[0], dtype=bool)
+        for offset in cls.fp16_offsets:
+            bits = blocks[:, offset:offset + 2].copy().view("<u2").reshape(-1)
+            non_finite |= (bits & np.uint16(0x7C00)) == np.uint16(0x7C00)
+            all_zero &= (bits & np.uint16(0x7FFF)) == 0
+        return non_finite | (all_zero & (amax > FP16_MAX))
 
     @classmethod
     def row_bytes(cls, n_per_row: int) -> int:
@@ -97,3 +119,12 @@ def registered_types() -> list[GGMLQuantizationType]:
     from . import types  # noqa: F401
 
     return sorted(_REGISTRY, key=int)
+
+
+FLOAT_OUTPUT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+
+
+def writable_types() -> list[GGMLQuantizationType]:
+    """Every tensor type quantcli can write: the float types and each block type with an encoder. The one list
+    the CLI options, recipes and the recipe JSON Schema accept (gguf-py knows more types than quantcli writes)."""
+    return sorted(set(FLOAT_OUTPUT_TYPES) | set(registered_types()), key=int)

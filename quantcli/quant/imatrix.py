@@ -13,11 +13,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..io.files import require_regular
 from ..models.metadata import MetaKV, kv_str, kv_u32
 
 # The keys llama-quantize records in the files it writes from an imatrix (counts as UINT32, as it stores them).
@@ -26,6 +27,10 @@ KEY_DATASET = "quantize.imatrix.dataset"
 KEY_ENTRIES = "quantize.imatrix.entries_count"
 KEY_CHUNKS = "quantize.imatrix.chunks_count"
 _SUM_SUFFIX, _COUNT_SUFFIX = ".in_sum2", ".counts"
+# Importance weights are mean squared activations: real matrices hold values well under 1e8. The kernels sum
+# weight x value^2 over a block in float32, so weights near float32's limit (3e38) overflow to Inf and the
+# block quantizes to zeros; anything above this bound is refused as damage, not data.
+MAX_WEIGHT = 1e20
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,29 @@ class ImportanceMatrix:
             raise InputError(f"the imatrix entry for {name} has {w.size} values but the tensor rows have {n_per_row}.",
                              hint="The importance matrix was computed for another model; compute one for this model.")
         return w
+
+    def coverage(self, quantized: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(tensors of `quantized` the matrix has weights for, its entries that name none of them)."""
+        wanted = set(quantized)
+        return [n for n in quantized if n in self.weights], sorted(n for n in self.weights if n not in wanted)
+
+    def check_coverage(self, quantized: Sequence[str]) -> str | None:
+        """Refuse a matrix that names none of the tensors it would weight; else a sentence saying what was used
+        when it does not cover them all (None when every quantized tensor has its entry). The token embedding is
+        left out: it is a row lookup, not a matrix product, so llama-imatrix never records it."""
+        quantized = [n for n in quantized if not n.startswith("token_embd")]
+        if not quantized:
+            return None
+        used, unused = self.coverage(quantized)
+        if not used:
+            raise InputError(f"the imatrix {self.path} has no entry for any of the {len(quantized)} tensors to quantize "
+                             f"(it names e.g. {next(iter(self.weights), 'nothing')!r}; this model has e.g. {quantized[0]!r}).",
+                             hint="The importance matrix was computed for another model; compute one for this model.")
+        if len(used) == len(quantized) and not unused:
+            return None
+        return (f"imatrix {self.path.name}: used for {len(used)} of {len(quantized)} quantized tensors"
+                + (f"; {len(quantized) - len(used)} have no entry and are quantized without" if len(used) < len(quantized) else "")
+                + (f"; {len(unused)} entries name no tensor of this model (e.g. {unused[0]!r})" if unused else "") + ".")
 
 
 def _bad(path: Path, what: str) -> InputError:
@@ -142,13 +170,31 @@ def _load_legacy(path: Path, data: bytes) -> ImportanceMatrix:
 
 def load_imatrix(path: Path) -> ImportanceMatrix:
     path = Path(path)
+    if path.exists():
+        require_regular(path, "imatrix file")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read imatrix {path}: {exc.strerror}.", hint="Check the --imatrix path.") from exc
     im = _load_gguf(path) if data[:4] == b"GGUF" else _load_legacy(path, data)
     for name, w in im.weights.items():
-        if not np.isfinite(w).all():
-            raise InputError(f"the imatrix entry for {name} holds NaN/Inf values.",
-                             hint="Recompute the importance matrix; llama.cpp refuses it too.")
+        _check_entry(path, name, w)
     return im
+
+
+def _check_entry(path: Path, name: str, w: np.ndarray) -> None:
+    """Weights must be finite, non-negative, below MAX_WEIGHT and not all zero: any other value makes the
+    weighted kernels write zeros (or garbage) for the whole tensor without failing."""
+    hint = "Recompute the importance matrix with llama-imatrix for this model."
+    if not np.isfinite(w).all():
+        raise InputError(f"{path}: the imatrix entry for {name} holds NaN/Inf values.",
+                         hint="Recompute the importance matrix; llama.cpp refuses it too.")
+    if (w < 0).any():
+        raise InputError(f"{path}: the imatrix entry for {name} holds negative values (min {float(w.min()):g}); "
+                         "importance weights are sums of squares.", hint=hint)
+    if float(w.max(initial=0.0)) > MAX_WEIGHT:
+        raise InputError(f"{path}: the imatrix entry for {name} holds {float(w.max()):g}, above {MAX_WEIGHT:g}; "
+                         "weighted quantization would overflow.", hint=hint)
+    if not w.any():
+        raise InputError(f"{path}: the imatrix entry for {name} is all zeros, which would quantize the tensor to zeros.",
+                         hint=hint)

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import RecipeError
+from ..io.files import read_text
+from .templates import template_problem
 from .strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 
 DEFAULT_FILE = "{model}-{type}.gguf"
@@ -36,6 +38,18 @@ class OutputSpec:
     pure: bool = False
     tensor_types: tuple[tuple[str, str], ...] = ()
     pre_tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        # Recipes name the line of a bad type before this runs; options given on the command line are checked
+        # here, against the same list of writable types.
+        from ..quant.mixes.options import parse_ggml_type
+
+        for option, value in (("--output-tensor-type", self.output_tensor_type),
+                              ("--token-embedding-type", self.token_embedding_type)):
+            if value is not None:
+                parse_ggml_type(value, option)
+        for pattern, value in self.tensor_types:
+            parse_ggml_type(value, f"--tensor-type {pattern}={value}")
 
     def filename(self, model: str, recipe: str = "") -> str:
         return self.file.format(model=model, type=self.type, recipe=recipe)
@@ -90,7 +104,8 @@ class Recipe:
 def _type_name(ctx: YamlContext, node: yaml.Node, key: str, valid: Callable[[str], bool], names: str) -> str:
     value = scalar(ctx, node, key, str).upper()
     if not valid(value):
-        raise ctx.fail(node, f"{key}: {value!r} is not a known type.", hint=f"Valid: {names}.")
+        what = "a type quantcli can write" if valid is _valid_ggml else "a known type"
+        raise ctx.fail(node, f"{key}: {value!r} is not {what}.", hint=f"Valid: {names}.")
     return value
 
 
@@ -101,9 +116,15 @@ def _valid_mix(name: str) -> bool:
 
 
 def _valid_ggml(name: str) -> bool:
-    from gguf import GGMLQuantizationType
+    from ..quant.base import writable_types
 
-    return name in GGMLQuantizationType.__members__
+    return name in {t.name for t in writable_types()}
+
+
+def _ggml_names() -> str:
+    from ..quant.base import writable_types
+
+    return ", ".join(t.name for t in writable_types())
 
 
 def _mix_names() -> str:
@@ -121,7 +142,7 @@ def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec:
     if "type" not in items:
         raise ctx.fail(node, f"{what} needs a 'type' (e.g. type: Q4_K_M).")
     kw: dict[str, Any] = {"type": _type_name(ctx, items["type"][1], "type", _valid_mix, _mix_names())}
-    ggml_names = "F32, F16, BF16, Q8_0, Q4_0, Q6_K, ..."
+    ggml_names = _ggml_names()
     for key in ("output_tensor_type", "token_embedding_type"):
         if key in items:
             kw[key] = _type_name(ctx, items[key][1], key, _valid_ggml, ggml_names)
@@ -134,9 +155,10 @@ def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec:
         template = scalar(ctx, fnode, "file", str)
         if not template.strip():
             raise ctx.fail(fnode, "file is empty.", hint="Give a file name template such as {model}-{type}.gguf.")
-        for fld in re.findall(r"{([^{}]*)}", template):
-            if fld not in FILE_FIELDS:
-                raise ctx.fail(fnode, f"file template uses {{{fld}}}.", hint=f"Available: {', '.join('{%s}' % f for f in FILE_FIELDS)}.")
+        problem = template_problem(template, FILE_FIELDS)
+        if problem is not None:
+            raise ctx.fail(fnode, f"file template {template!r} {problem}.",
+                           hint=f"Available: {', '.join('{%s}' % f for f in FILE_FIELDS)}.")
         if "/" in template or template.startswith("."):
             raise ctx.fail(fnode, "file must be a plain file name (no folders, no leading dot).")
         kw["file"] = template
@@ -224,20 +246,19 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
 
 
 def load_recipe(path: Path) -> Recipe:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}.",
-                          hint="Give a recipe file path or a built-in name (quantcli recipes list).") from exc
+    if not Path(path).exists():
+        raise RecipeError(f"cannot read recipe {path}: No such file or directory.",
+                          hint="Give a recipe file path or a built-in name (quantcli recipes list).")
+    text = read_text(Path(path), "recipe")
     return parse_recipe(text, str(path), default_name=Path(path).stem)
 
 
 def recipe_json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the recipe format, for editors."""
+    from ..quant.base import writable_types
     from ..quant.mixes import MIXES
-    from gguf import GGMLQuantizationType
 
-    ggml = sorted(GGMLQuantizationType.__members__)
+    ggml = sorted(t.name for t in writable_types())
     output = {
         "type": "object", "additionalProperties": False, "required": ["type"],
         "properties": {

@@ -57,11 +57,32 @@ def check_keys(ctx: YamlContext, items: dict, allowed: tuple[str, ...], what: st
 def compose(ctx: YamlContext, text: str, what: str, empty_hint: str) -> tuple[yaml.Node, dict[str, tuple[yaml.Node, yaml.Node]]]:
     """Parse `text` into its root node and top-level mapping; invalid YAML and an empty document are errors."""
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{ctx.source}:{mark.line + 1}" if mark is not None else ctx.source
         raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from exc
+    except RecursionError as exc:  # PyYAML's composer recurses once per nesting level
+        raise RecipeError(f"{ctx.source}: {what} nests deeper than any recipe or batch file does.",
+                          hint="Recipes are at most a few levels deep; check the file.") from exc
     if root is None:
         raise RecipeError(f"{ctx.source}: {what} is empty.", hint=empty_hint)
+    _refuse_tags(ctx, root)
     return root, mapping(ctx, root, what)
+
+
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+def _refuse_tags(ctx: YamlContext, root: yaml.Node) -> None:
+    """An explicit tag (`!foo`, `!!python/object`) is refused where it stands: a recipe holds plain data only,
+    and PyYAML would otherwise fail on it later with an error that names no line."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.tag not in _PLAIN_TAGS:
+            raise ctx.fail(node, f"YAML tag {node.tag!r} is not allowed.", hint="Recipes hold plain values; remove the tag.")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)

@@ -36,8 +36,26 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # (Mistral's consolidated.safetensors): the HF layout is what the adapters read.
 DUPLICATE_WEIGHTS = ("consolidated.safetensors",)
 
-# org/name as the hub validates it (letters, digits, '-', '_', '.'), then an optional @revision.
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<rev>[^\s@]+))?$")
+# org/name as the hub validates it (ASCII letters, digits, '-', '_', '.'), then an optional @revision.
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@(?P<rev>[^\s@]+))?$", re.ASCII)
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why the hub would refuse `repo_id` as a new repository name (its own rules), or None.
+
+    >>> repo_id_problem("me/模型")
+    'it may only use ASCII letters, digits, -, _ and ., at most 96 of them per part'
+    """
+    org, _, name = repo_id.partition("/")
+    if not org or not name or "/" in name:
+        return "it must be org/name"
+    if not all(re.fullmatch(r"[A-Za-z0-9_.-]{1,96}", part) for part in (org, name)):
+        return "it may only use ASCII letters, digits, -, _ and ., at most 96 of them per part"
+    if "--" in repo_id or ".." in repo_id:
+        return "it may not contain -- or .."
+    if any(part[0] in "-." or part[-1] in "-." for part in (org, name)) or name.endswith(".git"):
+        return "a part may not start or end with - or ., and the name may not end with .git"
+    return None
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SNAPSHOT_DIR = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
 

@@ -131,7 +131,7 @@ def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | No
                  recipe: Any | None = None, commit_message: str | None = None, warn: Warn | None = None) -> PublishPlan:
     """Everything the upload will do, computed from the folder without network access or writing anything."""
     from .. import __version__
-    from .download import HubRef
+    from .download import HubRef, repo_id_problem
 
     warn = warn or (lambda message: None)
     folder = Path(folder)
@@ -145,8 +145,9 @@ def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | No
     manifests = list({id(m): m for _, m in entries.values()}.values())
     settings = _settings(manifests, recipe)
     repo_id = repo_id or settings.get("repo")
-    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id:
-        raise InputError(f"{repo_id!r} is not a repo id to publish to." if repo_id else "no repo to publish to.",
+    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id or repo_id_problem(repo_id):
+        why = f" ({repo_id_problem(repo_id)})" if repo_id and repo_id_problem(repo_id) else ""
+        raise InputError(f"{repo_id!r} is not a repo id to publish to{why}." if repo_id else "no repo to publish to.",
                          hint="Pass --repo you/model-GGUF (or set publish.repo in the recipe).")
     limit = parse_size(max_shard_size or settings.get("max_shard_size") or "50G")
     limit = min(limit, HUB_FILE_LIMIT)

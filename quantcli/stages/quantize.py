@@ -19,7 +19,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
-from ..quant.base import quant_class
+from ..quant.base import FP16_MAX, quant_class
 from ..quant.imatrix import ImportanceMatrix
 from .overlap import WriteBehind, read_ahead
 
@@ -58,12 +58,60 @@ def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None
         raise _nonfinite_error(t, bad)
 
 
+def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first_row: int = 0) -> InputError:
+    """Name the tensor, the value and the row that do not fit the target type."""
+    what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
+    r = int(np.flatnonzero(bad_rows)[0])
+    value = float(rows[r][np.argmax(np.abs(rows[r]))])
+    kind = "the largest F16 value is 65504" if t.qtype == F16 else (
+        "it rounds to Inf in BF16" if t.qtype == BF16 else f"{t.qtype.name}'s fp16 block scales overflow")
+    return InputError(f"tensor {what!r} holds {value:g} (row {first_row + r}), too large for {t.qtype.name} "
+                      f"(as {t.name}): {kind}.",
+                      hint=f"Check the weights; to keep such values write this tensor as F32 "
+                           f"(--tensor-type '{t.name.replace('.', chr(92) + '.')}=F32').")
+
+
+def _within_fp16(values: np.ndarray) -> bool:
+    """True when every value is finite and within fp16 range: then no target type can overflow (F16 holds it,
+    and every fp16 block scale or min is a fraction of the block's range). Two reductions, cheaper than the isfinite
+    count they replace, so the common case pays nothing for the overflow check; NaN fails the comparison."""
+    if values.size == 0:
+        return True
+    with np.errstate(invalid="ignore"):
+        return bool(max(float(values.max()), -float(values.min())) <= FP16_MAX)
+
+
+def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per encoded row, True where a finite input became Inf/NaN (or, in a block type, zeros) in the target type."""
+    if qtype == F16:
+        return ~np.isfinite(encoded).all(axis=1)
+    if qtype == BF16:
+        return ((encoded & np.uint16(0x7F80)) == np.uint16(0x7F80)).any(axis=1)
+    if qtype == F32:
+        return np.zeros(encoded.shape[0], dtype=bool)
+    return quant_class(qtype).overflowed_blocks(encoded, rows).reshape(encoded.shape[0], -1).any(axis=1)
+
+
 @dataclass(frozen=True)
 class Stored:
-    """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf."""
+    """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf.
+    `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check."""
 
     values: np.ndarray
     dtype: str
+    within_fp16: bool
+
+
+_BF16_FP16_MAX_BITS = 0x477F   # the largest bfloat16 magnitude (65280) not above F16's 65504
+
+
+def _stored_within_fp16(values: np.ndarray, dtype: str) -> bool:
+    """_within_fp16 on stored values, by bit pattern for the 16-bit types (an F16 value always fits)."""
+    if dtype == "F16":
+        return True
+    if dtype == "BF16":
+        return values.size == 0 or int((values & np.uint16(0x7FFF)).max()) <= _BF16_FP16_MAX_BITS
+    return _within_fp16(values)
 
 
 def prepare(t: TensorPlan, raw: list[np.ndarray]) -> Stored | None:
@@ -73,8 +121,9 @@ def prepare(t: TensorPlan, raw: list[np.ndarray]) -> Stored | None:
     if not (t.source_dtypes and t.spec.transform.exact and len(set(t.source_dtypes)) == 1):
         return None
     values = np.ascontiguousarray(t.spec.transform.apply(raw))
-    _check_finite(t, values, t.source_dtypes[0])
-    return Stored(values, t.source_dtypes[0])
+    dtype = t.source_dtypes[0]
+    _check_finite(t, values, dtype)
+    return Stored(values, dtype, _stored_within_fp16(values, dtype))
 
 
 @dataclass(frozen=True)
@@ -96,11 +145,13 @@ class Encoder:
         values = np.ascontiguousarray(
             t.spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
-        _check_finite(t, values)
+        safe = _within_fp16(values)
+        if not safe:
+            _check_finite(t, values)
         if t.qtype == F32:
             return values
         rows = values.reshape(-1, t.ggml_shape[0])
-        return self._encode_rows(t.qtype, rows, self._weights(t))
+        return self._encode_checked(t, rows, self._weights(t), safe=safe)
 
     def _encode_by_chunks(self, t: TensorPlan, stored: Stored) -> np.ndarray:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
@@ -116,7 +167,7 @@ class Encoder:
         step = max(1, CHUNK_VALUES // rows.shape[1])
         for start in range(0, rows.shape[0], step):
             chunk = self.backend.to_float32(rows[start:start + step], stored.dtype, self.threads)
-            out[start:start + step] = self._encode_rows(t.qtype, chunk, weights)
+            out[start:start + step] = self._encode_checked(t, chunk, weights, start, safe=stored.within_fp16)
         return out
 
     def _weights(self, t: TensorPlan) -> np.ndarray | None:
@@ -124,6 +175,18 @@ class Encoder:
         if self.imatrix is None or t.qtype in (F16, BF16):
             return None
         return self.imatrix.for_tensor(t.name, t.ggml_shape[0])
+
+    def _encode_checked(self, t: TensorPlan, rows: np.ndarray, weights: np.ndarray | None, first_row: int = 0, *,
+                        safe: bool = False) -> np.ndarray:
+        """Encode finite rows and refuse any that overflow the target type (1e6 in F16 is Inf; in Q4_0 its
+        block scale is Inf and the block decodes to NaN): llama.cpp would write them without a word."""
+        encoded = self._encode_rows(t.qtype, rows, weights)
+        if safe:
+            return encoded
+        bad_rows = _overflowed_rows(t.qtype, encoded.reshape(rows.shape[0], -1), rows)
+        if bad_rows.any():
+            raise _overflow_error(t, rows, bad_rows, first_row)
+        return encoded
 
     def _encode_rows(self, qtype: GGMLQuantizationType, rows: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
         if qtype == F16:

@@ -176,3 +176,150 @@ def test_forced_type_the_rows_cannot_hold_is_refused_before_writing(tmp_path: Pa
     assert res.returncode == 2, res.stderr
     assert "--token-embedding-type Q4_K cannot hold 'token_embd.weight'" in res.stderr and "Traceback" not in res.stderr
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+# ---- issue 10: hostile values in an otherwise complete model folder -------------------------------------------
+
+def set_config(**values: object) -> Callable[[Path], None]:
+    def breaker(m: Path) -> None:
+        cfg = json.loads((m / "config.json").read_text())
+        cfg.update(values)
+        (m / "config.json").write_text(json.dumps(cfg))
+    return breaker
+
+
+def edit_tensor(name: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    def breaker(m: Path) -> None:
+        w = weights(m)
+        tensors = load_file(w)
+        tensors[name] = edit(tensors[name].copy())
+        save_file(tensors, w)
+    return breaker
+
+
+def with_value(value: float) -> Callable[[np.ndarray], np.ndarray]:
+    def edit(a: np.ndarray) -> np.ndarray:
+        a.flat[3] = value
+        return a
+    return edit
+
+
+def deep_json(name: str) -> Callable[[Path], None]:
+    def breaker(m: Path) -> None:
+        (m / name).write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    return breaker
+
+
+def fifo_weights(m: Path) -> None:
+    w = weights(m)
+    w.unlink()
+    os.mkfifo(w)
+
+
+def lone_surrogate_token(m: Path) -> None:
+    text = (m / "tokenizer.json").read_text()
+    tok = json.loads(text)
+    victim = next(t for t in tok["model"]["vocab"] if t.isalpha() and len(t) > 3)
+    # json.dumps writes the escape "\ud800" that Python reads back as a lone surrogate
+    quoted = json.dumps(victim, ensure_ascii=False)
+    assert quoted in text
+    (m / "tokenizer.json").write_text(text.replace(quoted, quoted[:-1] + '\\ud800"', 1))
+
+
+def lone_surrogate_name(m: Path) -> None:
+    set_config(_name_or_path="x\ud800")(m)
+
+
+def non_utf8_chat_template(m: Path) -> None:
+    cfg = json.loads((m / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (m / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (m / "chat_template.jinja").write_bytes(b"{{ messages }}\xff\xfe")
+
+
+DOWN = "model.layers.0.mlp.down_proj.weight"
+HARDENING: dict[str, tuple[Callable[[Path], None], tuple[str, ...], str]] = {
+    # config values of the wrong type or range: the message names the field
+    "tie_word_embeddings 'no'": (set_config(tie_word_embeddings="no"), (), "tie_word_embeddings is 'no' (a string)"),
+    "num_attention_heads as a string": (set_config(num_attention_heads="4"), (), "num_attention_heads is '4' (a string)"),
+    "num_attention_heads as a list": (set_config(num_attention_heads=[4]), (), "num_attention_heads is [4] (a list)"),
+    "num_attention_heads 0": (set_config(num_attention_heads=0), (), "num_attention_heads is 0"),
+    "num_key_value_heads 0": (set_config(num_key_value_heads=0), (), "num_key_value_heads is 0"),
+    "max_position_embeddings 2^40": (set_config(max_position_embeddings=2**40), (), "max_position_embeddings is 1099511627776"),
+    "max_position_embeddings -1": (set_config(max_position_embeddings=-1), (), "max_position_embeddings is -1"),
+    "head_dim 0": (set_config(head_dim=0), (), "head_dim is 0"),
+    "architectures [{}]": (set_config(architectures=[{}]), (), "'architectures' list of names"),
+    # config values checked against the tensors present, before anything is sized by them
+    "num_hidden_layers 1e9": (set_config(num_hidden_layers=10**9), (), "num_hidden_layers is 1000000000 but"),
+    "vocab_size 1e9": (set_config(vocab_size=10**9), (), "vocab_size is 1000000000 but the token embedding"),
+    "vocab_size above the embedding rows": (set_config(vocab_size=49153), (), "vocab_size is 49153 but"),
+    "a tensor shape that disagrees with config.json": (
+        edit_tensor(DOWN, lambda a: a[:, :-32].copy()), (), "disagrees with tensor 'model.layers.0.mlp.down_proj.weight'"),
+    "a zero-length norm": (edit_tensor("model.norm.weight", lambda a: a[:0].copy()), (), "zero-length dimension"),
+    "a tensor with a zero dimension": (
+        edit_tensor(DOWN, lambda a: a[:0].copy()), (), "'model.layers.0.mlp.down_proj.weight' has shape [0, 672]"),
+    # files that break parsers
+    "deeply nested config.json": (deep_json("config.json"), (), "nests JSON too deeply"),
+    "deeply nested tokenizer.json": (deep_json("tokenizer.json"), (), "nests JSON too deeply"),
+    "a FIFO as the weights file": (fifo_weights, (), "is a FIFO, not a regular file"),
+    "a lone surrogate in a token": (lone_surrogate_token, (), "tokenizer.ggml.tokens["),
+    "a lone surrogate in the model name": (lone_surrogate_name, (), "general.name ('x\\ud800') holds a lone UTF-16 surrogate"),
+    "invalid UTF-8 in the chat template": (non_utf8_chat_template, (), "chat_template.jinja is not UTF-8 text"),
+    # finite weights the target type cannot hold
+    "1e6 in an F16 output": (edit_tensor(DOWN, with_value(1e6)), ("--type", "F16"),
+                             f"tensor '{DOWN}' holds 1e+06 (row 0), too large for F16"),
+    "1e6 in a Q4_0 output": (edit_tensor(DOWN, with_value(1e6)), ("--type", "Q4_0"),
+                             f"tensor '{DOWN}' holds 1e+06 (row 0), too large for Q4_0"),
+    "3.4e38 in a BF16 output": (edit_tensor(DOWN, with_value(3.4e38)), ("--type", "BF16"), "too large for BF16"),
+    # options naming types quantcli cannot write
+    "--output-tensor-type Q9_K": (lambda m: None, ("--output-tensor-type", "Q9_K"), "'Q9_K' is not a known type"),
+    "--output-tensor-type MXFP4": (lambda m: None, ("--output-tensor-type", "MXFP4"), "not a type quantcli can write"),
+    "--tensor-type attn_v=Q8_1": (lambda m: None, ("--tensor-type", "attn_v=Q8_1"),
+                                  "--tensor-type attn_v=Q8_1: 'Q8_1' is not a type quantcli can write"),
+}
+
+
+@pytest.mark.parametrize("case", list(HARDENING))
+def test_hostile_model_input(model: Path, tmp_path: Path, case: str) -> None:
+    breaker, extra, message = HARDENING[case]
+    breaker(model)
+    out = tmp_path / "out" / "model.gguf"
+    args = ("--type", "Q8_0", *extra) if "--type" not in extra else extra
+    res = run_cli("convert", str(model), "-o", str(out), *args)
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), res.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+    leftovers = list(out.parent.iterdir()) if out.parent.exists() else []
+    assert leftovers == [], leftovers
+
+
+def test_empty_vocab_txt_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    bert = tmp_path / "bert"
+    shutil.copytree(model_path("tiny-bert"), bert)
+    (bert / "tokenizer.json").unlink(missing_ok=True)
+    (bert / "vocab.txt").write_text("")
+    res = run_cli("convert", str(bert), "-o", str(tmp_path / "out" / "b.gguf"), "--type", "F16")
+    assert res.returncode == 2, res.stderr
+    assert "vocab.txt is empty" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cache_dir_that_is_a_file_warns_and_still_writes_the_output(model: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("")
+    out = tmp_path / "out" / "m.gguf"
+    res = run_cli("convert", str(model), "-o", str(out), "--type", "Q8_0", env={"QUANTCLI_CACHE_DIR": str(not_a_dir)})
+    assert res.returncode == 0, res.stderr
+    assert "Warning: the stage cache" in res.stderr and "running without it" in res.stderr
+    assert out.is_file() and out.with_suffix(".manifest.json").is_file()
+    assert not_a_dir.read_text() == ""
+
+
+def test_absurd_thread_count_is_a_usage_error(model: Path, tmp_path: Path) -> None:
+    # typer's own usage error (Usage/Try lines, then the Error line): the C kernels never see the number
+    res = run_cli("convert", str(model), "-o", str(tmp_path / "out" / "m.gguf"), "-t", "99999999999")
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--threads" in errors[0] and "1024" in errors[0]
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()

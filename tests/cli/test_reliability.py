@@ -149,6 +149,7 @@ def test_publish_bad_inputs(tmp_path: Path) -> None:
            2, "'2X' is not a size")
     expect(cli(["publish", str(folder), "--dry-run"], tmp_path), 2, "no repo to publish to", "--repo")
     expect(cli(["publish", str(folder), "--repo", "just-a-name", "--dry-run"], tmp_path), 2, "is not a repo id")
+    expect(cli(["publish", str(folder), "--repo", "me/模型", "--dry-run"], tmp_path), 2, "is not a repo id", "ASCII")
     manifest = {"format": 1, "created": "2026-01-01T00:00:00Z", "source": {}, "recipe": {"name": "q8_0"},
                 "outputs": [{"file": gguf.name, "type": "Q8_0", "bytes": gguf.stat().st_size,
                              "verify_summary": {"ok": False, "min_snr_db": 3.0}}]}

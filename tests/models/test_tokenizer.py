@@ -197,9 +197,11 @@ def test_a_normalizer_llama_cpp_cannot_apply_is_refused(tmp_path: Path) -> None:
         export(folder, {}, 4)
 
 
-def test_byte_fallback_bpe_without_sentencepiece_model_is_refused(tmp_path: Path) -> None:
+def test_byte_fallback_bpe_without_byte_pieces_is_refused(tmp_path: Path) -> None:
+    # A byte-fallback BPE tokenizer.json alone is exported as SentencePiece (tests/models/test_transformers5_
+    # checkpoints.py); one that has no <0xXX> pieces to fall back to cannot be.
     folder = bpe_folder(tmp_path, {"type": "Metaspace", "replacement": "\u2581"}, byte_fallback=True)
-    with pytest.raises(UnsupportedError, match="tokenizer.model"):
+    with pytest.raises(InputError, match=r"tokenizer.json says byte_fallback but has no <0xXX> byte pieces"):
         export(folder, {}, 4)
 
 

@@ -17,6 +17,7 @@ import re
 
 from gguf import GGUFValueType, Keys, MODEL_ARCH
 
+from ...errors import InputError
 from ..base import Architecture, Numerics, register
 from ..layout import BERT_LAYOUT
 from ..metadata import MetaKV, kv_array, kv_bool
@@ -61,6 +62,9 @@ class Bert(Architecture):
     def labels(self) -> list[str]:
         """The classifier's labels in id order; llama.cpp sizes cls.output by their count."""
         id2label = self.config.get("id2label") or {}
+        if not isinstance(id2label, dict) or not all(isinstance(k, str) and k.isdigit() for k in id2label):
+            raise InputError(f"{self.config_source}: id2label must map label ids (\"0\", \"1\", ...) to names.",
+                             hint="Fix id2label in config.json (or re-download it).")
         return [str(v) for _, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
 
     def extra_metadata(self) -> list[MetaKV]:

@@ -46,12 +46,12 @@ class Gemma2(Architecture):
         self._check_query_scale()
 
     def _check_query_scale(self) -> None:
-        scalar = self.get("query_pre_attn_scalar")
+        scalar = self.get_int("query_pre_attn_scalar")
         if scalar is None:
             return
-        hidden = int(self.need("hidden_size"))  # type: ignore[arg-type]
+        hidden = self.need_int("hidden_size")
         used = hidden // self.n_head if self.n_layer == self.big_model_blocks else self.head_dim
-        if int(scalar) != used:  # type: ignore[call-overload]
+        if scalar != used:
             raise UnsupportedError(
                 f"query_pre_attn_scalar is {scalar}, but llama.cpp's {self.arch_name} graph scales queries by "
                 f"1/sqrt({used}) for a {self.n_layer}-block model and has no setting to change it.",
@@ -67,19 +67,19 @@ class Gemma2(Architecture):
         layers = self.sliding_layers(self.swa_period)
         out = [kv_array(self.key(Keys.Attention.SLIDING_WINDOW_PATTERN), layers, GGUFValueType.BOOL)]
         if any(layers):
-            out.insert(0, kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.need("sliding_window")))
+            out.insert(0, kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.need_int("sliding_window")))
         return out
 
     def attention_window_layers(self) -> list[bool]:
         return self.sliding_layers(self.swa_period)
 
     def softcap(self, key: str) -> float:
-        value = self.get(key)
+        value = self.get_float(key, positive=True)
         if value is None:
             raise UnsupportedError(f"config.json has no {key}; llama.cpp's {self.arch_name} graph always soft-caps "
                                    "and would use its own default.",
                                    hint=f"Set {key} in config.json to the value the model was trained with.")
-        return float(value)  # type: ignore[arg-type]
+        return value
 
     def extra_metadata(self) -> list[MetaKV]:
         return [kv_f32(self.key(Keys.LLM.ATTN_LOGIT_SOFTCAPPING), self.softcap("attn_logit_softcapping")),

@@ -62,12 +62,12 @@ class Gemma3(Gemma2):
         layers = self.sliding_layers(self.swa_period)
         if not any(layers):
             return []
-        return [kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.need("sliding_window")),
+        return [kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.need_int("sliding_window")),
                 kv_array(self.key(Keys.Attention.SLIDING_WINDOW_PATTERN), layers, GGUFValueType.BOOL),
                 kv_f32(self.key(Keys.Rope.FREQ_BASE_SWA), self.rope_theta_swa())]
 
     def extra_metadata(self) -> list[MetaKV]:
         out = self.sliding_metadata()
-        if self.get("final_logit_softcapping"):
-            out.append(kv_f32(self.key(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), self.get("final_logit_softcapping")))  # type: ignore[arg-type]
+        if softcap := self.get_float("final_logit_softcapping"):
+            out.append(kv_f32(self.key(Keys.LLM.FINAL_LOGIT_SOFTCAPPING), softcap))
         return out

@@ -12,7 +12,7 @@ import gguf
 from gguf import Keys, MODEL_ARCH, MODEL_TENSOR
 
 from ...io.safetensors import TensorInfo
-from ..base import IDENTITY, Architecture, TensorSpec, register
+from ..base import IDENTITY, Architecture, TensorSpec, config_int, register
 from ..metadata import MetaKV, kv_u32
 from ..transforms import Llama3RopeFactors, PermuteRope, Transform
 
@@ -29,7 +29,7 @@ class Llama(Architecture):
     gguf_arch = MODEL_ARCH.LLAMA
 
     def extra_metadata(self) -> list[MetaKV]:
-        return [kv_u32(self.key(Keys.LLM.VOCAB_SIZE), self.need("vocab_size")),
+        return [kv_u32(self.key(Keys.LLM.VOCAB_SIZE), self.need_int("vocab_size")),
                 kv_u32(self.key(Keys.Rope.DIMENSION_COUNT), self.head_dim)]
 
     def transform_for(self, gguf_name: str, hf_name: str, info: TensorInfo) -> Transform:
@@ -46,8 +46,10 @@ class Llama(Architecture):
         if str(scaling.get("rope_type", scaling.get("type", ""))).lower() != "llama3":
             return []
         params = {k: scaling.get(k) if scaling.get(k) is not None else v for k, v in LLAMA3_ROPE_DEFAULTS.items()}
+        num = {k: self.sub_float(params, k, "rope_scaling", positive=True) or 0.0 for k in params}
         factors = Llama3RopeFactors(
-            head_dim=self.head_dim, rope_theta=self.rope_theta() or 10000.0, factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]), high_freq_factor=float(params["high_freq_factor"]),
-            original_context=int(params["original_max_position_embeddings"]))
+            head_dim=self.head_dim, rope_theta=self.rope_theta() or 10000.0, factor=num["factor"],
+            low_freq_factor=num["low_freq_factor"], high_freq_factor=num["high_freq_factor"],
+            original_context=config_int(params["original_max_position_embeddings"],
+                                        "rope_scaling.original_max_position_embeddings", self.config_source))
         return [TensorSpec(ROPE_FREQS, (), (self.head_dim // 2,), factors)]

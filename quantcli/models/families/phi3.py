@@ -22,7 +22,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_TENSOR
 
 from ...errors import InputError, UnsupportedError
 from ...io.safetensors import TensorInfo
-from ..base import Architecture, Numerics, TensorSpec, register
+from ..base import Architecture, Numerics, TensorSpec, config_int, register
 from ..layout import PHI3_LAYOUT
 from ..metadata import MetaKV, kv_f32, kv_u32
 from ..transforms import Constant
@@ -41,17 +41,18 @@ class Phi3(Architecture):
 
     def partial_rotary_factor(self) -> float:
         scaling = self.rope_scaling()
-        value = scaling.get("partial_rotary_factor", self.get("partial_rotary_factor", default=1.0))
-        return float(value)  # type: ignore[arg-type]
+        value = self.sub_float(scaling, "partial_rotary_factor", "rope_scaling", positive=True)
+        return value if value is not None else self.get_float("partial_rotary_factor", default=1.0, positive=True) or 1.0
 
     def rope_dims(self) -> int:
-        hidden = int(self.need("hidden_size"))  # type: ignore[arg-type]
+        hidden = self.need_int("hidden_size")
         return int(self.partial_rotary_factor() * hidden) // self.n_head
 
     def original_context(self) -> int:
-        value = self.rope_scaling().get("original_max_position_embeddings") or self.get(
-            "original_max_position_embeddings", "max_position_embeddings", "n_positions")
-        return int(value)  # type: ignore[call-overload]
+        value = self.rope_scaling().get("original_max_position_embeddings")
+        if value:
+            return config_int(value, "rope_scaling.original_max_position_embeddings", self.config_source)
+        return self.need_int("original_max_position_embeddings", "max_position_embeddings", "n_positions")
 
     def long_short_factors(self) -> tuple[list[float], list[float]] | None:
         scaling = self.rope_scaling()
@@ -74,14 +75,16 @@ class Phi3(Architecture):
         if self.long_short_factors() is not None:
             attn_factor = self.rope_scaling().get("attention_factor")
             if attn_factor is None:
-                scale = int(self.need("max_position_embeddings", "n_positions")) / self.original_context()  # type: ignore[call-overload]
+                scale = self.need_int("max_position_embeddings", "n_positions") / self.original_context()
                 attn_factor = math.sqrt(1 + math.log(scale) / math.log(self.original_context())) if scale > 1 else 1.0
+            else:
+                attn_factor = self.sub_float(self.rope_scaling(), "attention_factor", "rope_scaling", positive=True)
             out.append(kv_f32(self.key(Keys.Rope.SCALING_ATTN_FACTOR), attn_factor))
         return out
 
     def extra_metadata(self) -> list[MetaKV]:
         return [kv_u32(self.key(Keys.Rope.DIMENSION_COUNT), self.rope_dims()),
-                kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.get("sliding_window", default=0))]  # type: ignore[arg-type]
+                kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.get_int("sliding_window", default=0, min=0))]
 
     def extra_tensors(self, tensors: Mapping[str, TensorInfo]) -> list[TensorSpec]:
         factors = self.long_short_factors()

@@ -4,6 +4,8 @@ Three kinds are exported, chosen from the files present:
 - WordPiece (BERT): tokenizer.json with a WordPiece model, or vocab.txt  -> tokenizer.ggml.model "bert"
 - SentencePiece: tokenizer.model                                       -> "llama"
 - byte-level BPE: tokenizer.json with a BPE model                      -> "gpt2"
+- byte-fallback BPE in tokenizer.json alone (transformers 5 saves Llama 2 / Mistral / Gemma so)
+                                                                       -> "llama", scores rebuilt from merges
 A folder with both tokenizer.model and a BPE tokenizer.json is SentencePiece (llama.cpp's converter tries it
 first); a tokenizer.model that is not a SentencePiece model (tiktoken files use the same name) is passed over.
 """
@@ -19,6 +21,7 @@ from quantcli.errors import InputError, UnsupportedError
 from quantcli.models.metadata import MetaKV, kv_array, kv_str
 from quantcli.models.tokenizer.bpe import bpe_vocab
 from quantcli.models.tokenizer.files import SENTENCEPIECE_MODEL, TOKENIZER_JSON, TokenizerFiles
+from quantcli.models.tokenizer.json_spm import is_sentencepiece_bpe, sentencepiece_from_json
 from quantcli.models.tokenizer.sentencepiece_model import (
     SentencePieceFormatError,
     SentencePieceModel,
@@ -61,6 +64,9 @@ def export_vocab(files: TokenizerFiles, config: dict[str, Any], vocab_size: int,
     if json_type == JSON_WORDPIECE:
         return wordpiece_vocab(files, config, vocab_size, pre_tokenizer)
     sentencepiece = _sentencepiece_or_none(files)
+    if sentencepiece is None and is_sentencepiece_bpe(files):
+        # transformers 5 saves Llama 2 / Mistral / Gemma tokenizers as tokenizer.json only
+        sentencepiece = sentencepiece_from_json(files)
     if sentencepiece is not None:
         return spm_vocab(files, sentencepiece, vocab_size, pre_tokenizer)
     if json_type == JSON_BPE:

@@ -7,7 +7,7 @@ from gguf import Keys
 
 from quantcli.errors import InputError, UnsupportedError
 from quantcli.models.metadata import kv_bool
-from quantcli.models.tokenizer.files import SENTENCEPIECE_MODEL, TOKENIZER_JSON, TokenizerFiles
+from quantcli.models.tokenizer.files import TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.pretokenizer import check_name, detect_pre_tokenizer
 from quantcli.models.tokenizer.vocab import ExportedVocab, json_vocab
 
@@ -53,11 +53,7 @@ def check_byte_level(files: TokenizerFiles) -> None:
     """Refuse BPE flavours llama.cpp's gpt2 tokenizer cannot run, naming what to do instead."""
     source = str(files.folder / TOKENIZER_JSON)
     model = files.json_model
-    if model.get("byte_fallback"):
-        raise UnsupportedError(
-            f"{source} is a byte-fallback BPE (the SentencePiece style of Llama 2 and Mistral) and the folder has "
-            f"no {SENTENCEPIECE_MODEL}; add {SENTENCEPIECE_MODEL} from the model's original repository."
-        )
+    # a byte-fallback BPE (SentencePiece style) never gets here: json_spm.py exports it as "llama"
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             raise UnsupportedError(f"{source} uses a BPE {key} ({model[key]!r}), which llama.cpp cannot run.")

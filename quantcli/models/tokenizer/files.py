@@ -6,12 +6,12 @@ serialisation), tokenizer.model (a SentencePiece model) and vocab.txt (a WordPie
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantcli.errors import InputError
+from quantcli.io.files import parse_json, read_text
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -34,15 +34,8 @@ def read_json(path: Path) -> Any:
         >>> read_json(Path("model/tokenizer_config.json"))["eos_token"]  # doctest: +SKIP
         '<|im_end|>'
     """
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}.", hint="Check the file's permissions and encoding.") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).",
-            hint="Download the file again from the model's repository.",
-        ) from exc
+    return parse_json(read_text(path, "tokenizer file"), str(path),
+                      hint="Download the file again from the model's repository.")
 
 
 def _optional_json(path: Path, kind: type) -> Any:

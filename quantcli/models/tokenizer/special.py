@@ -18,6 +18,7 @@ from typing import Any
 
 from gguf import GGUFValueType, Keys
 
+from quantcli.io.files import read_text
 from quantcli.models.metadata import MetaKV, kv_bool, kv_str, kv_u32
 from quantcli.models.tokenizer.files import (
     CHAT_TEMPLATE_JINJA,
@@ -221,13 +222,13 @@ def _chat_template(files: TokenizerFiles) -> str | list[dict[str, str]] | None:
         log.warning("ignoring chat_template of type %s in tokenizer_config.json", type(configured).__name__)
     jinja = files.folder / CHAT_TEMPLATE_JINJA
     if jinja.is_file():
-        default = jinja.read_text(encoding="utf-8")
+        default = read_text(jinja, "chat template")
         extra_dir = files.folder / EXTRA_CHAT_TEMPLATES_DIR
         extras = sorted(extra_dir.glob("*.jinja")) if extra_dir.is_dir() else []
         if not extras:
             return default
         return [{"name": DEFAULT_TEMPLATE_NAME, "template": default}] + [
-            {"name": path.stem, "template": path.read_text(encoding="utf-8")} for path in extras
+            {"name": path.stem, "template": read_text(path, "chat template")} for path in extras
         ]
     json_file = files.folder / CHAT_TEMPLATE_JSON
     if json_file.is_file():

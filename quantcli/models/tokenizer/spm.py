@@ -111,7 +111,8 @@ def spm_vocab(files: TokenizerFiles, model: SentencePieceModel, vocab_size: int,
         >>> v.tokens[:3], v.token_types[:3]  # doctest: +SKIP
         (['<unk>', '<s>', '</s>'], [3, 3, 3])
     """
-    path = str(files.folder / SENTENCEPIECE_MODEL)
+    # the pieces come from tokenizer.model, or from tokenizer.json alone (json_spm.py)
+    path = str(files.folder / (SENTENCEPIECE_MODEL if files.sentencepiece_model is not None else TOKENIZER_JSON))
     _warn_on_unportable_settings(model, path)
     pre = check_name(pre_tokenizer) if pre_tokenizer is not None else DEFAULT_PRE
     added = _added_from_files(files)
@@ -136,6 +137,6 @@ def spm_vocab(files: TokenizerFiles, model: SentencePieceModel, vocab_size: int,
         types[token_id] = int(token.token_type)
     if not any(t == TokenType.BYTE for t in types) and model.byte_fallback:
         raise InputError(f"{path} says byte_fallback but has no <0xXX> byte pieces.",
-                         hint="Download tokenizer.model again from the model's repository.")
+                         hint="Download the tokenizer files again from the model's repository.")
     return ExportedVocab(model=GGUF_MODEL, pre=pre, tokens=tokens, token_types=types, scores=scores,
                          extra=(kv_bool(Keys.Tokenizer.ADD_PREFIX, space_prefix(files, model)),))

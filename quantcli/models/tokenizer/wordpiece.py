@@ -12,6 +12,7 @@ from typing import Any
 from gguf import Keys, TokenType
 
 from quantcli.errors import InputError, UnsupportedError
+from quantcli.io.files import read_text
 from quantcli.models.metadata import MetaKV, kv_bool, kv_u32
 from quantcli.models.tokenizer.files import TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.pretokenizer import check_name
@@ -52,9 +53,12 @@ def _vocab_txt(files: TokenizerFiles, vocab_size: int) -> tuple[list[str], list[
     """vocab.txt (one token per line, id = line number); the config's special tokens are control tokens."""
     if files.wordpiece_vocab is None:
         raise files.missing_error()
-    lines = files.wordpiece_vocab.read_text(encoding="utf-8").split("\n")
+    lines = read_text(files.wordpiece_vocab, "vocab.txt").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
+    if not lines:
+        raise InputError(f"{files.wordpiece_vocab} is empty: a WordPiece vocabulary needs one token per line.",
+                         hint="Copy vocab.txt from the model's original repository.")
     if vocab_size <= 0:
         vocab_size = len(lines)
     if len(lines) > vocab_size:

@@ -16,6 +16,7 @@ from ._common import (F32, IQ4_GRID, best_index_iq4, block_bytes, block_weights,
 
 
 class IQ4_NL(QuantType, qtype=GGMLQuantizationType.IQ4_NL):
+    fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)

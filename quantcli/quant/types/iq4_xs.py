@@ -23,6 +23,7 @@ HIGH_MASK = 0x3       # scales_h holds the top 2 bits, eight 2-bit fields in a l
 
 
 class IQ4_XS(QuantType, qtype=GGMLQuantizationType.IQ4_XS):
+    fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         n_sub = cls.block_size // SUB

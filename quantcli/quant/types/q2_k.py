@@ -59,6 +59,7 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q2_K(QuantType, qtype=GGMLQuantizationType.Q2_K):
+    fp16_offsets = (80, 82)  # byte offsets of the block's fp16 scale fields
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod

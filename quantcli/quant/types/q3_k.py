@@ -55,6 +55,7 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q3_K(QuantType, qtype=GGMLQuantizationType.Q3_K):
+    fp16_offsets = (108,)  # byte offsets of the block's fp16 scale fields
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod

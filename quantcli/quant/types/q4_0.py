@@ -21,6 +21,7 @@ ROUND_OFFSET = F32(8.5)   # NMAX + 0.5: truncation after adding it rounds half u
 
 
 class Q4_0(QuantType, qtype=GGMLQuantizationType.Q4_0):
+    fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)

@@ -18,6 +18,7 @@ QMAX = 15
 
 
 class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
+    fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)

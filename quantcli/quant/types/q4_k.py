@@ -23,6 +23,7 @@ REF_SEARCH = (-1.0, 0.1, 20)
 
 
 class Q4_K(QuantType, qtype=GGMLQuantizationType.Q4_K):
+    fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod

@@ -26,6 +26,7 @@ def _pack_high_bits(L: np.ndarray) -> np.ndarray:
 
 
 class Q5_K(QuantType, qtype=GGMLQuantizationType.Q5_K):
+    fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod

@@ -54,6 +54,7 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 class Q6_K(QuantType, qtype=GGMLQuantizationType.Q6_K):
+    fp16_offsets = (208,)  # byte offsets of the block's fp16 scale fields
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod

@@ -16,6 +16,7 @@ QMAX = 127   # largest quant magnitude: (1 << 7) - 1
 
 
 class Q8_0(QuantType, qtype=GGMLQuantizationType.Q8_0):
+    fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         xt = to_columns(rows, cls.block_size)

@@ -34,6 +34,7 @@ def _pack_region(q: np.ndarray, stride: int, trits: int) -> np.ndarray:
 
 
 class TQ1_0(QuantType, qtype=GGMLQuantizationType.TQ1_0):
+    fp16_offsets = (52,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, q = ternary_quants(to_columns(rows, cls.block_size))

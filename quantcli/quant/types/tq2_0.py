@@ -18,6 +18,7 @@ BITS = 2
 
 
 class TQ2_0(QuantType, qtype=GGMLQuantizationType.TQ2_0):
+    fp16_offsets = (64,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, q = ternary_quants(to_columns(rows, cls.block_size))
