@@ -6,8 +6,8 @@ conversion transform undone: llama's q/k rope permutation is inverted. Norm weig
 the forward pass multiplies by ("effective" scales): gemma's checkpoints store (w - 1), so the HF source adds 1
 in float32 as transformers does, while a GGUF file already holds w.
 
-    >>> src = HFWeights.open(Path("SmolLM2-135M-Instruct"), spec)
-    >>> src.load(spec.tensor("attn_q", 0)).shape
+    src = HFWeights.open(Path("SmolLM2-135M-Instruct"), spec)
+    src.load(spec.tensor("attn_q", 0)).shape
     (576, 576)
 """
 from __future__ import annotations

@@ -4,8 +4,8 @@ beside it): hyperparameters, numerics and every tensor by layer, role, HF name a
 The architecture adapter (quantcli.models.families) is still the one place that knows a family; this module asks
 it and writes the answers down in a form that needs no GGUF vocabulary. The engine reads only a ModelSpec.
 
-    >>> spec = model_spec(Path("SmolLM2-135M-Instruct"))
-    >>> spec.n_layer, spec.hidden, spec.rope.theta, spec.tensor("attn_q", 0).hf_name
+    spec = model_spec(Path("SmolLM2-135M-Instruct"))
+    spec.n_layer, spec.hidden, spec.rope.theta, spec.tensor("attn_q", 0).hf_name
     (30, 576, 100000.0, 'model.layers.0.self_attn.q_proj.weight')
 """
 from __future__ import annotations

@@ -4,9 +4,9 @@ compute and write the importance matrix on a miss, and say what was done (for th
 `quantcli calibrate` runs it alone; `convert` runs it first when the recipe has a `calibrate:` section or
 `--calibrate DATA` is given, writing `<model>.imatrix.gguf` beside the outputs and quantizing with it.
 
-    >>> done = run_calibration(CalibrationRequest(model="./SmolLM2-135M-Instruct", data="calib.txt",
-    ...                                           output=Path("imatrix.gguf"), chunks=100))   # doctest: +SKIP
-    >>> done.chunks, done.cached
+    done = run_calibration(CalibrationRequest(model="./SmolLM2-135M-Instruct", data="calib.txt",
+                                                  output=Path("imatrix.gguf"), chunks=100))
+    done.chunks, done.cached
     (100, False)
 """
 from __future__ import annotations

@@ -3,8 +3,8 @@ writers on the stack delete their partial files on the way out; any later one is
 Ctrl-C (or the terminal's SIGINT reaching a process that its parent is already stopping with SIGTERM) cannot cut
 that cleanup short and leave a partial file behind.
 
-    >>> with stop_signals_raise():
-    ...     long_running_work()            # Ctrl-C: Interrupted(SIGINT), exit code 130
+    with stop_signals_raise():
+            long_running_work()            # Ctrl-C: Interrupted(SIGINT), exit code 130
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ Every source becomes one string (files joined in sorted order by a blank line, r
 llama.cpp's imatrix tool tokenizes its input once, whole. The string's sha256 identifies the data in the cache key
 and in the manifest.
 
-    >>> data = load_calibration_text("calib.txt")                      # doctest: +SKIP
-    >>> data.name, len(data.text), data.sha256[:12]
+    data = load_calibration_text("calib.txt")                   
+    data.name, len(data.text), data.sha256[:12]
     ('calib.txt', 183004, '5a0c1f...')
 """
 from __future__ import annotations

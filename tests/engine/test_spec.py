@@ -83,7 +83,7 @@ def test_unknown_rope_scaling_is_refused() -> None:
 
 
 def test_heads_must_share_kv_heads_evenly() -> None:
-    with pytest.raises(InputError, match="key/value heads"):
+    with pytest.raises(InputError, match="is not a multiple of num_key_value_heads"):
         spec_from_config({**LLAMA, "num_key_value_heads": 3})
 
 
