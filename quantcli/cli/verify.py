@@ -16,6 +16,9 @@ def verify(
     min_snr_db: Annotated[Optional[float], typer.Option("--min-snr-db", help="Fail when a tensor's SNR is below this (dB). Default: per type.")] = None,
     max_rmse: Annotated[Optional[float], typer.Option("--max-rmse", help="Fail when a tensor's RMSE is above this.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Take the thresholds from this recipe's verify section.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="A UTF-8 text: score the model on it against --source (PPL, KL divergence, same top-1; cosine of embeddings for encoders) instead of comparing tensors.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk of --data (llama-perplexity's -c); the second half of each chunk is scored.", min=4)] = 512,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
     json: JsonOpt = False,
 ) -> None:
     """Reopen a GGUF with an independent reader, check its structure and, with --source, its error per tensor.
@@ -26,8 +29,13 @@ def verify(
 
       quantcli verify smol-q8_0.gguf
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --json
+      quantcli verify smol-q4_k_m.gguf --source ./SmolLM2-135M-Instruct --data eval.txt --ctx 512 --chunks 20
     """
     def body() -> None:
+        if data is not None:
+            from ._model_quality import verify_model_report
+
+            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json)
         from ..recipe import resolve_recipe
         from ..stages.verify import verify_file
 
