@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -113,13 +113,25 @@ def verify_model(path: Path, source: Path, data: Path, *, ctx: int = DEFAULT_CTX
 def score_perplexity(src: ForwardEngine, out: ForwardEngine, chunks: np.ndarray, bos: int | None,
                      batch: int = BATCH_CHUNKS) -> PerplexityResult:
     """llama-perplexity's KL-divergence figures of `out` against `src` over `chunks` [n, ctx] (original tokens)."""
-    scorer = PerplexityScorer(chunks.shape[1])
+    return score_outputs(src, [out], chunks, bos, batch)[0]
+
+
+def score_outputs(src: ForwardEngine, outs: Sequence[ForwardEngine], chunks: np.ndarray, bos: int | None,
+                  batch: int = BATCH_CHUNKS) -> list[PerplexityResult]:
+    """The figures of each of `outs` against `src`, the source run once per batch of chunks.
+
+    With one output the two logit streams are consumed in step (one chunk's logits per model in memory); with
+    several, the source's logits of one batch are kept while each output runs that batch.
+    """
+    scorers = [PerplexityScorer(chunks.shape[1]) for _ in outs]
     for lo in range(0, len(chunks), batch):
         part = chunks[lo: lo + batch]
         given = with_bos(part, bos)
-        for chunk, base_logits, logits in zip(part, src.run(given), out.run(given), strict=True):
-            scorer.add(chunk, logits, base_logits)
-    return scorer.result()
+        base: Iterable[np.ndarray] = src.run(given) if len(outs) == 1 else list(src.run(given))
+        for scorer, out in zip(scorers, outs):
+            for chunk, base_logits, logits in zip(part, base, out.run(given), strict=True):
+                scorer.add(chunk, logits, base_logits)
+    return [scorer.result() for scorer in scorers]
 
 
 def encoder_chunks(source: Path, text: str, special: SpecialIds, ctx: int, chunks: int | None,

@@ -257,6 +257,17 @@ def test_batches_stream_to_the_same_figures(workspace: dict[str, Any]) -> None:
     assert gguf_path.is_file()
 
 
+def test_several_outputs_share_one_source_pass(workspace: dict[str, Any]) -> None:
+    src, out = workspace["engines"]["src"], workspace["engines"]["out"]
+    other = FakeEngine(31, 1.0, 5)
+    chunks = chunk_tokens(workspace["ids"].astype(np.int32), 16)
+    both = stage.score_outputs(src, [out, other], chunks, 3, batch=4)
+    assert len(src.inputs) == math.ceil(len(chunks) / 4)
+    assert both[0] == stage.score_perplexity(src, out, chunks, 3, batch=4)
+    assert both[1] == stage.score_perplexity(src, other, chunks, 3, batch=4)
+    assert both[1].kld_mean > both[0].kld_mean
+
+
 def test_gpt2_vocab_without_flag_adds_no_bos(workspace: dict[str, Any]) -> None:
     gguf_path = _write_gguf(workspace["tmp"] / "m.gguf", model="gpt2", bos=30)
     stage.verify_model(gguf_path, workspace["source"], workspace["data"], ctx=16, chunks=2)
