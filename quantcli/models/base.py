@@ -16,6 +16,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_ARCH_NAMES
 
 from ..errors import InputError, UnsupportedError
 from ..io.safetensors import TensorInfo
+from .layout import LLAMA_LAYOUT, HFLayout
 from .metadata import MetaKV, kv_f32, kv_str, kv_u32
 from .pooling import sentence_transformers_pooling
 from .transforms import Transform
@@ -80,6 +81,11 @@ class Architecture:
     numerics: ClassVar[Numerics] = Numerics()
     # HF tensor names that carry no weights llama.cpp needs (buffers, rotary caches).
     ignored: ClassVar[tuple[str, ...]] = (r"\.rotary_emb\.inv_freq$", r"\.masked_bias$", r"\.attn\.bias$")
+    # Where each tensor role lives in the HF checkpoint (quantcli.models.spec reads it; the GGUF path does not).
+    hf_layout: ClassVar[HFLayout] = LLAMA_LAYOUT
+    # transformers' default for tie_word_embeddings in this family's config class (spec only; the GGUF plan
+    # keeps its own rule)
+    tied_by_default: ClassVar[bool] = False
 
     def __init__(self, config: Mapping, folder: Path | None = None) -> None:
         # `folder` is the checkpoint folder, for the few settings stored beside config.json
@@ -165,6 +171,22 @@ class Architecture:
         if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
             params = params["full_attention"]
         return params if isinstance(params, dict) else {}
+
+    # -- model description (quantcli.models.spec; nothing here changes the GGUF output) -----------------
+    def attention_biases(self) -> tuple[bool, bool]:
+        """Whether q/k/v and the output projection carry biases (llama's `attention_bias` sets both)."""
+        flag = bool(self.get("attention_bias", default=False))
+        return flag, flag
+
+    def ffn_bias(self) -> bool:
+        return bool(self.get("mlp_bias", default=False))
+
+    def attention_window_layers(self) -> list[bool]:
+        """Which blocks attend through `sliding_window` in the HF model (not necessarily in llama.cpp's graph)."""
+        types = self.config.get("layer_types")
+        if isinstance(types, list) and len(types) == self.n_layer:
+            return [t == "sliding_attention" for t in types]
+        return [self.get("sliding_window") is not None] * self.n_layer
 
     # -- metadata -------------------------------------------------------------------------------------
     def key(self, template: str) -> str:

@@ -18,6 +18,7 @@ import re
 from gguf import GGUFValueType, Keys, MODEL_ARCH
 
 from ..base import Architecture, Numerics, register
+from ..layout import BERT_LAYOUT
 from ..metadata import MetaKV, kv_array, kv_bool
 
 CLASSIFIER = "BertForSequenceClassification"
@@ -28,6 +29,8 @@ class Bert(Architecture):
     hf_architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
     gguf_arch = MODEL_ARCH.BERT
     numerics = Numerics(norm="layer", activation="gelu", gated_ffn=False, rope="none", causal=False)
+    hf_layout = BERT_LAYOUT
+    tied_by_default = True  # no LM head in BertModel; the flag only matters to the masked-LM head
     ignored = Architecture.ignored + (
         r"(^|\.)embeddings\.position_ids$",
         r"(^|\.)pooler\.dense\.",
@@ -45,6 +48,15 @@ class Bert(Architecture):
     @property
     def is_classifier(self) -> bool:
         return CLASSIFIER in (self.config.get("architectures") or [])
+
+    def attention_biases(self) -> tuple[bool, bool]:
+        return True, True
+
+    def ffn_bias(self) -> bool:
+        return True
+
+    def attention_window_layers(self) -> list[bool]:
+        return [False] * self.n_layer
 
     def labels(self) -> list[str]:
         """The classifier's labels in id order; llama.cpp sizes cls.output by their count."""

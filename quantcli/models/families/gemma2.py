@@ -20,6 +20,7 @@ from gguf import GGUFValueType, Keys, MODEL_ARCH
 from ...errors import UnsupportedError
 from ...io.safetensors import TensorInfo
 from ..base import IDENTITY, Architecture, Numerics, register
+from ..layout import GEMMA_LAYOUT
 from ..metadata import MetaKV, kv_array, kv_f32, kv_u32
 from ..transforms import AddOne, Transform
 
@@ -32,6 +33,8 @@ class Gemma2(Architecture):
     hf_architectures = ("Gemma2ForCausalLM",)
     gguf_arch = MODEL_ARCH.GEMMA2
     numerics = GEMMA_NUMERICS
+    hf_layout = GEMMA_LAYOUT
+    tied_by_default = True
     ignored = Architecture.ignored + (r"^lm_head\.weight$",)
     # Period of the sliding/global alternation when the config does not list layer_types (llama.cpp's default).
     swa_period: ClassVar[int] = 2
@@ -66,6 +69,9 @@ class Gemma2(Architecture):
         if any(layers):
             out.insert(0, kv_u32(self.key(Keys.Attention.SLIDING_WINDOW), self.need("sliding_window")))
         return out
+
+    def attention_window_layers(self) -> list[bool]:
+        return self.sliding_layers(self.swa_period)
 
     def softcap(self, key: str) -> float:
         value = self.get(key)

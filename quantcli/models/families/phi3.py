@@ -23,6 +23,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_TENSOR
 from ...errors import InputError, UnsupportedError
 from ...io.safetensors import TensorInfo
 from ..base import Architecture, Numerics, TensorSpec, register
+from ..layout import PHI3_LAYOUT
 from ..metadata import MetaKV, kv_f32, kv_u32
 from ..transforms import Constant
 
@@ -36,6 +37,7 @@ class Phi3(Architecture):
     hf_architectures = ("Phi3ForCausalLM",)
     gguf_arch = MODEL_ARCH.PHI3
     numerics = Numerics(rope="neox")
+    hf_layout = PHI3_LAYOUT
 
     def partial_rotary_factor(self) -> float:
         scaling = self.rope_scaling()

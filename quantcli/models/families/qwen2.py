@@ -29,3 +29,15 @@ class Qwen2(Architecture):
 
     def extra_metadata(self) -> list[MetaKV]:
         return self.pooling_metadata()
+
+    def attention_biases(self) -> tuple[bool, bool]:
+        return True, False  # biases on q, k and v; none on o_proj
+
+    def attention_window_layers(self) -> list[bool]:
+        if isinstance(self.config.get("layer_types"), list):
+            return super().attention_window_layers()
+        # configs written before `layer_types`: the window applies from block max_window_layers on, if switched on
+        if not self.get("use_sliding_window", default=False) or self.get("sliding_window") is None:
+            return [False] * self.n_layer
+        first = int(self.get("max_window_layers", default=0))  # type: ignore[call-overload]
+        return [i >= first for i in range(self.n_layer)]

@@ -18,3 +18,7 @@ class Qwen3(Qwen2):
     gguf_arch = MODEL_ARCH.QWEN3
     numerics = Numerics(rope="neox", qk_norm=True)
     headless = ("Qwen3Model",)
+
+    def attention_biases(self) -> tuple[bool, bool]:
+        flag = bool(self.get("attention_bias", default=False))  # Qwen3 dropped Qwen2's fixed q/k/v biases
+        return flag, flag

@@ -1,0 +1,335 @@
+"""One float32 forward pass for every architecture quantcli converts, driven by the ModelSpec.
+
+The pass is layer-sequential: the hidden states of every sequence ([n_seq, ctx, hidden] float32) go through
+block i before any goes through block i + 1, and a block's weights are read when the block starts and dropped
+when it ends. Peak memory is therefore one block's weights, the hidden states of all sequences, and the working
+arrays of one chunk of sequences (see docs/engine.md for the bound). The loop is where GPTQ and AWQ hook in:
+`capture(name, x)` sees the input of every linear layer as it is used.
+
+Families differ only through the spec's data (norm kind, activation, biases, fused projections, q/k norms,
+post norms, rope kind, soft-capping, sliding windows, encoder or decoder); there is one block function for all
+the pre-norm decoders and one for BERT's post-norm encoder.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..models.spec import ModelSpec, ModelTensor
+from . import ops
+from .weights import GGUFWeights, HFWeights, WeightSource
+
+Capture = Callable[[str, np.ndarray], None]
+F32 = np.float32
+# Tokens per chunk of sequences sent through a block at once: large enough for efficient BLAS calls, small
+# enough that the FFN's intermediate arrays (chunk x ffn floats, a few of them) stay modest.
+CHUNK_TOKENS = 2048
+# Attention scores of one sequence are computed for at most this many query rows x heads at a time.
+SCORE_ROWS = 16384
+
+
+class _Block:
+    """One block's weights by role, float32, loaded on entry."""
+
+    def __init__(self, source: WeightSource, tensors: dict[str, ModelTensor]) -> None:
+        self.w = {role: source.load(t) for role, t in tensors.items()}
+        self.names = {role: source.name(t) for role, t in tensors.items()}
+
+    def get(self, role: str) -> np.ndarray | None:
+        return self.w.get(role)
+
+
+def _threads_limit(threads: int):  # type: ignore[no-untyped-def]
+    """A context that holds BLAS to `threads` threads (0: leave BLAS as configured)."""
+    import contextlib
+
+    if threads <= 0:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency; a bare install still runs
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+class Engine:
+    """A model ready to run: its spec and a weight source. Create with from_hf or from_gguf."""
+
+    def __init__(self, source: WeightSource, threads: int = 0) -> None:
+        self.source = source
+        self.spec: ModelSpec = source.spec
+        self.threads = threads
+        self._rope_cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, folder: Path, *, threads: int = 0) -> "Engine":
+        return cls(HFWeights.open(Path(folder)), threads)
+
+    @classmethod
+    def from_gguf(cls, path: Path, *, source: Path, threads: int = 0) -> "Engine":
+        return cls(GGUFWeights.open(Path(path), Path(source)), threads)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self.spec.n_ctx_train
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.spec.is_encoder
+
+    def close(self) -> None:
+        self.source.close()
+
+    # -- public passes ----------------------------------------------------------------------------------
+    def run(self, tokens: np.ndarray, *, capture: Capture | None = None, logits: bool = True,
+            attention_mask: np.ndarray | None = None, token_types: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Run every block over all sequences now; return an iterator of per-sequence outputs.
+
+        The blocks (and every capture call for them) run before this returns. The iterator yields, per sequence
+        and in order, float32 logits [ctx, vocab] for a decoder, or the last hidden states [ctx, hidden] for an
+        encoder. The output head's input is captured as each sequence's logits are produced; with logits=False
+        it is captured here and the iterator is empty.
+        """
+        tokens = self._check_tokens(tokens)
+        mask = self._check_mask(attention_mask, tokens.shape)
+        with _threads_limit(self.threads):
+            x = self._forward(tokens, capture, mask, token_types)
+        if self.spec.is_encoder:
+            return iter(list(x))
+        head = self.spec.output_tensor()
+        assert head is not None
+        name = self.source.name(head)
+        if not logits:
+            if capture is not None:
+                norm = self.source.load(self.spec.tensor("output_norm"))
+                for s in range(x.shape[0]):
+                    capture(name, ops.rms_norm(x[s], norm, self.spec.norm_eps))
+            return iter(())
+        return self._logits(x, head, name, capture)
+
+    def embed(self, tokens: np.ndarray, attention_mask: np.ndarray | None = None,
+              token_types: np.ndarray | None = None) -> np.ndarray:
+        """Pooled sentence embeddings [n_seq, hidden] with the model's sentence-transformers pooling (mean over
+        unmasked tokens when the folder declares none), L2-normalised when the folder has a Normalize module."""
+        tokens = self._check_tokens(tokens)
+        mask = self._check_mask(attention_mask, tokens.shape)
+        with _threads_limit(self.threads):
+            states = self._forward(tokens, None, mask, token_types)
+            if self.spec.numerics.causal:
+                states = ops.rms_norm(states, self.source.load(self.spec.tensor("output_norm")), self.spec.norm_eps)
+        m = np.ones(tokens.shape, dtype=F32) if mask is None else mask.astype(F32)
+        pooling = self.spec.pooling or "mean"
+        if pooling == "mean":
+            pooled = (states * m[..., None]).sum(axis=1) / np.maximum(m.sum(axis=1, keepdims=True), F32(1e-9))
+        elif pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            last = np.maximum(m.sum(axis=1).astype(np.int64) - 1, 0)
+            pooled = states[np.arange(len(states)), last]
+        pooled = pooled.astype(F32)
+        if self.spec.normalize:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), F32(1e-12))
+        return pooled
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] == 0 or not np.issubdtype(tokens.dtype, np.integer):
+            raise InputError(f"tokens must be a 2-D integer array (n_seq, ctx); got {tokens.dtype} {tokens.shape}.",
+                             hint="Pass token ids shaped (sequences, positions).")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.spec.vocab):
+            raise InputError(f"token ids must lie in [0, {self.spec.vocab}); got {tokens.min()}..{tokens.max()}.",
+                             hint="Tokenize with this model's own tokenizer.")
+        if self.spec.rope is None and tokens.shape[1] > self.spec.n_ctx_train:
+            raise InputError(f"{tokens.shape[1]} positions exceed the model's {self.spec.n_ctx_train} learned ones.",
+                             hint=f"Use sequences of at most {self.spec.n_ctx_train} tokens.")
+        return tokens.astype(np.int64, copy=False)
+
+    def _check_mask(self, mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        if mask.shape != shape:
+            raise InputError(f"attention_mask has shape {mask.shape}, the tokens {shape}.",
+                             hint="Give one 0/1 entry per token.")
+        return mask.astype(bool)
+
+    # -- the pass -----------------------------------------------------------------------------------------
+    def _forward(self, tokens: np.ndarray, capture: Capture | None, mask: np.ndarray | None,
+                 token_types: np.ndarray | None) -> np.ndarray:
+        spec = self.spec
+        n_seq, ctx = tokens.shape
+        x = self._embed_tokens(tokens, token_types)
+        group = max(1, CHUNK_TOKENS // ctx)
+        for i in range(spec.n_layer):
+            block = _Block(self.source, spec.block(i))
+            for s0 in range(0, n_seq, group):
+                chunk = x[s0:s0 + group]
+                chunk_mask = None if mask is None else mask[s0:s0 + group]
+                if spec.post_norm_block:
+                    x[s0:s0 + group] = self._encoder_block(i, block, chunk, capture, chunk_mask)
+                else:
+                    x[s0:s0 + group] = self._decoder_block(i, block, chunk, capture)
+            del block
+        return x
+
+    def _embed_tokens(self, tokens: np.ndarray, token_types: np.ndarray | None) -> np.ndarray:
+        spec = self.spec
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        table = self.source.rows(spec.tensor("tok_embd"), uniq)
+        x = table[inverse.reshape(-1)].reshape(*tokens.shape, spec.hidden)
+        if spec.numerics.embed_scale == "sqrt_hidden":
+            x = x * F32(math.sqrt(spec.hidden))  # gemma: sqrt(hidden) rounded to float32, as transformers
+        if spec.rope is None:  # learned positions and token types, then a LayerNorm (bert)
+            types = np.zeros(tokens.shape, dtype=np.int64) if token_types is None else np.asarray(token_types)
+            if types.shape != tokens.shape or types.min() < 0 or types.max() >= spec.n_token_types:
+                raise InputError(f"token_types must be {tokens.shape} ids below {spec.n_token_types}.",
+                                 hint="Pass one token-type id per token, or none for all zeros.")
+            x = x + self.source.load(spec.tensor("type_embd"))[types]
+            x = x + self.source.load(spec.tensor("pos_embd"))[: tokens.shape[1]][None]
+            x = ops.layer_norm(x, self.source.load(spec.tensor("embd_norm")),
+                               self.source.load(spec.tensor("embd_norm_bias")), spec.norm_eps)
+        return np.ascontiguousarray(x, dtype=F32)
+
+    def _linear(self, block: _Block, role: str, x: np.ndarray, capture: Capture | None) -> np.ndarray:
+        if capture is not None:
+            capture(block.names[role], x)
+        y = x @ block.w[role].T
+        bias = block.get(role + "_bias")
+        if bias is not None:
+            y += bias
+        return y
+
+    def _norm(self, x: np.ndarray, block: _Block, role: str) -> np.ndarray:
+        if self.spec.numerics.norm == "layer":
+            return ops.layer_norm(x, block.w[role], block.w[role + "_bias"], self.spec.norm_eps)
+        return ops.rms_norm(x, block.w[role], self.spec.norm_eps)
+
+    def _rope(self, ctx: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
+        key = (ctx, local)
+        if key not in self._rope_cache:
+            rope = self.spec.rope_local if local and self.spec.rope_local is not None else self.spec.rope
+            assert rope is not None
+            self._rope_cache[key] = ops.rope_tables(rope, ctx)
+        return self._rope_cache[key]
+
+    def _qkv(self, block: _Block, h: np.ndarray, capture: Capture | None) -> tuple[np.ndarray, ...]:
+        spec = self.spec
+        q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+        if spec.fused_qkv:
+            qkv = self._linear(block, "attn_qkv", h, capture)
+            return qkv[:, :q_rows], qkv[:, q_rows:q_rows + kv_rows], qkv[:, q_rows + kv_rows:]
+        return (self._linear(block, "attn_q", h, capture), self._linear(block, "attn_k", h, capture),
+                self._linear(block, "attn_v", h, capture))
+
+    def _attention(self, i: int, block: _Block, h: np.ndarray, n_seq: int, ctx: int, capture: Capture | None,
+                   key_mask: np.ndarray | None) -> np.ndarray:
+        """Self-attention of a chunk: h [n_seq * ctx, hidden] -> the output projection's input [n_seq * ctx, q_rows]."""
+        spec = self.spec
+        nh, nkv, hd = spec.n_head, spec.n_head_kv, spec.head_dim
+        group = nh // nkv
+        q, k, v = self._qkv(block, h, capture)
+        q = q.reshape(n_seq, ctx, nh, hd)
+        k = k.reshape(n_seq, ctx, nkv, hd)
+        v = v.reshape(n_seq, ctx, nkv, hd)
+        if spec.numerics.qk_norm:
+            q = ops.rms_norm(q, block.w["attn_q_norm"], spec.norm_eps)
+            k = ops.rms_norm(k, block.w["attn_k_norm"], spec.norm_eps)
+        if spec.rope is not None:
+            cos, sin = self._rope(ctx, spec.sliding_layers[i])
+            q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
+        allowed = self._allowed(i, ctx)
+        out = np.empty((n_seq, ctx, nkv, group, hd), dtype=F32)
+        # queries grouped by their kv head: one batched matmul per sequence covers every head of a group
+        qg = q.reshape(n_seq, ctx, nkv, group, hd).transpose(0, 2, 3, 1, 4)       # s, kv, group, ctx, hd
+        kt = k.transpose(0, 2, 3, 1)                                               # s, kv, hd, ctx
+        vv = v.transpose(0, 2, 1, 3)                                               # s, kv, ctx, hd
+        rows = max(1, SCORE_ROWS // max(1, nh))
+        for s in range(n_seq):
+            qs = np.ascontiguousarray(qg[s])
+            ks, vs = np.ascontiguousarray(kt[s]), np.ascontiguousarray(vv[s])
+            seq_allowed = allowed
+            if key_mask is not None:
+                seq_allowed = allowed & key_mask[s][None, :]
+            for r0 in range(0, ctx, rows):
+                r1 = min(ctx, r0 + rows)
+                scores = (qs[:, :, r0:r1] @ ks[:, None]) * F32(spec.attn_scale)   # kv, group, rows, ctx
+                if spec.attn_softcap is not None:
+                    scores = ops.softcap(scores, spec.attn_softcap)
+                scores = np.where(seq_allowed[r0:r1], scores, F32(-np.inf))
+                ops.softmax_inplace(scores)
+                out[s, r0:r1] = (scores @ vs[:, None]).transpose(2, 0, 1, 3)
+        return out.reshape(n_seq * ctx, nh * hd)
+
+    def _allowed(self, i: int, ctx: int) -> np.ndarray:
+        """(ctx, ctx) bool: may query position r attend to key position c in block i."""
+        if not self.spec.numerics.causal:
+            return np.ones((ctx, ctx), dtype=bool)
+        r = np.arange(ctx)[:, None]
+        c = np.arange(ctx)[None, :]
+        allowed = c <= r
+        if self.spec.sliding_layers[i] and self.spec.sliding_window is not None:
+            allowed &= (r - c) < self.spec.sliding_window
+        return allowed
+
+    def _ffn(self, block: _Block, h: np.ndarray, capture: Capture | None) -> np.ndarray:
+        act = ops.ACTIVATIONS[self.spec.numerics.activation]
+        if self.spec.fused_gate_up:
+            gate_up = self._linear(block, "ffn_gate_up", h, capture)
+            gate, up = gate_up[:, :self.spec.ffn], gate_up[:, self.spec.ffn:]
+            inner = act(gate) * up
+        elif self.spec.numerics.gated_ffn:
+            inner = act(self._linear(block, "ffn_gate", h, capture)) * self._linear(block, "ffn_up", h, capture)
+        else:
+            inner = act(self._linear(block, "ffn_up", h, capture))
+        return self._linear(block, "ffn_down", np.ascontiguousarray(inner, dtype=F32), capture)
+
+    def _decoder_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None) -> np.ndarray:
+        spec = self.spec
+        n_seq, ctx, hidden = x.shape
+        flat = x.reshape(n_seq * ctx, hidden)
+        h = self._norm(flat, block, "attn_norm")
+        a = self._attention(i, block, h, n_seq, ctx, capture, None)
+        a = self._linear(block, "attn_out", a, capture)
+        if spec.numerics.post_norms:
+            a = self._norm(a, block, "post_attn_norm")
+        flat = flat + a
+        f = self._ffn(block, self._norm(flat, block, "ffn_norm"), capture)
+        if spec.numerics.post_norms:
+            f = self._norm(f, block, "post_ffn_norm")
+        return (flat + f).reshape(n_seq, ctx, hidden)
+
+    def _encoder_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None,
+                       mask: np.ndarray | None) -> np.ndarray:
+        n_seq, ctx, hidden = x.shape
+        flat = x.reshape(n_seq * ctx, hidden)
+        a = self._attention(i, block, flat, n_seq, ctx, capture, mask)
+        a = self._linear(block, "attn_out", a, capture)
+        flat = self._norm(a + flat, block, "attn_out_norm")
+        f = self._ffn(block, flat, capture)
+        return self._norm(f + flat, block, "layer_out_norm").reshape(n_seq, ctx, hidden)
+
+    def _logits(self, x: np.ndarray, head: ModelTensor, name: str, capture: Capture | None) -> Iterator[np.ndarray]:
+        """Final norm, then logits per sequence (one sequence's logits in memory at a time)."""
+        spec = self.spec
+        with _threads_limit(self.threads):
+            norm = self.source.load(spec.tensor("output_norm"))
+            weight = self.source.load(head)
+        for s in range(x.shape[0]):
+            with _threads_limit(self.threads):
+                h = ops.rms_norm(x[s], norm, spec.norm_eps)
+                if capture is not None:
+                    capture(name, h)
+                out = h @ weight.T
+                if spec.final_softcap is not None:
+                    out = ops.softcap(out, spec.final_softcap)
+            yield np.ascontiguousarray(out, dtype=F32)
