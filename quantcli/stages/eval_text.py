@@ -66,6 +66,10 @@ def encode(source: Path, text: str) -> np.ndarray:
         raise InputError(f"{source} has no {TOKENIZER_FILE}; the evaluation text cannot be tokenized.",
                          hint="Use a checkpoint folder with a fast tokenizer (tokenizer.json).")
     tokenizer = Tokenizer.from_file(str(path))
+    # tokenizer.json may carry a truncation (BERT checkpoints: 128 or 512 tokens) or padding setting meant for
+    # single inputs; the whole text must be encoded, as llama.cpp does
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
     return np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
 

@@ -1,0 +1,139 @@
+"""Writers of importance matrices in the two file formats llama.cpp's imatrix tool writes and its quantizer reads.
+
+The statistics of one matrix are the sum over tokens of the squared input, per input column, and how many tokens
+were seen; a 3-D weight (MoE experts) keeps one row of sums and one count per expert.
+
+GGUF (the tool's default since 2025; quantcli/quant/imatrix.py reads it):
+    metadata  general.type = "imatrix", imatrix.datasets (string array), imatrix.chunk_count (u32),
+              imatrix.chunk_size (u32: tokens per chunk)
+    tensors   per weight name W, in sorted name order: "W.in_sum2" F32 with ggml shape (n_cols, n_mat), the raw
+              sums; "W.counts" F32 with ggml shape (1, n_mat), the raw token counts (llama.cpp rounds them back
+              to integers when it reads them)
+Legacy .dat (little-endian, no header):
+    int32 n_entries; per entry (sorted names, entries without any data skipped): int32 name length, the name's
+    bytes, int32 ncall, int32 n_values, n_values float32; then int32 chunk_count, int32 dataset length and the
+    dataset's bytes. ncall = ceil(max count / chunk_size) and each value is (sum / count) * ncall, so a reader
+    dividing by ncall gets the mean square; an expert that saw no token stores 1 * ncall.
+
+    >>> stats = ImatrixStats({"blk.0.attn_q.weight": MatrixStats(np.ones((1, 64), np.float32), np.array([512]))},
+    ...                      datasets=("calib.txt",), chunk_count=1, chunk_size=512)
+    >>> write_imatrix_gguf(Path("imatrix.gguf"), stats)             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from ..errors import OutputError
+from ..models.metadata import MetaKV, kv_array, kv_str, kv_u32
+from .atomic import atomic_file
+from .gguf_writer import GGUFStreamWriter, TensorInfo
+
+# The file format's vocabulary, in one place (llama.cpp: tools/imatrix/imatrix.cpp, common/imatrix-loader.h).
+KEY_TYPE = "general.type"
+TYPE_IMATRIX = "imatrix"
+KEY_DATASETS = "imatrix.datasets"
+KEY_CHUNK_COUNT = "imatrix.chunk_count"
+KEY_CHUNK_SIZE = "imatrix.chunk_size"
+SUFFIX_SUMS = ".in_sum2"
+SUFFIX_COUNTS = ".counts"
+FORMATS = ("gguf", "dat")
+
+
+@dataclass(frozen=True)
+class MatrixStats:
+    """One weight's statistics: `sums` float32 [n_mat, n_cols] (sum of x**2 per column), `counts` int64 [n_mat]."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.sums.ndim != 2 or self.counts.shape != (self.sums.shape[0],):
+            raise ValueError(f"sums {self.sums.shape} and counts {self.counts.shape} do not describe the same matrices")
+
+    @property
+    def mean_squares(self) -> np.ndarray:
+        """sums / count per matrix, 1 where a matrix saw no token: the weights llama-quantize derives."""
+        counts = self.counts.astype(np.float32)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(counts > 0, self.sums / np.where(counts > 0, counts, 1), np.float32(1)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ImatrixStats:
+    """Everything an imatrix file holds: per-weight statistics (GGUF tensor names) and the run's description."""
+
+    entries: Mapping[str, MatrixStats]
+    datasets: tuple[str, ...]
+    chunk_count: int
+    chunk_size: int
+
+
+def write_imatrix_gguf(path: Path, stats: ImatrixStats) -> None:
+    """Write `stats` as llama.cpp's GGUF imatrix, atomically."""
+    metadata: list[MetaKV] = [
+        kv_str(KEY_TYPE, TYPE_IMATRIX),
+        kv_array(KEY_DATASETS, list(stats.datasets), GGUFValueType.STRING),
+        kv_u32(KEY_CHUNK_COUNT, stats.chunk_count),
+        kv_u32(KEY_CHUNK_SIZE, stats.chunk_size),
+    ]
+    names = sorted(stats.entries)
+    infos: list[TensorInfo] = []
+    for name in names:
+        n_mat, n_cols = stats.entries[name].sums.shape
+        infos.append(TensorInfo(name + SUFFIX_SUMS, (n_cols, n_mat), GGMLQuantizationType.F32))
+        infos.append(TensorInfo(name + SUFFIX_COUNTS, (1, n_mat), GGMLQuantizationType.F32))
+    with GGUFStreamWriter(Path(path), metadata, infos) as writer:
+        for name in names:
+            entry = stats.entries[name]
+            writer.write_tensor(name + SUFFIX_SUMS, np.ascontiguousarray(entry.sums, dtype="<f4"))
+            writer.write_tensor(name + SUFFIX_COUNTS, entry.counts.astype("<f4"))
+        writer.commit()
+
+
+def legacy_values(entry: MatrixStats, chunk_size: int) -> tuple[int, np.ndarray] | None:
+    """(ncall, values) of one .dat entry, None when no matrix of the weight saw a token (the tool skips it)."""
+    if not (entry.counts > 0).any():
+        return None
+    ncall = (int(entry.counts.max()) + chunk_size - 1) // chunk_size
+    counts = entry.counts.astype(np.float32)[:, None]
+    sums = np.where(counts > 0, entry.sums, np.float32(1))
+    values = (sums / np.where(counts > 0, counts, np.float32(1))) * np.float32(ncall)
+    return ncall, values.astype("<f4").reshape(-1)
+
+
+def write_imatrix_dat(path: Path, stats: ImatrixStats) -> None:
+    """Write `stats` in llama.cpp's legacy .dat layout, atomically (the last dataset names the file's source)."""
+    if stats.chunk_size <= 0:
+        raise ValueError("the legacy format needs the chunk size to turn counts into calls")
+    body = []
+    for name in sorted(stats.entries):
+        legacy = legacy_values(stats.entries[name], stats.chunk_size)
+        if legacy is None:
+            continue
+        ncall, values = legacy
+        raw = name.encode("utf-8")
+        body.append(struct.pack("<i", len(raw)) + raw + struct.pack("<ii", ncall, values.size) + values.tobytes())
+    dataset = (stats.datasets[-1] if stats.datasets else "").encode("utf-8")
+    data = (struct.pack("<i", len(body)) + b"".join(body) + struct.pack("<i", stats.chunk_count)
+            + struct.pack("<i", len(dataset)) + dataset)
+    try:
+        with atomic_file(Path(path)) as fp:
+            fp.write(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}.", hint="Choose a folder you can write to (-o).") from exc
+
+
+def write_imatrix(path: Path, stats: ImatrixStats, fmt: str = "gguf") -> None:
+    """Write in `fmt` ("gguf" or "dat")."""
+    if fmt == "gguf":
+        write_imatrix_gguf(path, stats)
+    elif fmt == "dat":
+        write_imatrix_dat(path, stats)
+    else:
+        raise ValueError(f"unknown imatrix format {fmt!r}; expected one of {FORMATS}")
