@@ -8,7 +8,7 @@ from typing import Optional
 from ._common import out
 
 
-def verify_model_report(path: Path, source: Optional[Path], data: Path, *, ctx: int, chunks: Optional[int],
+def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: int, chunks: Optional[int],
                         recipe: Optional[str], json: bool) -> None:
     """Score the file, print the figures, then apply the recipe's thresholds (a miss exits 1 with the figure)."""
     from ..errors import InputError
@@ -31,7 +31,7 @@ def verify_model_report(path: Path, source: Optional[Path], data: Path, *, ctx: 
     else:
         from rich.table import Table
 
-        table = Table(title=f"{path} against {source} on {data}: {res.n_chunks} chunks of {res.ctx} tokens",
+        table = Table(title=f"{path} against {source} on {report.data}: {res.n_chunks} chunks of {res.ctx} tokens",
                       title_justify="left")
         table.add_column("figure")
         table.add_column("value", justify="right")

@@ -16,7 +16,7 @@ def verify(
     min_snr_db: Annotated[Optional[float], typer.Option("--min-snr-db", help="Fail when a tensor's SNR is below this (dB). Default: per type.")] = None,
     max_rmse: Annotated[Optional[float], typer.Option("--max-rmse", help="Fail when a tensor's RMSE is above this.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Take the thresholds from this recipe's verify section.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="A UTF-8 text: score the model on it against --source (PPL, KL divergence, same top-1; cosine of embeddings for encoders) instead of comparing tensors.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Score the model against --source on this text instead of comparing tensors: a UTF-8 file (or folder, JSONL, parquet, hub dataset), or builtin:eval for the shipped evaluation text. PPL, KL divergence, same top-1; cosine of pooled embeddings for encoders.")] = None,
     ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk of --data (llama-perplexity's -c); the second half of each chunk is scored.", min=4)] = 512,
     chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
     json: JsonOpt = False,

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from ..errors import InputError, VerifyError
-from .eval_text import SpecialIds, read_text, text_tokens
+from .calibration_data import load_calibration_text
+from .eval_text import SpecialIds, text_tokens
 from .perplexity import PerplexityResult, PerplexityScorer, chunk_tokens, with_bos
 
 DEFAULT_CTX = 512
@@ -79,11 +80,12 @@ def gguf_metadata(path: Path) -> dict[str, object]:
     return open_layout(Path(path)).values
 
 
-def verify_model(path: Path, source: Path, data: Path, *, ctx: int = DEFAULT_CTX, chunks: int | None = None,
+def verify_model(path: Path, source: Path, data: str | Path, *, ctx: int = DEFAULT_CTX, chunks: int | None = None,
                  threads: int = 0) -> ModelQualityReport:
-    """Score the GGUF at `path` against the checkpoint `source` on the text file `data`.
+    """Score the GGUF at `path` against the checkpoint `source` on the text `data`: a text file (or folder, JSONL,
+    parquet, hub dataset: whatever calibrate reads) or "builtin:eval", the evaluation text shipped with quantcli.
 
-        >>> report = verify_model(Path("smol-q4_k_m.gguf"), Path("SmolLM2-135M-Instruct"), Path("eval.txt"))
+        >>> report = verify_model(Path("smol-q4_k_m.gguf"), Path("SmolLM2-135M-Instruct"), "builtin:eval")
         >>> report.result.kld_mean   # doctest: +SKIP
     """
     if not Path(source).is_dir():
@@ -93,21 +95,28 @@ def verify_model(path: Path, source: Path, data: Path, *, ctx: int = DEFAULT_CTX
     if chunks is not None and chunks < 1:
         raise InputError(f"--chunks {chunks} must be at least 1.", hint="Leave it out to use the whole text.")
     special = SpecialIds.from_metadata(gguf_metadata(path))
-    text = read_text(data)
+    loaded = load_calibration_text(data)
+    text, name = loaded.text, loaded.name
     src, out = open_engines(Path(path), Path(source), threads)
-    if ctx > src.n_ctx_train:
-        raise InputError(f"--ctx {ctx} is beyond the model's training context ({src.n_ctx_train}).",
-                         hint=f"Use --ctx {src.n_ctx_train} or less.")
-    if src.is_encoder:
-        result: PerplexityResult | EmbeddingResult = score_embeddings(
-            src, out, encoder_chunks(Path(source), text, special, ctx, chunks, data))
-    else:
-        tokens = text_tokens(Path(source), text, special)
-        if len(tokens) < 2 * ctx:
-            raise InputError(f"{data} tokenizes to {len(tokens)} tokens; perplexity at --ctx {ctx} needs at least "
-                             f"{2 * ctx}.", hint="Give a longer text or a smaller --ctx.")
-        result = score_perplexity(src, out, chunk_tokens(tokens, ctx, chunks), special.bos)
-    return ModelQualityReport(str(path), str(source), str(data), result)
+    try:
+        if ctx > src.n_ctx_train:
+            raise InputError(f"--ctx {ctx} is beyond the model's training context ({src.n_ctx_train}).",
+                             hint=f"Use --ctx {src.n_ctx_train} or less.")
+        if src.is_encoder:
+            result: PerplexityResult | EmbeddingResult = score_embeddings(
+                src, out, encoder_chunks(Path(source), text, special, ctx, chunks, name))
+        else:
+            tokens = text_tokens(Path(source), text, special)
+            if len(tokens) < 2 * ctx:
+                raise InputError(f"{name} tokenizes to {len(tokens)} tokens; perplexity at --ctx {ctx} needs at "
+                                 f"least {2 * ctx}.", hint="Give a longer text or a smaller --ctx.")
+            result = score_perplexity(src, out, chunk_tokens(tokens, ctx, chunks), special.bos)
+    finally:
+        for engine in (src, out):
+            close = getattr(engine, "close", None)   # the engine maps its files; a fake has nothing to release
+            if close is not None:
+                close()
+    return ModelQualityReport(str(path), str(source), name, result)
 
 
 def score_perplexity(src: ForwardEngine, out: ForwardEngine, chunks: np.ndarray, bos: int | None,
@@ -135,7 +144,7 @@ def score_outputs(src: ForwardEngine, outs: Sequence[ForwardEngine], chunks: np.
 
 
 def encoder_chunks(source: Path, text: str, special: SpecialIds, ctx: int, chunks: int | None,
-                   data: Path) -> np.ndarray:
+                   data: str) -> np.ndarray:
     """The text cut into equal sequences of `ctx` tokens, each framed as the tokenizer frames one input
     ([CLS] ... [SEP] for bert), so every sequence is a full, unpadded input."""
     frame = [t for t in (special.bos, special.sep) if t is not None]

@@ -18,10 +18,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from quantcli.stages.calibration_data import builtin_text
 from quantcli.stages.eval_text import SpecialIds, text_tokens
 from quantcli.stages.perplexity import PerplexityResult, PerplexityScorer, chunk_tokens, with_bos
 from quantcli.stages.verify import open_layout
-from tests.fixtures.eval_text import eval_text
 from tests.fixtures.paths import model_path
 
 pytestmark = pytest.mark.slow
@@ -33,9 +33,9 @@ PPL_REL_TOL = 0.01
 
 
 def eval_chunks(path: Path) -> tuple[np.ndarray, int | None]:
-    """The evaluation text's first N_CHUNKS chunks of CTX tokens and the BOS id llama.cpp would put first."""
+    """The shipped evaluation text's first N_CHUNKS chunks of CTX tokens and the BOS id llama.cpp puts first."""
     special = SpecialIds.from_metadata(open_layout(path).values)
-    tokens = text_tokens(model_path(MODEL), eval_text()[:40_000], special)
+    tokens = text_tokens(model_path(MODEL), builtin_text("eval").text[:40_000], special)
     return chunk_tokens(tokens, CTX, N_CHUNKS), special.bos
 
 

@@ -275,6 +275,12 @@ def test_gpt2_vocab_without_flag_adds_no_bos(workspace: dict[str, Any]) -> None:
     assert given.tolist() == workspace["ids"][:32].reshape(2, 16).tolist()
 
 
+def test_builtin_eval_text_is_a_data_source(workspace: dict[str, Any]) -> None:
+    gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
+    report = stage.verify_model(gguf_path, workspace["source"], "builtin:eval", ctx=32, chunks=2)
+    assert report.data == "builtin:eval" and report.result.n_chunks == 2
+
+
 def test_too_short_a_text_is_bad_input(workspace: dict[str, Any]) -> None:
     gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
     workspace["engines"]["src"].n_ctx_train = 4096
