@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gguf
 import numpy as np
@@ -369,3 +369,48 @@ def test_command_missing_data_file_is_usage_error(workspace: dict[str, Any]) -> 
     done = _cli(["verify", str(gguf_path), "--source", str(workspace["source"]), "--data",
                  str(workspace["tmp"] / "nope.txt")])
     assert done.exit_code == 2 and "does not exist" in done.stderr
+
+
+# ---- real models through the engine (slow) ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
+    from tests.fixtures.paths import model_path
+
+    folder = tmp_path_factory.mktemp("verify-model")
+
+    def get(model: str, qtype: str) -> Path:
+        out = folder / f"{model}-{qtype}.gguf"
+        if not out.exists():
+            convert(ConvertRequest(model=str(model_path(model)), recipe=recipe_from_type(qtype), output=out,
+                                   threads=2, verify="none"))
+        return out
+
+    return get
+
+
+@pytest.mark.slow
+def test_real_decoder_figures_grow_as_bits_shrink(real_files: Callable[[str, str], Path]) -> None:
+    from tests.fixtures.paths import model_path
+
+    source = model_path("tiny-llama")
+    res = {t: stage.verify_model(real_files("tiny-llama", t), source, "builtin:eval", ctx=64, chunks=4).result
+           for t in ("F32", "Q8_0", "Q2_K")}
+    assert abs(res["F32"].kld_mean) < 1e-6 and res["F32"].same_top1 == 1.0
+    assert res["F32"].ppl == pytest.approx(res["F32"].ppl_source, rel=1e-4)
+    assert 0 < res["Q8_0"].kld_mean < res["Q2_K"].kld_mean
+    assert res["Q8_0"].rms_dp < res["Q2_K"].rms_dp
+    assert all(r.n_scored == 4 * 31 and r.ppl_source == res["F32"].ppl_source for r in res.values())
+
+
+@pytest.mark.slow
+def test_real_encoder_cosine(real_files: Callable[[str, str], Path]) -> None:
+    from tests.fixtures.paths import model_path
+
+    source = model_path("all-MiniLM-L6-v2")
+    f32 = stage.verify_model(real_files("all-MiniLM-L6-v2", "F32"), source, "builtin:eval", ctx=128, chunks=4)
+    q4 = stage.verify_model(real_files("all-MiniLM-L6-v2", "Q4_0"), source, "builtin:eval", ctx=128, chunks=4)
+    assert isinstance(f32.result, stage.EmbeddingResult) and f32.result.n_chunks == 4
+    assert f32.result.cos_min > 1 - 1e-6
+    assert 0.9 < q4.result.cos_min <= q4.result.cos_mean < f32.result.cos_mean
