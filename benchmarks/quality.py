@@ -64,7 +64,8 @@ def quality_rows(source: Path, files: dict[str, Path], ctx: int, chunks: int) ->
     src = Engine.from_hf(source, threads=2)
     outs = [Engine.from_gguf(path, source=source, threads=2) for path in files.values()]
     try:
-        results = score_outputs(src, outs, chunked, special.bos, batch=2)
+        results = score_outputs(src, outs, chunked, special.bos, batch=2,
+                                progress=lambda done, total: log(f"scored {done}/{total} chunks"))
     finally:
         for engine in [src, *outs]:
             engine.close()
@@ -127,13 +128,17 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--no-imatrix", action="store_true", help="Only the files without an importance matrix.")
     ap.add_argument("--no-agreement", action="store_true", help="Skip the llama.cpp comparison.")
+    ap.add_argument("--work", type=Path, help="Keep the files here (an imatrix.gguf already there is reused).")
     args = ap.parse_args()
     source = args.models / MODEL
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         imatrix = None
-        if not args.no_imatrix:
+        if not args.no_imatrix and (work / "imatrix.gguf").is_file():
+            imatrix = work / "imatrix.gguf"
+        elif not args.no_imatrix:
             log(f"calibrating ({args.calib_chunks} chunks of {args.ctx})")
             imatrix = make_imatrix(source, work / "imatrix.gguf", args.ctx, args.calib_chunks)
         files: dict[str, Path] = {}
@@ -145,13 +150,15 @@ def main() -> None:
         results = quality_rows(source, files, args.ctx, args.chunks)
         for key, r in results.items():
             log(f"{key}: PPL {r.ppl:.4f} KLD {r.kld_mean:.5f}")
-        agreement = []
+        # written now and again with the agreement table, so a long run leaves its main figures behind
+        write_section(args.out, render(results, [], args.ctx, args.chunks, args.calib_chunks, time.monotonic() - start))
+        log(f"wrote {args.out}")
         if not args.no_agreement:
             extra = {t: convert(source, t, work / f"{t}.gguf", None) for t in AGREEMENT_TYPES if t not in files}
             agreement = agreement_rows(source, {t: extra.get(t) or files[t] for t in AGREEMENT_TYPES})
-    write_section(args.out, render(results, agreement, args.ctx, args.chunks, args.calib_chunks,
-                                   time.monotonic() - start))
-    log(f"wrote {args.out}")
+            write_section(args.out, render(results, agreement, args.ctx, args.chunks, args.calib_chunks,
+                                           time.monotonic() - start))
+            log(f"wrote {args.out} with the agreement table")
 
 
 if __name__ == "__main__":

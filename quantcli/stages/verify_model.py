@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -126,7 +126,8 @@ def score_perplexity(src: ForwardEngine, out: ForwardEngine, chunks: np.ndarray,
 
 
 def score_outputs(src: ForwardEngine, outs: Sequence[ForwardEngine], chunks: np.ndarray, bos: int | None,
-                  batch: int = BATCH_CHUNKS) -> list[PerplexityResult]:
+                  batch: int = BATCH_CHUNKS, progress: Callable[[int, int], None] | None = None
+                  ) -> list[PerplexityResult]:
     """The figures of each of `outs` against `src`, the source run once per batch of chunks.
 
     With one output the two logit streams are consumed in step (one chunk's logits per model in memory); with
@@ -140,6 +141,8 @@ def score_outputs(src: ForwardEngine, outs: Sequence[ForwardEngine], chunks: np.
         for scorer, out in zip(scorers, outs):
             for chunk, base_logits, logits in zip(part, base, out.run(given), strict=True):
                 scorer.add(chunk, logits, base_logits)
+        if progress is not None:
+            progress(min(lo + batch, len(chunks)), len(chunks))
     return [scorer.result() for scorer in scorers]
 
 
