@@ -33,6 +33,8 @@ def log(message: str) -> None:
 def convert(source: Path, qtype: str, out: Path, imatrix: Path | None) -> Path:
     from quantcli.pipeline.convert import ConvertRequest, convert as run_convert, recipe_from_type
 
+    if out.is_file():   # kept by an earlier run with --work
+        return out
     run_convert(ConvertRequest(model=str(source), recipe=recipe_from_type(qtype), output=out, threads=2,
                                verify="none", imatrix=imatrix))
     return out
