@@ -73,6 +73,12 @@ demo: install
 	$(BIN)/quantcli convert $(MODELS)/SmolLM2-135M-Instruct --type Q8_0 -o $(DEMO)/smollm2-q8_0.gguf
 	$(BIN)/quantcli verify $(DEMO)/smollm2-q8_0.gguf --source $(MODELS)/SmolLM2-135M-Instruct
 
+# docs/quality.md's tables: PPL and KL divergence of SmolLM2 per type, with and without an importance matrix, and
+# the agreement with llama.cpp's perplexity (about 30 min on 2 cores).
+.PHONY: quality
+quality: models
+	$(PYTHON) -m benchmarks.quality --models $(MODELS) --out docs/quality.md
+
 lint: dev
 	$(BIN)/ruff check --select F quantcli tests benchmarks
 

@@ -16,6 +16,9 @@ def verify(
     max_rmse: Annotated[Optional[float], typer.Option("--max-rmse", help="Fail when a tensor's RMSE is above this.")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Take the thresholds from this recipe's verify section.")] = None,
     all_tensors: Annotated[bool, typer.Option("--all", help="Print every tensor's figures, not only the summary (--json always has them).")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Score the model against --source on this text instead of comparing tensors: a UTF-8 file (or folder, JSONL, parquet, hub dataset), or builtin:eval for the shipped evaluation text. PPL, KL divergence, same top-1; cosine of pooled embeddings for encoders.")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk of --data (llama-perplexity's -c); the second half of each chunk is scored.", min=4)] = 512,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
     json: JsonOpt = False,
 ) -> None:
     """Reopen a GGUF with an independent reader, check its structure and, with --source, its error per tensor.
@@ -30,9 +33,14 @@ def verify(
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --all
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --json
+      quantcli verify smol-q4_k_m.gguf --source ./SmolLM2-135M-Instruct --data eval.txt --ctx 512 --chunks 20
     """
     def body() -> None:
         from ..errors import VerifyError
+        if data is not None:
+            from ._model_quality import verify_model_report
+
+            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json)
         from ..recipe import resolve_recipe
         from ..stages.verify import failure_line, verify_file
 

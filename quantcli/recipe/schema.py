@@ -62,6 +62,8 @@ class VerifySpec:
     min_snr_db: float | None = None        # lowest allowed per-tensor signal-to-noise ratio, in dB
     max_rmse: float | None = None          # highest allowed per-tensor RMSE against the source
     enabled: bool = True
+    max_kld: float | None = None           # highest allowed mean KL divergence from the source (verify --data)
+    max_ppl_ratio: float | None = None     # highest allowed PPL(output) / PPL(source) (verify --data)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,23 @@ def _calibrate(ctx: YamlContext, node: yaml.Node) -> CalibrateSpec:
     return CalibrateSpec(**kw)
 
 
+# Model-level thresholds: a ratio or a divergence bound that is zero, negative, inf or nan could never be met
+# or never be missed, so it is a mistake in the recipe.
+_POSITIVE_VERIFY_KEYS = ("max_kld", "max_ppl_ratio")
+
+
+def _verify(ctx: YamlContext, node: yaml.Node) -> VerifySpec:
+    spec = _section(ctx, node, VerifySpec, "verify")
+    items = mapping(ctx, node, "verify")
+    for key in _POSITIVE_VERIFY_KEYS:
+        value = getattr(spec, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ctx.fail(items[key][1], f"verify.{key} must be a finite number above 0, got {value!r}.",
+                           hint="e.g. max_kld: 0.1, max_ppl_ratio: 1.05")
+    return spec
+
+
+
 _TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish", "calibrate")
 
 
@@ -239,7 +258,7 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
                            hint="Give each output a distinct 'file' template or type.")
     name = scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
     desc = scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
-    verify = _section(ctx, items["verify"][1], VerifySpec, "verify") if "verify" in items else VerifySpec()
+    verify = _verify(ctx, items["verify"][1]) if "verify" in items else VerifySpec()
     publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
     calibrate = _calibrate(ctx, items["calibrate"][1]) if "calibrate" in items else None
     return Recipe(name, desc, outputs, verify, publish, source, calibrate)
@@ -279,7 +298,11 @@ def recipe_json_schema() -> dict[str, Any]:
             "name": {"type": "string"}, "description": {"type": "string"},
             "quantize": output, "outputs": {"type": "array", "minItems": 1, "items": output},
             "verify": {"type": "object", "additionalProperties": False, "properties": {
-                "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number", "minimum": 0}, "enabled": {"type": "boolean"}}},
+                "min_snr_db": {"type": "number"}, "max_rmse": {"type": "number", "minimum": 0}, "enabled": {"type": "boolean"},
+                "max_kld": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "Highest mean KL divergence from the source (verify --data)."},
+                "max_ppl_ratio": {"type": "number", "exclusiveMinimum": 0,
+                                  "description": "Highest PPL(output)/PPL(source) (verify --data)."}}},
             "publish": {"type": "object", "additionalProperties": False, "properties": {
                 "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
             "calibrate": {"type": "object", "additionalProperties": False, "properties": {
