@@ -37,6 +37,7 @@ def verify(
     """
     def body() -> None:
         from ..errors import VerifyError
+
         if data is not None:
             from ._model_quality import verify_model_report
 
@@ -50,16 +51,16 @@ def verify(
             snr = spec.min_snr_db if snr is None else snr
             rmse = spec.max_rmse if rmse is None else rmse
         report = verify_file(path, source, min_snr_db=snr, max_rmse=rmse)
-        data = report.to_json()
+        figures = report.to_json()
         if json:
-            print_json({**data, "summary": report.summary()})
+            print_json({**figures, "summary": report.summary()})
         else:
             if all_tensors:
-                print_tensor_table(data)
-            print_summary(data, source=source)
+                print_tensor_table(figures)
+            print_summary(figures, source=source)
         if not report.ok:
             more = report.compared and not (all_tensors or json)
-            raise VerifyError(f"{path} failed verification: {failure_line(data)}.",
+            raise VerifyError(f"{path} failed verification: {failure_line(figures)}.",
                               hint="`--all` lists every tensor's figures." if more else None)
 
     run(body)
