@@ -8,13 +8,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 /* Compiled once (setup.py ONCE), not per variant: it uses the baseline helpers of kernels.h. */
 #ifndef QC_ISA
 #define QC_ISA default
 #endif
 #include "kernels.h"
+#include "parallel.h"
 
 enum { INT_F32 = 0, INT_F16 = 1, INT_BF16 = 2 };
 enum { INT_MINMAX = 0, INT_MSE = 1 };
@@ -137,22 +137,6 @@ static void *int_rtn_run(void *arg) {
     return NULL;
 }
 
-/* Run fn over n jobs with the GIL released: job 0 here, the rest on their own threads (or here if one
- * cannot start), so the result is complete either way. */
-static void int_parallel(void *(*fn)(void *), void *jobs, size_t size, int n) {
-    pthread_t tids[INT_MAX_THREADS];
-    int started = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (int t = 1; t < n; t++) {
-        if (pthread_create(&tids[t], NULL, fn, (char *)jobs + t * size) != 0) break;
-        started = t;
-    }
-    fn(jobs);
-    for (int t = started + 1; t < n; t++) fn((char *)jobs + t * size);
-    for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-    Py_END_ALLOW_THREADS
-}
-
 static int int_threads(int threads, int64_t rows) {
     if (threads < 1) threads = 1;
     if (threads > INT_MAX_THREADS) threads = INT_MAX_THREADS;
@@ -195,7 +179,7 @@ PyObject *qc_int_rtn(PyObject *self, PyObject *args) {
                                 (const float *)src.buf, (int8_t *)q.buf, scale.buf, (int8_t *)zp.buf,
                                 n, g, rows * t / threads, rows * (t + 1) / threads};
     }
-    if (rows > 0) int_parallel(int_rtn_run, jobs, sizeof(int_rtn_job), threads);
+    if (rows > 0) qc_parallel(int_rtn_run, jobs, sizeof(int_rtn_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -251,7 +235,7 @@ PyObject *qc_int_pack(PyObject *self, PyObject *args) {
         jobs[t] = (int_pack_job){(const int8_t *)q.buf, (uint32_t *)out.buf, n, words, bits,
                                  rows * t / threads, rows * (t + 1) / threads};
     }
-    if (rows > 0) int_parallel(int_pack_run, jobs, sizeof(int_pack_job), threads);
+    if (rows > 0) qc_parallel(int_pack_run, jobs, sizeof(int_pack_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:

@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include "dispatch.h"
+#include "parallel.h"
 
 /* The variants this machine runs, best first; found once at import. */
 static const qc_variant *qc_usable[QC_MAX_VARIANTS];
@@ -42,10 +43,9 @@ static void *qc_run_job(void *arg) {
     return NULL;
 }
 
-/* Run fn over n job records (each job_size bytes) with the GIL released: job 0 on this thread, the others on
- * their own threads. A job whose thread cannot start runs here too, so the result is complete either way. */
-static void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
-    pthread_t tids[256];
+/* Declared in parallel.h, which says what it promises; int_rtn.c and nf4.c share it. */
+void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
+    pthread_t tids[QC_MAX_THREADS];
     int started = 0;
     Py_BEGIN_ALLOW_THREADS
     for (int t = 1; t < n; t++) {
@@ -105,9 +105,9 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     }
     if (threads < 1) threads = 1;
     if (threads > nrows) threads = (int)nrows;
-    if (threads > 256) threads = 256;
+    if (threads > QC_MAX_THREADS) threads = QC_MAX_THREADS;
 
-    qc_job jobs[256];
+    qc_job jobs[QC_MAX_THREADS];
     const int64_t per = nrows > 0 ? nrows / threads : 0, extra = nrows > 0 ? nrows % threads : 0;
     int64_t begin = 0;
     for (int t = 0; t < threads; t++) {

@@ -6,8 +6,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
+
+#include "parallel.h"
 
 #define NF4_BLOCK 64
 #define NF4_MAX_THREADS 64
@@ -72,19 +73,7 @@ PyObject *qc_nf4_blocks(PyObject *self, PyObject *args) {
         jobs[t] = (nf4_job){(const float *)x.buf, (uint8_t *)idx.buf, (float *)absmax.buf, n,
                             blocks * t / threads, blocks * (t + 1) / threads};
     }
-    if (blocks > 0) {
-        pthread_t tids[NF4_MAX_THREADS];
-        int started = 0;
-        Py_BEGIN_ALLOW_THREADS
-        for (int t = 1; t < threads; t++) {
-            if (pthread_create(&tids[t], NULL, nf4_run, &jobs[t]) != 0) break;
-            started = t;
-        }
-        nf4_run(&jobs[0]);
-        for (int t = started + 1; t < threads; t++) nf4_run(&jobs[t]);
-        for (int t = 1; t <= started; t++) pthread_join(tids[t], NULL);
-        Py_END_ALLOW_THREADS
-    }
+    if (blocks > 0) qc_parallel(nf4_run, jobs, sizeof(nf4_job), threads);
     result = Py_None;
     Py_INCREF(result);
 done:
