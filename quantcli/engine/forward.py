@@ -169,23 +169,46 @@ class Engine:
         return mask.astype(bool)
 
     # -- the pass -----------------------------------------------------------------------------------------
+    def blocks(self, tokens: np.ndarray, *, attention_mask: np.ndarray | None = None,
+               token_types: np.ndarray | None = None) -> Iterator["BlockStep"]:
+        """Walk the blocks one at a time over all sequences, yielding a BlockStep for each.
+
+        This is the loop GPTQ and AWQ drive: a step exposes the block's inputs and weights, runs the block on
+        any inputs with any candidate weights, and accepts replacement weights. When the caller asks for the
+        next step, the block is run over all inputs with its current (possibly replaced) weights, and those
+        outputs feed the next block, so later blocks see the errors of the quantized earlier ones.
+        """
+        tokens = self._check_tokens(tokens)
+        mask = self._check_mask(attention_mask, tokens.shape)
+        with _threads_limit(self.threads):
+            x = self._embed_tokens(tokens, token_types)
+        for i in range(self.spec.n_layer):
+            step = BlockStep(self, i, _Block(self.source, self.spec.block(i)), x, mask)
+            yield step
+            x = step.forward()
+            del step
+
     def _forward(self, tokens: np.ndarray, capture: Capture | None, mask: np.ndarray | None,
                  token_types: np.ndarray | None) -> np.ndarray:
-        spec = self.spec
-        n_seq, ctx = tokens.shape
         x = self._embed_tokens(tokens, token_types)
-        group = max(1, CHUNK_TOKENS // ctx)
-        for i in range(spec.n_layer):
-            block = _Block(self.source, spec.block(i))
-            for s0 in range(0, n_seq, group):
-                chunk = x[s0:s0 + group]
-                chunk_mask = None if mask is None else mask[s0:s0 + group]
-                if spec.post_norm_block:
-                    x[s0:s0 + group] = self._encoder_block(i, block, chunk, capture, chunk_mask)
-                else:
-                    x[s0:s0 + group] = self._decoder_block(i, block, chunk, capture)
-            del block
+        for i in range(self.spec.n_layer):
+            x = self._run_block(i, _Block(self.source, self.spec.block(i)), x, capture, mask, out=x)
         return x
+
+    def _run_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None, mask: np.ndarray | None,
+                   out: np.ndarray | None = None) -> np.ndarray:
+        """Block i over hidden states [n_seq, ctx, hidden], in chunks of sequences; `out` may be `x` itself."""
+        n_seq, ctx, _ = x.shape
+        out = np.empty_like(x) if out is None else out
+        group = max(1, CHUNK_TOKENS // ctx)
+        for s0 in range(0, n_seq, group):
+            chunk = x[s0:s0 + group]
+            if self.spec.post_norm_block:
+                chunk_mask = None if mask is None else mask[s0:s0 + group]
+                out[s0:s0 + group] = self._encoder_block(i, block, chunk, capture, chunk_mask)
+            else:
+                out[s0:s0 + group] = self._decoder_block(i, block, chunk, capture)
+        return out
 
     def _embed_tokens(self, tokens: np.ndarray, token_types: np.ndarray | None) -> np.ndarray:
         spec = self.spec
@@ -353,3 +376,56 @@ class Engine:
                 if spec.final_softcap is not None:
                     out = ops.softcap(out, spec.final_softcap)
             yield np.ascontiguousarray(out, dtype=F32)
+
+
+class BlockStep:
+    """Block `index` of a layer-sequential walk (Engine.blocks): its inputs, its weights, and a way to run it.
+
+    `inputs` are the hidden states entering the block for every sequence, [n_seq, ctx, hidden] float32 (read
+    only). Weights are keyed by the source checkpoint's tensor names (the names `capture` reports); `linears`
+    lists the block's matmul weights in the order the forward pass uses them.
+    """
+
+    def __init__(self, engine: Engine, index: int, block: _Block, inputs: np.ndarray,
+                 mask: np.ndarray | None) -> None:
+        self.index = index
+        self.inputs = inputs
+        self._engine, self._block, self._mask = engine, block, mask
+        self._role = {name: role for role, name in block.names.items()}
+        self.inputs.flags.writeable = False
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Role ("attn_q", "ffn_down", "attn_norm", ...) -> tensor name, for every tensor of the block."""
+        return dict(self._block.names)
+
+    @property
+    def linears(self) -> list[str]:
+        """Names of the block's matmul weights, in forward order."""
+        order = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "ffn_gate_up", "ffn_gate", "ffn_up",
+                 "ffn_down")
+        return [self._block.names[r] for r in order if r in self._block.names]
+
+    def role(self, name: str) -> str:
+        return self._role[name]
+
+    def weight(self, name: str) -> np.ndarray:
+        """The block's current float32 weight `name` (HF layout; norms as the factor the pass multiplies by)."""
+        return self._block.w[self._role[name]]
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Replace a weight for every later `forward` of this step and for the outputs passed to the next block."""
+        old = self.weight(name)
+        value = np.asarray(value, dtype=F32)
+        if value.shape != old.shape:
+            raise ValueError(f"{name}: replacement has shape {value.shape}, the weight {old.shape}")
+        self._block.w[self._role[name]] = np.ascontiguousarray(value)
+
+    def forward(self, x: np.ndarray | None = None, *, capture: Capture | None = None,
+                sequences: slice | None = None) -> np.ndarray:
+        """The block's output for `x` (default: its inputs, or those of `sequences`), with the current weights."""
+        if x is None:
+            x = self.inputs if sequences is None else self.inputs[sequences]
+        mask = self._mask if self._mask is None or sequences is None else self._mask[sequences]
+        with _threads_limit(self._engine.threads):
+            return self._engine._run_block(self.index, self._block, np.asarray(x, dtype=F32), capture, mask)
