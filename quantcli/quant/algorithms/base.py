@@ -33,7 +33,9 @@ class Chosen:
       input column) says which scale group each column belongs to when the method reordered columns (act-order).
     - `dense`: float32 replacement values in HF layout. For a quantized Linear the pack stage encodes them with
       the plan's scheme by round-to-nearest (AWQ: scaled and clipped weights); for any other tensor they are
-      written in the tensor's stored dtype (AWQ: a norm the scales were folded into).
+      written in the tensor's stored dtype (AWQ: a norm the scales were folded into). A norm's values are given
+      as the checkpoint stores them (gemma's `w - 1`), not as the factor `BlockStep.weight` reports; the driver
+      converts between the two with the spec's `numerics.norm_weight_offset`.
     """
 
     name: str
