@@ -9,8 +9,12 @@ safetensors, as transformers prints them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .io.checkpoint import Checkpoint
 
 ACCEPTED = "a .gguf file, a .safetensors file or a Hugging Face model folder"
 CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -18,7 +22,9 @@ CONFIG_KEYS = ("architectures", "model_type", "hidden_size", "num_hidden_layers"
 
 
 def describe(path: Path) -> dict:
-    """{"format", "metadata", "tensors": [{name, type, shape, bytes, ...}], "bytes"} for `path`."""
+    """{"format", "metadata", "tensors": [{name, type, shape, bytes, ...}], "bytes"} for `path`; a quantized
+    folder adds "quantization" (format, scheme, group size, symmetric, ...) and "modules" (per quantized module:
+    shape, bits, stored bytes, bits per weight)."""
     path = Path(path)
     if path.is_dir():
         return _describe_folder(path)
@@ -49,7 +55,26 @@ def _describe_folder(path: Path) -> dict:
     quantization = _quantization_summary(ckpt.config)
     if quantization:
         metadata["quantization"] = quantization
-    return {"format": "safetensors", "metadata": metadata, "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
+    info = {"format": "safetensors", "metadata": metadata, "tensors": tensors, "bytes": sum(t["bytes"] for t in tensors)}
+    if ckpt.config.get("quantization_config") is not None:
+        info.update(_quantized(ckpt))
+    return info
+
+
+def _quantized(ckpt: "Checkpoint") -> dict:
+    """The scheme of a quantized folder (read through its format's reader, which also checks every quantized
+    module's tensors against the config) and, per quantized module, its bits, stored bytes and bits per weight."""
+    from .io.quantized_folder import open_folder_reader
+
+    reader = open_folder_reader(ckpt)
+    assert reader is not None
+    modules = [{"name": m.name, "shape": list(m.shape), "bits": m.bits, "bytes": m.stored_bytes(ckpt),
+                "bits_per_weight": round(m.bits_per_weight(ckpt), 4)} for m in reader.modules.values()]
+    weights = sum(m.shape[0] * m.shape[1] for m in reader.modules.values())
+    stored = sum(m["bytes"] for m in modules)
+    return {"quantization": {**reader.scheme, "quantized_modules": len(modules), "quantized_bytes": stored,
+                             "bits_per_weight": round(8.0 * stored / weights, 4) if weights else None},
+            "modules": modules}
 
 
 def _describe_safetensors(path: Path) -> dict:

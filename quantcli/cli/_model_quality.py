@@ -1,4 +1,4 @@
-"""`quantcli verify FILE --source DIR --data TEXT`: the model-level report (computed in stages/verify_model.py)."""
+"""`quantcli verify FILE|FOLDER --source DIR --data TEXT`: the model-level report (computed in stages/verify_model.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,8 @@ from ._common import out, print_json
 
 
 def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: int, chunks: Optional[int],
-                        recipe: Optional[str], json: bool) -> None:
+                        recipe: Optional[str], json: bool, max_kld: Optional[float] = None,
+                        max_ppl_ratio: Optional[float] = None) -> None:
     """Score the file, print the figures, then apply the recipe's thresholds (a miss exits 1 with the figure)."""
     from ..errors import InputError
     from ..stages.perplexity import PerplexityResult
@@ -17,12 +18,12 @@ def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: i
     if source is None:
         raise InputError("--data needs --source: the output is scored against the model it was made from.",
                          hint="Add --source ./the-hf-checkpoint-folder.")
-    max_kld = max_ppl_ratio = None
     if recipe:
         from ..recipe import resolve_recipe
 
         spec = resolve_recipe(recipe).verify
-        max_kld, max_ppl_ratio = spec.max_kld, spec.max_ppl_ratio
+        max_kld = spec.max_kld if max_kld is None else max_kld
+        max_ppl_ratio = spec.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
     report = verify_model(path, source, data, ctx=ctx, chunks=chunks)
     res = report.result
     if json:

@@ -16,7 +16,7 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="A .gguf file, a .safetensors file or a Hugging Face model folder.")],
     json: JsonOpt = False,
 ) -> None:
-    """Show a model file's metadata and tensors.
+    """Show a model file's metadata and tensors; for a quantized folder, also its scheme and quantized modules.
 
     Shapes are listed as each format stores them: ggml order (row length first) for GGUF, as llama.cpp's
     tools print them; row-major (PyTorch) order for safetensors. --json gives every metadata value in full.
@@ -26,6 +26,7 @@ def inspect(
       quantcli inspect smol-q8_0.gguf
       quantcli inspect ./SmolLM2-135M-Instruct --json
       quantcli inspect ./SmolLM2-135M-Instruct/model.safetensors
+      quantcli inspect ./smol-W4A16/            # a quantized folder: scheme, per-module bits and size
     """
     def body() -> None:
         from ..inspect import describe
@@ -36,6 +37,8 @@ def inspect(
             return
         out.print(f"{path} ({info['format']}, {len(info['metadata'])} metadata keys)", markup=False, highlight=False)
         print_rows(("key", "value"), [(k, _cell(v)) for k, v in info["metadata"].items()], indent="  ")
+        if "modules" in info:
+            _print_quantization(info)
         out.print(f"{len(info['tensors'])} tensors, {human_bytes(info['bytes'])}", highlight=False)
         print_rows(("name", "type", "shape", "bytes"),
                    [(t["name"], t["type"], "x".join(map(str, t["shape"])), f"{t['bytes']:,}") for t in info["tensors"]],
@@ -48,3 +51,15 @@ def _cell(value: object) -> str:
     """One line of at most VALUE_WIDTH characters for a metadata value."""
     text = str(value).replace("\n", "\\n")
     return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."
+
+
+def _print_quantization(info: dict) -> None:
+    """A quantized folder's scheme and its quantized modules (bits, stored size, bits per weight)."""
+    q = info["quantization"]
+    group = "per channel" if q.get("group_size") is None else str(q.get("group_size"))
+    out.print(f"quantized: {q.get('quant_method')} {q.get('format')}, {q.get('num_bits')}-bit, group size {group}, "
+              f"{'symmetric' if q.get('symmetric') else 'asymmetric'}; {q['quantized_modules']} modules, "
+              f"{human_bytes(q['quantized_bytes'])}, {q['bits_per_weight']} bits per weight", highlight=False)
+    print_rows(("module", "shape", "bits", "bytes", "bits/weight"),
+               [(m["name"], "x".join(map(str, m["shape"])), str(m["bits"]), f"{m['bytes']:,}",
+                 f"{m['bits_per_weight']:.3f}") for m in info["modules"]], right={2, 3, 4}, indent="  ")

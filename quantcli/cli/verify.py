@@ -1,4 +1,5 @@
-"""`quantcli verify FILE`: structure and per-tensor error of a GGUF file, optionally against its source."""
+"""`quantcli verify PATH`: structure and per-tensor error of a GGUF file or a quantized safetensors folder,
+optionally against its source; with --data, PPL/KLD against the source (cli/_model_quality.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from ._common import JsonOpt, out, print_json, print_rows, run
 
 
 def verify(
-    path: Annotated[Path, typer.Argument(help="The .gguf file to check.")],
+    path: Annotated[Path, typer.Argument(help="The .gguf file, or the quantized folder (compressed-tensors, bnb-nf4), to check.")],
     source: Annotated[Optional[Path], typer.Option("--source", "-s", help="The HF folder it was made from: adds per-tensor RMSE / max error / SNR.")] = None,
     min_snr_db: Annotated[Optional[float], typer.Option("--min-snr-db", help="Fail when a tensor's SNR is below this (dB). Default: per type.")] = None,
     max_rmse: Annotated[Optional[float], typer.Option("--max-rmse", help="Fail when a tensor's RMSE is above this.")] = None,
@@ -19,13 +20,16 @@ def verify(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Score the model against --source on this text instead of comparing tensors: a UTF-8 file (or folder, JSONL, parquet, hub dataset), or builtin:eval for the shipped evaluation text. PPL, KL divergence, same top-1; cosine of pooled embeddings for encoders.")] = None,
     ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk of --data (llama-perplexity's -c); the second half of each chunk is scored.", min=4)] = 512,
     chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
+    max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="With --data: fail (exit 1) when the mean KL divergence is above this. Overrides the recipe's.")] = None,
+    max_ppl_ratio: Annotated[Optional[float], typer.Option("--max-ppl-ratio", help="With --data: fail (exit 1) when PPL / source PPL is above this. Overrides the recipe's.")] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Reopen a GGUF with an independent reader, check its structure and, with --source, its error per tensor.
+    """Reopen a GGUF (or a quantized folder) with an independent reader, check its structure and, with --source,
+    its error per tensor; with --data, run both models on a text and report PPL, KL divergence and same top-1.
 
     Prints a summary first: tensors checked, how many miss their threshold, the worst tensors by SNR and the
     verdict. Exit code 0 when every check passes, 1 when one fails (with an Error: line naming it), 2 for a
-    path that is not a GGUF file.
+    path that is neither a GGUF file nor a quantized folder.
 
     [bold]Examples[/]
 
@@ -34,6 +38,8 @@ def verify(
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --all
       quantcli verify smol-q8_0.gguf --source ./SmolLM2-135M-Instruct --json
       quantcli verify smol-q4_k_m.gguf --source ./SmolLM2-135M-Instruct --data eval.txt --ctx 512 --chunks 20
+      quantcli verify smol-W4A16/ --source ./SmolLM2-135M-Instruct
+      quantcli verify smol-W4A16/ --source ./SmolLM2-135M-Instruct --data builtin:eval --chunks 4 --max-kld 0.1
     """
     def body() -> None:
         from ..errors import VerifyError
@@ -41,7 +47,8 @@ def verify(
         if data is not None:
             from ._model_quality import verify_model_report
 
-            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json)
+            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json,
+                                       max_kld=max_kld, max_ppl_ratio=max_ppl_ratio)
         from ..recipe import resolve_recipe
         from ..stages.verify import failure_line, verify_file
 
@@ -50,6 +57,10 @@ def verify(
             spec = resolve_recipe(recipe).verify
             snr = spec.min_snr_db if snr is None else snr
             rmse = spec.max_rmse if rmse is None else rmse
+        if path.is_dir():
+            from ._folder_report import verify_folder_report
+
+            return verify_folder_report(path, source, min_snr_db=snr, max_rmse=rmse, all_weights=all_tensors, json=json)
         report = verify_file(path, source, min_snr_db=snr, max_rmse=rmse)
         figures = report.to_json()
         if json:

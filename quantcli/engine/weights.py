@@ -94,7 +94,13 @@ class HFWeights(WeightSource):
 
     @classmethod
     def open(cls, folder: Path) -> "HFWeights":
+        """The folder's weights; a folder whose config.json has a quantization_config is read through its
+        format's dequantizer (engine/folder_weights.py), so Engine.from_hf runs quantized folders too."""
         ckpt = Checkpoint.open(Path(folder))
+        if ckpt.config.get("quantization_config") is not None:
+            from .folder_weights import QuantizedFolderWeights   # it subclasses this class: imported when needed
+
+            return QuantizedFolderWeights.from_checkpoint(ckpt)
         adapter = adapter_for(ckpt.config, ckpt.path)
         return cls(ckpt, spec_from_config(ckpt.config, ckpt.path), adapter)
 

@@ -11,13 +11,18 @@ A loader rebuilds (code - zero_point) * scale in the scale's dtype.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, UnsupportedError
 from ..quant.int.packing import pack_int32, packed_words
 from ..quant.int.rtn import IntCodes
-from ..quant.int.scheme import INT_QUANTIZED, IntScheme
+from ..quant.int.scheme import INT_QUANTIZED, PACK_QUANTIZED, IntScheme
+from .checkpoint import Checkpoint
+from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 
 CT_VERSION = "0.20.0"   # the compressed-tensors release whose layout this writes (and the tests load with)
@@ -124,3 +129,169 @@ def dequantize_module(read: Any, names: dict[str, Any], module: str, weights: di
     dtype = dense_dtype or names[f"{module}.weight_scale"].dtype
     return IntCodes(codes, scale, None if zp is None else np.ascontiguousarray(zp)).dequantize(
         dtype, None if weights.get("strategy") == "channel" else group)
+
+
+# ---- the folder reader (io/quantized_folder.py's table) --------------------------------------------------
+
+READ_FORMATS = (PACK_QUANTIZED, INT_QUANTIZED)
+SCALE_DTYPES = ("F32", "F16", "BF16")
+STRATEGIES = ("group", "channel")
+
+
+def _matches(targets: list[Any], module: str) -> bool:
+    """compressed-tensors' target rule as it applies to a stored module: a class name ("Linear": every module
+    stored with a weight_scale is one), a "re:" regular expression, or the module's (suffix) name."""
+    for t in targets:
+        if not isinstance(t, str):
+            continue
+        if t == "Linear" or module == t or module.endswith("." + t):
+            return True
+        if t.startswith("re:") and re.match(t[3:], module):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Args:
+    """One config group's weight arguments, validated."""
+
+    bits: int
+    symmetric: bool
+    group_size: int | None          # None: one scale per output row (strategy "channel")
+    format: str
+    activations: dict[str, Any] | None
+
+
+def _group_args(name: str, group: Any, qc: dict[str, Any], path: object) -> _Args:
+
+    where = f"quantization_config.config_groups.{name}"
+    if not isinstance(group, dict):
+        raise InputError(f"{path}: {where} is not an object.", hint="Re-create the folder with the tool that quantized it.")
+    w = require(group, "weights", (dict,), where, path)
+    wh = f"{where}.weights"
+    bits = require(w, "num_bits", (int,), wh, path)
+    kind = w.get("type", "int")
+    if kind != "int":
+        raise UnsupportedError(f"{path}: {wh}.type is {kind!r}; quantcli reads integer compressed-tensors folders.",
+                               hint="Floating-point (FP8/FP4) compressed-tensors folders are not supported.")
+    if not 1 <= bits <= 8:
+        raise InputError(f"{path}: {wh}.num_bits is {bits}; integer weights have 1 to 8 bits.",
+                         hint="The folder's config.json is damaged; re-create the folder.")
+    symmetric = require(w, "symmetric", (bool,), wh, path)
+    strategy = require(w, "strategy", (str,), wh, path)
+    if strategy not in STRATEGIES:
+        raise UnsupportedError(f"{path}: {wh}.strategy is {strategy!r}; quantcli reads {' and '.join(STRATEGIES)}.",
+                               hint="Re-quantize with group or per-channel weight scales.")
+    group_size = None
+    if strategy == "group":
+        group_size = require(w, "group_size", (int,), wh, path)
+        if group_size < 1:
+            raise InputError(f"{path}: {wh}.group_size is {group_size}.", hint="A group holds at least one weight.")
+    fmt = group.get("format") or qc.get("format")
+    if fmt not in READ_FORMATS:
+        raise UnsupportedError(f"{path}: the compressed-tensors format is {fmt!r}; quantcli reads "
+                               f"{' and '.join(READ_FORMATS)}.", hint="Re-quantize to W4A16, W8A16 or W8A8.")
+    acts = group.get("input_activations")
+    return _Args(bits, symmetric, group_size, fmt, acts if isinstance(acts, dict) else None)
+
+
+class CompressedTensorsReader(FolderReader):
+    """pack-quantized and int-quantized folders: (code - zero point) * scale, the scale and zero point of each
+    input column picked by its group (col // group_size, or weight_g_idx[col] when the folder has one), exact in
+    float32, then rounded to the scale's stored dtype as transformers' dequantize=True rebuilds the weight."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+
+        self.ckpt = ckpt
+        path = ckpt.path
+        qc = ckpt.config["quantization_config"]
+        groups = require(qc, "config_groups", (dict,), "quantization_config", path)
+        if not groups:
+            raise InputError(f"{path}: quantization_config.config_groups is empty.",
+                             hint="Re-create the folder with the tool that quantized it.")
+        parsed = [(require(g if isinstance(g, dict) else {}, "targets", (list,), f"quantization_config.config_groups.{n}", path),
+                   _group_args(n, g, qc, path)) for n, g in groups.items()]
+        self.args: dict[str, _Args] = {}
+        self.modules: dict[str, QuantizedModule] = {}
+        for module in quantized_modules(list(ckpt.tensors)):
+            args = next((a for targets, a in parsed if _matches(targets, module)), None)
+            if args is None:
+                raise InputError(f"{path}: {module} is stored quantized but no config group targets it.",
+                                 hint="The folder's config.json and tensors disagree; re-create the folder.")
+            shape, names = self._check(module, args)
+            self.args[module] = args
+            self.modules[module] = QuantizedModule(module, shape, names, args.bits)
+        first = parsed[0][1]
+        self.scheme: dict[str, Any] = {
+            "quant_method": "compressed-tensors", "format": first.format, "num_bits": first.bits,
+            "group_size": first.group_size, "symmetric": first.symmetric,
+            "strategy": "channel" if first.group_size is None else "group",
+            "activations": None if first.activations is None else
+            f"int{first.activations.get('num_bits')} {first.activations.get('strategy')}"
+            + (" dynamic" if first.activations.get("dynamic") else " static"),
+            "config_groups": len(parsed), "ignore": qc.get("ignore") or [], "version": qc.get("version")}
+
+    def _check(self, module: str, a: _Args) -> tuple[tuple[int, int], tuple[str, ...]]:
+        """Every stored tensor of `module` against the config: its dense (out, in) and the tensor names."""
+
+        ckpt, t = self.ckpt, self.ckpt.tensors
+        if a.format == PACK_QUANTIZED:
+            expect_shape(ckpt, f"{module}.weight_shape", (2,), ("I64", "I32"))
+            out, n = (int(v) for v in ckpt.read_raw(f"{module}.weight_shape"))
+            if out < 1 or n < 1:
+                raise InputError(f"{ckpt.path}: {module}.weight_shape is [{out}, {n}].",
+                                 hint="The folder is damaged; re-create it.")
+            expect_shape(ckpt, f"{module}.weight_packed", (out, packed_words(n, a.bits)), ("I32",))
+            names = [f"{module}.weight_packed", f"{module}.weight_scale", f"{module}.weight_shape"]
+        else:
+            if f"{module}.weight" not in t or len(t[f"{module}.weight"].shape) != 2:
+                raise InputError(f"{ckpt.path}: {module} has a weight_scale but no 2-D int8 weight.",
+                                 hint="The folder is incomplete; re-create or re-download it.")
+            out, n = t[f"{module}.weight"].shape
+            expect_shape(ckpt, f"{module}.weight", (out, n), ("I8",))
+            names = [f"{module}.weight", f"{module}.weight_scale"]
+        groups = 1 if a.group_size is None else -(-n // a.group_size)
+        if f"{module}.weight_g_idx" in t:
+            expect_shape(ckpt, f"{module}.weight_g_idx", (n,), ("I32", "I64"))
+            names.append(f"{module}.weight_g_idx")
+        expect_shape(ckpt, f"{module}.weight_scale", (out, groups), SCALE_DTYPES)
+        if f"{module}.weight_zero_point" in t:
+            zp_shape = (packed_words(out, a.bits), groups) if a.format == PACK_QUANTIZED else (out, groups)
+            expect_shape(ckpt, f"{module}.weight_zero_point", zp_shape, ("I32",) if a.format == PACK_QUANTIZED else ("I8", "I32"))
+            names.append(f"{module}.weight_zero_point")
+        elif not a.symmetric:
+            raise InputError(f"{ckpt.path}: {module} is asymmetric but has no weight_zero_point.",
+                             hint="The folder is incomplete; re-create or re-download it.")
+        return (int(out), int(n)), tuple(names)
+
+    def dense(self, module: str) -> np.ndarray:
+        from ..quant.int.packing import unpack_int32
+        from ..quant.int.rtn import round_to, scale_to_f32
+
+        a, (out, n), read, t = self.args[module], self.modules[module].shape, self.ckpt.read_raw, self.ckpt.tensors
+        if a.format == PACK_QUANTIZED:
+            codes = unpack_int32(read(f"{module}.weight_packed"), a.bits, n)
+        else:
+            codes = read(f"{module}.weight")
+        scale = scale_to_f32(read(f"{module}.weight_scale"))
+        if f"{module}.weight_g_idx" in t:
+            col_group = read(f"{module}.weight_g_idx").astype(np.int64)
+            if col_group.size and (col_group.min() < 0 or col_group.max() >= scale.shape[1]):
+                raise InputError(f"{self.ckpt.path}: {module}.weight_g_idx names groups outside 0..{scale.shape[1] - 1}.",
+                                 hint="The folder is damaged; re-create it.")
+        elif a.group_size is None:
+            col_group = np.zeros(n, dtype=np.int64)
+        else:
+            col_group = np.arange(n) // a.group_size
+        q = codes.astype(np.float32)
+        if f"{module}.weight_zero_point" in t:
+            zp = read(f"{module}.weight_zero_point")
+            if a.format == PACK_QUANTIZED:   # zero points are packed down the columns: unpack the transpose
+                zp = unpack_int32(np.ascontiguousarray(zp.T), a.bits, out).T
+            q = q - zp.astype(np.float32)[:, col_group]
+        dense = q * scale[:, col_group]
+        return round_to(dense, t[f"{module}.weight_scale"].dtype)[1]
+
+
+def open_reader(ckpt: Checkpoint) -> CompressedTensorsReader:
+    return CompressedTensorsReader(ckpt)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
-from ..io import bnb
-from ..io import compressed_tensors as ct
+from ..errors import InputError
 from ..io.checkpoint import Checkpoint
+from ..io.quantized_folder import open_folder_reader
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,14 @@ class FolderReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def apply_thresholds(self, min_snr_db: float | None = None, max_rmse: float | None = None) -> None:
+        """Record every compared weight whose SNR is below min_snr_db or whose RMSE is above max_rmse."""
+        for w in self.weights:
+            if min_snr_db is not None and not w.snr_db >= min_snr_db:
+                self.problems.append(f"{w.name}: SNR {w.snr_db:.1f} dB is below {min_snr_db:g} dB")
+            if max_rmse is not None and not w.rmse <= max_rmse:
+                self.problems.append(f"{w.name}: RMSE {w.rmse:.4g} is above {max_rmse:g}")
+
     def to_json(self) -> dict:
         worst = min((w.snr_db for w in self.weights), default=None)
         mean = float(np.mean([w.snr_db for w in self.weights])) if self.weights else None
@@ -53,31 +59,17 @@ def snr(ref: np.ndarray, got: np.ndarray) -> WeightError:
     return WeightError("", math.sqrt(noise), float(np.max(np.abs(diff))) if diff.size else 0.0, db)
 
 
-def dense_weights(ckpt: Checkpoint) -> tuple[dict, list[str], Callable[[str], np.ndarray]]:
-    """(scheme summary, quantized module names, module -> dense float32 weight) of a quantized folder."""
-    qc = ckpt.config.get("quantization_config") or {}
-    if qc.get("quant_method") == "bitsandbytes":
-        modules = [n[: -len("." + bnb.STATE_KEY)] for n in ckpt.tensors if n.endswith("." + bnb.STATE_KEY)]
-
-        def rebuild_nf4(module: str) -> np.ndarray:
-            codes, shape, _ = bnb.read_module(ckpt.read_raw, ckpt.tensors, module)
-            return codes.dequantize(shape)
-
-        return ({"format": "bnb-nf4", "double_quant": bool(qc.get("bnb_4bit_use_double_quant"))}, modules, rebuild_nf4)
-    weights = ct.folder_scheme(ckpt.config)
-    if weights is None:
-        raise ValueError("config.json has no compressed-tensors or bitsandbytes quantization_config")
-    summary = {k: weights[k] for k in ("num_bits", "group_size", "symmetric", "strategy", "format")}
-    return (summary, ct.quantized_modules(list(ckpt.tensors)),
-            lambda module: ct.dequantize_module(ckpt.read_raw, ckpt.tensors, module, weights))
-
-
 def check_folder(folder: Path, source: Path | None = None) -> FolderReport:
+    """Open the folder through its format's reader (a config or tensor that does not fit the format is bad input,
+    exit 2) and, with `source`, compare every quantized weight the reader rebuilds with the source's."""
     ckpt = Checkpoint.open(folder)
-    try:
-        summary, modules, rebuild = dense_weights(ckpt)
-    except (ValueError, KeyError) as exc:
-        return FolderReport(folder, {}, 0, [str(exc)])
+    reader = open_folder_reader(ckpt)
+    if reader is None:
+        raise InputError(f"{folder} has no quantization_config in its config.json: it is not a quantized folder.",
+                         hint="Give a folder written by quantcli convert --format compressed-tensors|bnb-nf4.")
+    summary = {k: v for k, v in reader.scheme.items() if k != "ignore"}
+    modules = list(reader.modules)
+    rebuild = reader.dense
     report = FolderReport(folder, summary, len(modules))
     if not modules:
         report.problems.append("no quantized module in the folder")

@@ -1,13 +1,14 @@
 """Model-level verification: how good is the output, measured by running it.
 
-Decoders: the output GGUF and its source checkpoint both score the same text, llama-perplexity's way
-(stages/perplexity.py): PPL of each, ln(PPL ratio), KL divergence of the output's next-token distribution from the
-source's, same-top-1 rate and RMS of Δp. Encoders (bert): both embed the same chunks of text, and the cosine
+Decoders: the output (a GGUF file, or a quantized safetensors folder) and its source checkpoint both score the
+same text, llama-perplexity's way (stages/perplexity.py): PPL of each, ln(PPL ratio), KL divergence of the
+output's next-token distribution from the source's, same-top-1 rate and RMS of Δp. Encoders (bert): both embed the same chunks of text, and the cosine
 similarity of the output's pooled embeddings to the source's is reported (mean and min).
 
 Both models run in the forward-pass engine (quantcli.engine), the source in float32 from its safetensors and the
-output from its own quantized weights. Chunks go through both in batches, and the two logit streams are consumed
-in step, so memory holds one chunk's logits per model, never the whole run's.
+output from its own quantized weights (GGUF types decoded per tensor; a folder's Linear weights dequantized by
+its format's reader, io/quantized_folder.py). Chunks go through both in batches, and the two logit streams are
+consumed in step, so memory holds one chunk's logits per model, never the whole run's.
 """
 from __future__ import annotations
 
@@ -67,10 +68,30 @@ class ModelQualityReport:
 
 
 def open_engines(path: Path, source: Path, threads: int) -> tuple[ForwardEngine, ForwardEngine]:
-    """(source engine, output engine)."""
+    """(source engine, output engine). The output is a GGUF file, or a (quantized) HF folder, which the engine
+    reads through its format's dequantizer (engine/folder_weights.py)."""
     from ..engine import Engine
 
-    return Engine.from_hf(source, threads=threads), Engine.from_gguf(path, source=source, threads=threads)
+    src = Engine.from_hf(source, threads=threads)
+    if not Path(path).is_dir():
+        return src, Engine.from_gguf(path, source=source, threads=threads)
+    try:
+        out = Engine.from_hf(path, threads=threads)
+        check_same_model(src.spec, out.spec, path, source)
+    except BaseException:
+        src.close()
+        raise
+    return src, out
+
+
+def check_same_model(src: Any, out: Any, path: Path, source: Path) -> None:
+    """A folder scored against a source must describe the same model: same tensors, same shapes."""
+    a = {t.hf_name: t.shape for t in src.tensors}
+    b = {t.hf_name: t.shape for t in out.tensors}
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))
+        raise InputError(f"{path} and {source} are not the same model (first difference: {diff[0][0]}).",
+                         hint="Pass the HF folder the quantized folder was made from as --source.")
 
 
 def gguf_metadata(path: Path) -> dict[str, object]:
@@ -80,10 +101,24 @@ def gguf_metadata(path: Path) -> dict[str, object]:
     return open_layout(Path(path)).values
 
 
+def special_ids(path: Path, source: Path) -> SpecialIds:
+    """The BOS (and SEP) added to each chunk: from a GGUF's tokenizer metadata; for a folder, from the metadata
+    quantcli derives from the source folder's tokenizer (what a GGUF made from it would hold), so a folder and a
+    GGUF of one model score the same tokens."""
+    if not Path(path).is_dir():
+        return SpecialIds.from_metadata(gguf_metadata(path))
+    from ..io.checkpoint import Checkpoint
+    from ..plan import SourceModel
+
+    model = SourceModel.open(Checkpoint.open(Path(source)))
+    return SpecialIds.from_metadata({kv.key: kv.value for kv in model.tokenizer(None)})
+
+
 def verify_model(path: Path, source: Path, data: str | Path, *, ctx: int = DEFAULT_CTX, chunks: int | None = None,
                  threads: int = 0) -> ModelQualityReport:
-    """Score the GGUF at `path` against the checkpoint `source` on the text `data`: a text file (or folder, JSONL,
-    parquet, hub dataset: whatever calibrate reads) or "builtin:eval", the evaluation text shipped with quantcli.
+    """Score the GGUF file or quantized folder at `path` against the checkpoint `source` on the text `data`: a
+    text file (or folder, JSONL, parquet, hub dataset: whatever calibrate reads) or "builtin:eval", the
+    evaluation text shipped with quantcli.
 
         report = verify_model(Path("smol-q4_k_m.gguf"), Path("SmolLM2-135M-Instruct"), "builtin:eval")
         report.result.kld_mean
@@ -94,7 +129,7 @@ def verify_model(path: Path, source: Path, data: str | Path, *, ctx: int = DEFAU
         raise InputError(f"--ctx {ctx} is too small.", hint="Use at least 4 tokens; llama-perplexity's default is 512.")
     if chunks is not None and chunks < 1:
         raise InputError(f"--chunks {chunks} must be at least 1.", hint="Leave it out to use the whole text.")
-    special = SpecialIds.from_metadata(gguf_metadata(path))
+    special = special_ids(Path(path), Path(source))
     loaded = load_calibration_text(data)
     text, name = loaded.text, loaded.name
     src, out = open_engines(Path(path), Path(source), threads)
