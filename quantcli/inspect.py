@@ -64,7 +64,7 @@ def _describe_folder(path: Path) -> dict:
 def _quantized(ckpt: "Checkpoint") -> dict:
     """The scheme of a quantized folder (read through its format's reader, which also checks every quantized
     module's tensors against the config) and, per quantized module, its bits, stored bytes and bits per weight."""
-    from .io.quantized_folder import open_folder_reader
+    from .io.quantized_folder import folder_method, open_folder_reader
 
     reader = open_folder_reader(ckpt)
     assert reader is not None
@@ -72,7 +72,7 @@ def _quantized(ckpt: "Checkpoint") -> dict:
                 "bits_per_weight": round(m.bits_per_weight(ckpt), 4)} for m in reader.modules.values()]
     weights = sum(m.shape[0] * m.shape[1] for m in reader.modules.values())
     stored = sum(m["bytes"] for m in modules)
-    return {"quantization": {**reader.scheme, "quantized_modules": len(modules), "quantized_bytes": stored,
+    return {"quantization": {**reader.scheme, "method": folder_method(ckpt), "quantized_modules": len(modules), "quantized_bytes": stored,
                              "bits_per_weight": round(8.0 * stored / weights, 4) if weights else None},
             "modules": modules}
 

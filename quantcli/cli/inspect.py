@@ -58,7 +58,8 @@ def _print_quantization(info: dict) -> None:
     q = info["quantization"]
     group = "per channel" if q.get("group_size") is None else str(q.get("group_size"))
     out.print(f"quantized: {q.get('quant_method')} {q.get('format')}, {q.get('num_bits')}-bit, group size {group}, "
-              f"{'symmetric' if q.get('symmetric') else 'asymmetric'}; {q['quantized_modules']} modules, "
+              f"{'symmetric' if q.get('symmetric') else 'asymmetric'}, method {q.get('method') or 'not recorded'}; "
+              f"{q['quantized_modules']} modules, "
               f"{human_bytes(q['quantized_bytes'])}, {q['bits_per_weight']} bits per weight", highlight=False)
     print_rows(("module", "shape", "bits", "bytes", "bits/weight"),
                [(m["name"], "x".join(map(str, m["shape"])), str(m["bits"]), f"{m['bytes']:,}",

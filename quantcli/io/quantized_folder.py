@@ -115,3 +115,17 @@ def expect_shape(ckpt: Checkpoint, name: str, shape: tuple[int, ...], dtypes: tu
         raise InputError(f"{ckpt.path}: tensor {name!r} is {info.dtype} {list(info.shape)}, the quantization_config "
                          f"implies {'/'.join(dtypes)} {list(shape)}.",
                          hint="The folder's tensors and its config.json disagree; re-create the folder.")
+
+
+METHOD_KEY = "quantcli.method"     # safetensors header metadata quantcli's writers add (stages/pack_safetensors.py)
+
+
+def folder_method(ckpt: Checkpoint) -> str | None:
+    """How the codes were chosen, when a quantcli writer recorded it in the safetensors header (minmax, mse, nf4,
+    ...); None for folders written by other tools."""
+    from .safetensors import SafetensorsFile
+
+    first = next(iter(ckpt.tensors.values()), None)
+    if first is None:
+        return None
+    return SafetensorsFile.open(first.path).metadata.get(METHOD_KEY)

@@ -16,6 +16,7 @@ from ..io import bnb
 from ..io import compressed_tensors as ct
 from ..io.atomic import atomic_file
 from ..io.checkpoint import Checkpoint
+from ..io.quantized_folder import METHOD_KEY
 from ..io.safetensors_writer import TensorEntry, atomic_folder, write_tensors
 from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight, nf4_kernels
@@ -63,13 +64,20 @@ def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
             progress(m)
 
 
+def header_metadata(plan: IntPlan) -> dict[str, str]:
+    """The safetensors header's metadata: it names the rounding method, which quantization_config has no field
+    for, so inspect and publish's model card can say how the codes were chosen (loaders read only "format")."""
+    method = "nf4" if plan.options.format == "bnb-nf4" else plan.options.method
+    return {"format": "pt", METHOD_KEY: method}
+
+
 def write_int_folder(plan: IntPlan, ckpt: Checkpoint, out: Path, *, threads: int = 1,
                      progress: Callable[[ModulePlan], None] | None = None) -> list[Path]:
     """Write the planned folder at `out`; returns the files written (relative to out)."""
     backend = get_backend()
     with atomic_folder(out) as tmp:
         files = write_tensors(tmp, plan_entries(plan), _arrays(plan, ckpt, backend, threads, progress),
-                              plan.options.max_shard_bytes, metadata={"format": "pt"})
+                              plan.options.max_shard_bytes, metadata=header_metadata(plan))
         config = dict(ckpt.config)
         if plan.options.format == "bnb-nf4":
             config["quantization_config"] = bnb.quantization_config(plan.options.double_quant, list(plan.ignore))
