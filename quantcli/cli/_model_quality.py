@@ -11,9 +11,9 @@ def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: i
                         recipe: Optional[str], json: bool, max_kld: Optional[float] = None,
                         max_ppl_ratio: Optional[float] = None) -> None:
     """Score the file, print the figures, then apply the recipe's thresholds (a miss exits 1 with the figure)."""
-    from ..errors import InputError
+    from ..errors import InputError, VerifyError
     from ..stages.perplexity import PerplexityResult
-    from ..stages.verify_model import check_thresholds, verify_model
+    from ..stages.verify_model import check_thresholds, record_folder_report, verify_model
 
     if source is None:
         raise InputError("--data needs --source: the output is scored against the model it was made from.",
@@ -48,6 +48,11 @@ def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: i
         for name, value in rows:
             table.add_row(name, value)
         out.print(table)
-    check_thresholds(report, max_kld=max_kld, max_ppl_ratio=max_ppl_ratio)
+    try:
+        check_thresholds(report, max_kld=max_kld, max_ppl_ratio=max_ppl_ratio)
+    except VerifyError as exc:
+        record_folder_report(report, str(exc.args[0]))
+        raise
+    record_folder_report(report, None)
     if not json:
         out.print("OK", highlight=False)

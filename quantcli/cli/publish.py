@@ -1,4 +1,5 @@
-"""`quantcli publish FOLDER --repo me/model-GGUF`: upload the GGUF files of a folder with a generated model card."""
+"""`quantcli publish FOLDER --repo me/model-GGUF`: upload the GGUF files of a folder (or a whole quantized
+safetensors folder) with a generated model card."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from ._common import JsonOpt, err, human_bytes, out, print_json, run, warn
 
 
 def publish(
-    folder: Annotated[Path, typer.Argument(help="The output folder of convert/quantize (GGUF files and their manifests).")],
+    folder: Annotated[Path, typer.Argument(help="The output folder of convert/quantize (GGUF files and their manifests), or a quantized safetensors folder.")],
     repo: Annotated[Optional[str], typer.Option("--repo", help="The model repo to create or update: you/model-GGUF. Default: publish.repo of the recipe.")] = None,
     private: Annotated[Optional[bool], typer.Option("--private/--public", help="Visibility of a new repo. Default: publish.private of the recipe, else public.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, shards, card, commit) and upload nothing.")] = False,
@@ -26,6 +27,9 @@ def publish(
     The card has the front matter the hub reads (base_model, tags gguf/quantized, quantized_by), a table of
     files with type, size, bits per weight and verify figures, and how to run them with llama.cpp and Ollama.
     Files above the shard size are split into <name>-00001-of-0000N.gguf parts that llama.cpp loads.
+    A quantized safetensors folder (convert --format compressed-tensors|bnb-nf4) is uploaded whole; its card
+    gives the scheme and method, how to load it with transformers and vLLM, and the PPL/KLD figures of
+    `quantcli verify FOLDER --data` when that has been run.
     Needs HF_TOKEN (or `hf auth login`) with write access, except with --dry-run.
 
     [bold]Examples[/]
@@ -33,6 +37,7 @@ def publish(
       quantcli publish out/ --repo me/SmolLM2-135M-Instruct-GGUF --dry-run
       quantcli publish out/ --repo me/SmolLM2-135M-Instruct-GGUF --private
       quantcli publish out/ --repo me/big-model-GGUF --max-shard-size 2G
+      quantcli publish smol-W4A16/ --repo me/SmolLM2-135M-Instruct-W4A16 --base-model HuggingFaceTB/SmolLM2-135M-Instruct
     """
     def body() -> None:
         from ..recipe import resolve_recipe
@@ -71,7 +76,7 @@ def print_plan(plan) -> None:  # type: ignore[no-untyped-def]
     for f in plan.files:
         for s in f.shards:
             sources[s] = f"{f.name} ({f.type}), part of {len(f.shards)}"
-        sources.setdefault(f.name, f"{f.name} ({f.type}, {f.bits_per_weight:.2f} bits per weight)")
+        sources.setdefault(f.name, f.name if plan.kind == "folder" else f"{f.name} ({f.type}, {f.bits_per_weight:.2f} bits per weight)")
     for name, size in plan.uploads():
         table.add_row(name, human_bytes(size), sources.get(name, "generated model card"))
     out.print(table)

@@ -1,4 +1,5 @@
-"""The model card (README.md) that `quantcli publish` uploads beside the GGUF files.
+"""The model card (README.md) that `quantcli publish` uploads beside the GGUF files, or with a quantized
+safetensors folder (render_folder_card: scheme, method, how to load it with transformers and vLLM, verify figures).
 
 YAML front matter the hub reads (base_model, tags gguf/quantized, quantized_by, library_name), then a table of
 files (type, size, bits per weight, verify figures), how to run them with llama.cpp and Ollama, and where
@@ -143,3 +144,122 @@ def _how_to_run(info: CardInfo) -> list[str]:
     if len(info.files) > 1:
         lines += ["Replace the tag with another type from the table (" + ", ".join(f.type for f in info.files) + ").", ""]
     return lines
+
+
+# ---- quantized safetensors folders ----------------------------------------------------------------------------
+
+METHODS = {   # quantcli.method in the folder's safetensors header -> how the card names it
+    "minmax": "round to nearest (RTN), scales from each group's min/max",
+    "mse": "round to nearest (RTN), scales from an MSE-optimal clipping search",
+    "hqq": "HQQ (half-quadratic zero-point and scale solver, no calibration data)",
+    "nf4": "bitsandbytes NF4: blockwise absmax, nearest of the 16 NF4 levels",
+}
+
+
+@dataclass(frozen=True)
+class FolderCardInfo:
+    """What the card of one quantized folder says."""
+
+    repo_id: str
+    quantized_by: str
+    scheme: dict                            # the folder reader's scheme (io/quantized_folder.py)
+    files: list[CardFile]                   # the weight files (type "safetensors"), with sha256
+    n_modules: int
+    bits_per_weight: float | None           # of the quantized Linear weights, scales included
+    total_bytes: int
+    method: str | None = None
+    base_model: str | None = None
+    quantcli_version: str | None = None
+    quality: dict | None = None             # verify --data's JSON (quantcli-verify.json), when present
+
+
+def scheme_name(scheme: dict) -> str:
+    """W4A16 / W8A8 / NF4 ...: the name users search for."""
+    if scheme.get("quant_method") == "bitsandbytes":
+        return "NF4" + (" (double quant)" if scheme.get("double_quant") else "")
+    acts = scheme.get("activations")
+    a = acts.split()[0].removeprefix("int") if acts else "16"
+    name = f"W{scheme.get('num_bits')}A{a}"
+    return name if scheme.get("symmetric", True) else name + "_ASYM"
+
+
+def folder_front_matter(info: FolderCardInfo) -> str:
+    from huggingface_hub import ModelCardData
+
+    fmt = "bitsandbytes" if info.scheme.get("quant_method") == "bitsandbytes" else "compressed-tensors"
+    tags = ["quantized", "quantcli", fmt, f"{info.scheme.get('num_bits')}-bit"]
+    if info.scheme.get("quant_method") == "bitsandbytes":
+        tags.append("nf4")
+    data = ModelCardData(base_model=info.base_model, base_model_relation="quantized" if info.base_model else None,
+                         tags=tags, library_name="transformers", pipeline_tag="text-generation",
+                         quantized_by=info.quantized_by)
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def render_folder_card(info: FolderCardInfo) -> str:
+    """The README.md of a quantized folder: scheme, how to load it, verify figures, provenance."""
+    s = info.scheme
+    title = info.repo_id.split("/")[-1]
+    src = f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "the source model"
+    made = f"[quantcli]({QUANTCLI_URL})" + (f" {info.quantcli_version}" if info.quantcli_version else "")
+    bnb = s.get("quant_method") == "bitsandbytes"
+    fmt = "bitsandbytes 4-bit (NF4)" if bnb else f"compressed-tensors ({s.get('format')})"
+    lines = [folder_front_matter(info), f"# {title}", "",
+             f"{scheme_name(s)} weights of {src} in the {fmt} format, made with {made}. "
+             "transformers and vLLM load the folder as it is; the quantization is described in config.json's "
+             "`quantization_config`.", ""]
+    group = "per output channel" if s.get("group_size") is None else f"{s.get('group_size')}"
+    rows = [("Format", fmt), ("Scheme", scheme_name(s)), ("Method", METHODS.get(info.method or "", info.method or "not recorded")),
+            ("Weight bits", str(s.get("num_bits"))),
+            ("Group size" if not bnb else "Block size", group),
+            ("Symmetric", "yes" if s.get("symmetric") else "no (zero points)")]
+    if bnb:
+        rows.append(("Double quantization", "yes" if s.get("double_quant") else "no"))
+    else:
+        rows.append(("Activations", s.get("activations") or "not quantized (16-bit)"))
+    rows += [("Quantized modules", f"{info.n_modules} Linear layers"),
+             ("Kept in the model dtype", ", ".join(f"`{p}`" for p in s.get("ignore") or []) or "-"),
+             ("Bits per quantized weight", "-" if info.bits_per_weight is None else f"{info.bits_per_weight:.3f} (scales included)"),
+             ("Size", _size(info.total_bytes))]
+    lines += ["## Quantization", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    lines += _folder_quality(info.quality)
+    lines += _how_to_load(info.repo_id, bnb)
+    lines += ["## Provenance", ""]
+    if info.base_model:
+        lines.append(f"- Source: `{info.base_model}`")
+    if info.quantcli_version:
+        lines.append(f"- quantcli {info.quantcli_version}")
+    lines += ["", "| File | sha256 |", "|---|---|"]
+    for f in info.files:
+        lines.append(f"| {f.name} | {'`' + f.sha256 + '`' if f.sha256 else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _folder_quality(q: dict | None) -> list[str]:
+    if not q or q.get("ppl") is None:
+        return []
+    return ["## Quality", "",
+            f"`quantcli verify` ran this folder and its source in quantcli's float32 engine on `{q.get('data')}` "
+            f"({q.get('n_chunks')} chunks of {q.get('ctx')} tokens, {q.get('n_scored')} scored tokens; the folder's "
+            "weights dequantized as its loader does, activations in float32):", "",
+            "| PPL (source) | PPL (this folder) | KLD mean | KLD 99% | same top-1 |", "|---:|---:|---:|---:|---:|",
+            f"| {_figure(q.get('ppl_source'), '.4f')} | {_figure(q.get('ppl'), '.4f')} | "
+            f"{_figure(q.get('kld_mean'), '.5f')} | {_figure(q.get('kld_p99'), '.5f')} | "
+            f"{_figure(None if q.get('same_top1') is None else 100 * q['same_top1'], '.2f')} % |", ""]
+
+
+def _how_to_load(repo_id: str, bnb: bool) -> list[str]:
+    if bnb:
+        packages, vllm = "transformers accelerate bitsandbytes", f"vllm serve {repo_id} --quantization bitsandbytes"
+        note = "quantcli's tests load such folders on a CPU with bitsandbytes 0.50; GPUs need a CUDA build of it."
+    else:
+        packages, vllm = "transformers compressed-tensors", f"vllm serve {repo_id}"
+        note = "vLLM picks the compressed-tensors kernels from config.json; transformers decompresses on load."
+    return ["## Load it", "", "### transformers", "", "```sh", f"pip install {packages}", "```", "", "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")   # quantization_config is read from config.json',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+            'inputs = tokenizer("Why is the sky blue?", return_tensors="pt")',
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))",
+            "```", "", "### vLLM", "", "```sh", vllm, "```", "", note, ""]

@@ -1,4 +1,6 @@
 """The publish stage: the GGUF files of an output folder + a generated model card -> a Hugging Face model repo.
+A quantized safetensors folder (compressed-tensors, bnb-nf4) is published whole, with a card that says how to
+load it (plan_folder_publish).
 
 The plan (`plan_publish`) reads the folder: every GGUF, its run manifest (type, verify figures, source commit,
 recipe with its publish settings), and decides which files must be split (above `max_shard_size`, and always
@@ -21,7 +23,8 @@ from typing import Any, Callable
 
 from ..errors import InputError, OutputError
 from ..io.gguf_split import SHARD_PATTERN, parse_size, plan_shards, shard_name, split_gguf
-from .model_card import CardFile, CardInfo, render_card
+from .model_card import CardFile, CardInfo, FolderCardInfo, render_card, render_folder_card, scheme_name
+from .verify_model import VERIFY_RECORD
 
 HUB_FILE_LIMIT = parse_size("50G")       # the hub refuses single files above this
 CARD_NAME = "README.md"
@@ -60,6 +63,7 @@ class PublishPlan:
     card: str
     commit_message: str
     folder: Path
+    kind: str = "gguf"                     # or "folder": a quantized safetensors folder, every file uploaded
 
     def uploads(self) -> list[tuple[str, int]]:
         """(path in repo, bytes) of everything the commit adds, the card last."""
@@ -137,6 +141,9 @@ def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | No
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder.", hint="Give the output folder of quantcli convert/quantize.")
+    if (folder / "config.json").is_file() and not any(folder.glob("*.gguf")):
+        return plan_folder_publish(folder, repo_id, private=private, base_model=base_model, quantized_by=quantized_by,
+                                   recipe=recipe, commit_message=commit_message)
     ggufs = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith(".") and p.is_file())
     if not ggufs:
         raise InputError(f"{folder} has no .gguf files to publish.",
@@ -181,6 +188,63 @@ def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | No
     message = commit_message or f"Upload {len(files)} GGUF file{'s' if len(files) != 1 else ''} ({types}) with quantcli {__version__}"
     is_private = private if private is not None else bool(settings.get("private", False))
     return PublishPlan(repo_id, is_private, limit, files, card, message, folder)
+
+
+def _repo_id(repo_id: str | None, settings: dict[str, Any], suffix: str) -> str:
+    from .download import HubRef, repo_id_problem
+
+    repo_id = repo_id or settings.get("repo")
+    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id or repo_id_problem(repo_id):
+        why = f" ({repo_id_problem(repo_id)})" if repo_id and repo_id_problem(repo_id) else ""
+        raise InputError(f"{repo_id!r} is not a repo id to publish to{why}." if repo_id else "no repo to publish to.",
+                         hint=f"Pass --repo you/model-{suffix} (or set publish.repo in the recipe).")
+    return repo_id
+
+
+def plan_folder_publish(folder: Path, repo_id: str | None = None, *, private: bool | None = None,
+                        base_model: str | None = None, quantized_by: str | None = None, recipe: Any | None = None,
+                        commit_message: str | None = None) -> PublishPlan:
+    """A quantized safetensors folder: every file of it (weights, config, tokenizer, generation config) goes up as
+    it is, with a card that says how to load it; verify --data's figures go on the card when recorded."""
+    from .. import __version__
+    from ..io.checkpoint import Checkpoint
+    from ..io.files import load_json
+    from ..io.quantized_folder import folder_method, open_folder_reader
+    from ..pipeline.cache import file_sha256
+
+    ckpt = Checkpoint.open(folder)
+    reader = open_folder_reader(ckpt)
+    if reader is None:
+        raise InputError(f"{folder} has neither .gguf files nor a quantized model (no quantization_config).",
+                         hint="Publish the output of quantcli convert (GGUF files, or --format compressed-tensors|bnb-nf4).")
+    settings = _settings([], recipe)
+    name = scheme_name(reader.scheme).split()[0]
+    repo_id = _repo_id(repo_id, settings, name)
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name not in (CARD_NAME, VERIFY_RECORD) and ".partial" not in p.name)
+    files = [ModelFile(p, "safetensors" if p.suffix == ".safetensors" else "file", ckpt.config.get("model_type", "?"),
+                       p.stat().st_size, 0.0, [], file_sha256(p) if p.suffix == ".safetensors" else None)
+             for p in paths]
+    quality = None
+    record = folder / VERIFY_RECORD
+    if record.is_file():
+        quality = load_json(record, VERIFY_RECORD)
+        if not isinstance(quality, dict):
+            raise InputError(f"{record} is not a verify record.", hint=f"Delete it, or re-run quantcli verify {folder} --data ...")
+        if quality.get("ok") is False:
+            raise InputError(f"{folder} failed its verify thresholds ({quality.get('failure')}); it will not be published.",
+                             hint=f"Re-quantize, or run quantcli verify {folder} --data ... again with other thresholds.")
+    weights = sum(m.shape[0] * m.shape[1] for m in reader.modules.values())
+    stored = sum(m.stored_bytes(ckpt) for m in reader.modules.values())
+    info = FolderCardInfo(repo_id=repo_id, quantized_by=quantized_by or repo_id.split("/")[0], scheme=reader.scheme,
+                          files=[CardFile(f.name, f.type, f.size, 0.0, (), f.sha256) for f in files if f.sha256],
+                          n_modules=len(reader.modules), bits_per_weight=8.0 * stored / weights if weights else None,
+                          total_bytes=sum(f.size for f in files), method=folder_method(ckpt),
+                          base_model=base_model, quantcli_version=__version__, quality=quality)
+    card = render_folder_card(info)
+    message = commit_message or f"Upload a {name} model ({reader.scheme.get('quant_method')}) with quantcli {__version__}"
+    is_private = private if private is not None else bool(settings.get("private", False))
+    return PublishPlan(repo_id, is_private, HUB_FILE_LIMIT, files, card, message, folder, kind="folder")
 
 
 def _card_info(repo_id: str, files: list[ModelFile], base_model: str | None, quantized_by: str | None,

@@ -225,3 +225,22 @@ def check_thresholds(report: ModelQualityReport, *, max_kld: float | None = None
                           f"is above max_ppl_ratio {max_ppl_ratio:g}.",
                           hint="Use a larger type, an importance matrix, or relax the recipe's verify.max_ppl_ratio.")
 
+
+
+VERIFY_RECORD = "quantcli-verify.json"   # beside a quantized folder's weights; publish puts its figures on the card
+
+
+def record_folder_report(report: ModelQualityReport, failure: str | None) -> Path | None:
+    """Keep a folder's model-level figures in FOLDER/quantcli-verify.json (written atomically; GGUF files have
+    their run manifest instead). `failure` is the threshold a figure missed, if any: publish refuses such folders."""
+    import json
+
+    from ..io.atomic import atomic_file
+
+    folder = Path(report.path)
+    if not folder.is_dir():
+        return None
+    record = {**report.to_json(), "ok": failure is None, "failure": failure}
+    with atomic_file(folder / VERIFY_RECORD) as fp:
+        fp.write((json.dumps(record, indent=2) + "\n").encode())
+    return folder / VERIFY_RECORD
