@@ -66,7 +66,8 @@ class RecordingApi(HfApi):
                 entry["received"] = self.received / op.path_in_repo
                 entry["received"].parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, entry["received"])
-                entry["layout"] = read_layout(entry["received"])
+                if op.path_in_repo.endswith(".gguf"):
+                    entry["layout"] = read_layout(entry["received"])
             self.uploaded[op.path_in_repo] = entry
 
         class Info:
@@ -226,3 +227,69 @@ def test_cli_dry_run_shows_the_plan_and_card_without_a_token_or_network(folder: 
     fail = run_cli(["publish", str(folder)], {"HF_HOME": str(tmp_path / "hf")})
     assert fail.returncode == 2 and "HF_TOKEN" in fail.stderr and "Traceback" not in fail.stderr
     assert not [p for p in folder.iterdir() if p.name.startswith(".quantcli-publish-")]
+
+
+# ---- quantized safetensors folders ------------------------------------------------------------------------------
+
+def int_folder(tmp_path: Path, **fields: object) -> Path:
+    from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
+
+    out = tmp_path / "folder"
+    convert_int(IntConvertRequest(model=str(model_path("tiny-llama")), output=out, threads=2, verify="none",
+                                  **fields))  # type: ignore[arg-type]
+    return out
+
+
+def test_a_compressed_tensors_folder_goes_up_whole_with_a_card_that_says_how_to_load_it(tmp_path: Path) -> None:
+    folder = int_folder(tmp_path, scheme="W4A16", group_size=32, method="mse")
+    record = {"path": str(folder), "data": "builtin:eval", "n_chunks": 3, "ctx": 128, "n_scored": 189,
+              "ppl_source": 41.25, "ppl": 43.5, "kld_mean": 0.0421, "kld_p99": 0.31, "same_top1": 0.875, "ok": True}
+    (folder / "quantcli-verify.json").write_text(json.dumps(record))
+    plan = plan_publish(folder, "me/tiny-W4A16", base_model="org/tiny-llama")
+    api = RecordingApi(tmp_path / "hub-side")
+    run_publish(plan, api=api)
+    assert [c[0] for c in api.calls] == ["create_repo", "create_commit"]
+    on_disk = sorted(p.name for p in folder.iterdir() if p.name != "quantcli-verify.json")
+    assert sorted(api.uploaded) == sorted(on_disk + ["README.md"])
+    assert "model.safetensors" in api.uploaded and "config.json" in api.uploaded and "tokenizer.json" in api.uploaded
+    assert api.uploaded["model.safetensors"]["sha256"] == file_sha256(folder / "model.safetensors")
+    card = api.uploaded["README.md"]["content"]
+    meta = front_matter(card)
+    assert meta["base_model"] == "org/tiny-llama" and meta["library_name"] == "transformers"
+    assert {"quantized", "compressed-tensors", "4-bit"} <= set(meta["tags"])
+    assert "| Scheme | W4A16 |" in card and "| Group size | 32 |" in card and "MSE-optimal" in card
+    assert "pip install transformers compressed-tensors" in card and "vllm serve me/tiny-W4A16" in card
+    assert 'AutoModelForCausalLM.from_pretrained("me/tiny-W4A16")' in card
+    assert "| 41.2500 | 43.5000 | 0.04210 | 0.31000 | 87.50 % |" in card
+    assert file_sha256(folder / "model.safetensors") in card
+    # the bits per weight on the card are the stored bytes of the quantized modules over their weights
+    from quantcli.io.checkpoint import Checkpoint
+    from quantcli.io.quantized_folder import open_folder_reader
+
+    ckpt = Checkpoint.open(folder)
+    reader = open_folder_reader(ckpt)
+    assert reader is not None
+    stored = sum(ckpt.tensors[n].nbytes for n in reader.stored_names())
+    weights = sum(m.shape[0] * m.shape[1] for m in reader.modules.values())
+    assert f"| Bits per quantized weight | {8 * stored / weights:.3f} (scales included) |" in card
+
+
+def test_an_nf4_folder_card_names_bitsandbytes(tmp_path: Path) -> None:
+    folder = int_folder(tmp_path, format="bnb-nf4", ignore=("re:.*down_proj",))
+    card = plan_publish(folder, "me/tiny-nf4").card
+    assert front_matter(card)["library_name"] == "transformers" and "nf4" in front_matter(card)["tags"]
+    assert "pip install transformers accelerate bitsandbytes" in card
+    assert "vllm serve me/tiny-nf4 --quantization bitsandbytes" in card
+    assert "| Double quantization | yes |" in card and "| Block size | 64 |" in card
+    assert "## Quality" not in card                          # no verify record, no figures
+
+
+def test_a_folder_that_missed_its_thresholds_or_is_not_quantized_is_refused(tmp_path: Path) -> None:
+    folder = int_folder(tmp_path, scheme="W8A16", group_size=32)
+    (folder / "quantcli-verify.json").write_text(json.dumps({"ok": False, "failure": "mean KL divergence 0.3"}))
+    with pytest.raises(InputError, match="failed its verify thresholds"):
+        plan_publish(folder, "me/x")
+    with pytest.raises(InputError, match="neither .gguf files nor a quantized model"):
+        plan_publish(model_path("tiny-llama"), "me/x")
+    with pytest.raises(InputError, match="no repo to publish to"):
+        plan_publish(folder)
