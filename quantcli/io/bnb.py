@@ -99,7 +99,6 @@ class NF4Reader(FolderReader):
     then rounded to the model dtype of the quant_state, as bitsandbytes' dequantize_4bit returns it."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
-
         self.ckpt, path = ckpt, ckpt.path
         qc = ckpt.config["quantization_config"]
         if not qc.get("load_in_4bit"):
@@ -141,7 +140,6 @@ class NF4Reader(FolderReader):
             "ignore": qc.get("llm_int8_skip_modules") or []}
 
     def _check(self, module: str, state: dict[str, Any], n: int, blocks: int, where: str) -> tuple[str, ...]:
-
         ckpt = self.ckpt
         expect_shape(ckpt, f"{module}.weight", (-(-n // 2), 1), ("U8",))
         expect_shape(ckpt, f"{module}.weight.quant_map", (16,), ("F32",))

@@ -163,7 +163,6 @@ class _Args:
 
 
 def _group_args(name: str, group: Any, qc: dict[str, Any], path: object) -> _Args:
-
     where = f"quantization_config.config_groups.{name}"
     if not isinstance(group, dict):
         raise InputError(f"{path}: {where} is not an object.", hint="Re-create the folder with the tool that quantized it.")
@@ -201,7 +200,6 @@ class CompressedTensorsReader(FolderReader):
     float32, then rounded to the scale's stored dtype as transformers' dequantize=True rebuilds the weight."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
-
         self.ckpt = ckpt
         path = ckpt.path
         qc = ckpt.config["quantization_config"]
@@ -209,8 +207,10 @@ class CompressedTensorsReader(FolderReader):
         if not groups:
             raise InputError(f"{path}: quantization_config.config_groups is empty.",
                              hint="Re-create the folder with the tool that quantized it.")
-        parsed = [(require(g if isinstance(g, dict) else {}, "targets", (list,), f"quantization_config.config_groups.{n}", path),
-                   _group_args(n, g, qc, path)) for n, g in groups.items()]
+        parsed = []
+        for n, g in groups.items():
+            args = _group_args(n, g, qc, path)   # checks first that the group is an object
+            parsed.append((require(g, "targets", (list,), f"quantization_config.config_groups.{n}", path), args))
         self.args: dict[str, _Args] = {}
         self.modules: dict[str, QuantizedModule] = {}
         for module in quantized_modules(list(ckpt.tensors)):
