@@ -207,7 +207,7 @@ class CompressedTensorsReader(FolderReader):
         if not groups:
             raise InputError(f"{path}: quantization_config.config_groups is empty.",
                              hint="Re-create the folder with the tool that quantized it.")
-        parsed = []
+        parsed: list[tuple[list[Any], _Args]] = []
         for n, g in groups.items():
             args = _group_args(n, g, qc, path)   # checks first that the group is an object
             parsed.append((require(g, "targets", (list,), f"quantization_config.config_groups.{n}", path), args))
