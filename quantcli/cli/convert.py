@@ -42,7 +42,7 @@ def convert(
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
-    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search).")] = "minmax",
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
