@@ -93,7 +93,9 @@ class SplitLinear:
     scale_dtype: str
 
     def branch_dense(self, k: int) -> np.ndarray:
-        return self.branches[k].dequantize(self.scale_dtype, self.scheme.group_size)
+        """(code - zero) * scale in float32, not rounded to the scale dtype: the three-branch layout's values.
+        The dense folder rounds the sum once, to the source dtype, when it stores it."""
+        return self.branches[k].dequantize("F32", self.scheme.group_size)
 
     def dense(self) -> np.ndarray:
         """The sum of the three dequantized masked branches, float32 (branch 0 + 1, then + 2)."""
