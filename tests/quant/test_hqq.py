@@ -69,7 +69,7 @@ def test_scales_and_zero_points_are_expressible_in_the_format(group: int) -> Non
     assert np.array_equal(codes.codes, np.clip(np.rint(w / s + z), scheme.qmin, scheme.qmax).astype(np.int8))
 
 
-def test_moves_some_zero_points_and_lowers_the_error_on_random_weights() -> None:
+def test_lower_error_than_min_max_on_random_weights() -> None:
     w = _weights(64, 512, seed=1)
     for group in (32, 64, 128, None):
         assert _error(w, group, "hqq") < _error(w, group, "minmax")
