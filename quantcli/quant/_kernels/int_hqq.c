@@ -10,6 +10,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Compiled once (setup.py ONCE): it uses the baseline fp16 helpers of kernels.h. */
@@ -34,6 +35,7 @@ typedef struct {
     int8_t *q;
     int64_t n, g, row_begin, row_end;
     float qmin, qmax;
+    int *failed;             /* set when a job cannot get its scratch memory */
 } hqq_job;
 
 static inline float hqq_code(const hqq_job *j, float x, float s, float z) {
@@ -82,13 +84,15 @@ static float hqq_value(const hqq_job *j, int64_t gi, uint32_t *bits) {
 }
 
 /* Solves one group in place: *s, *bits and *z enter as the min-max encoding and leave as HQQ's. */
-static void hqq_solve(const hqq_job *j, const float *x, float *s0, uint32_t *bits0, float *z0) {
+/* qb and yb are scratch rows of g floats: a round's codes and its target x - e, computed once and reused. */
+static void hqq_solve(const hqq_job *j, const float *x, float *s0, uint32_t *bits0, float *z0, float *qb, float *yb) {
     float s = *s0, z = *z0, best_s = s, best_z = z, best_err = INFINITY, beta = HQQ_BETA;
     uint32_t st = *bits0, best_st = st;
     for (int it = 0; it < HQQ_ITERS; it++) {
         float err = 0.0f;
         for (int64_t k = 0; k < j->g; k++) {
-            const float d = x[k] - (hqq_code(j, x[k], s, z) - z) * s;
+            qb[k] = hqq_code(j, x[k], s, z);
+            const float d = x[k] - (qb[k] - z) * s;
             err += fabsf(d);
         }
         if (!(err < best_err)) break;
@@ -96,27 +100,20 @@ static void hqq_solve(const hqq_job *j, const float *x, float *s0, uint32_t *bit
         best_s = s, best_z = z, best_st = st;
         float acc = 0.0f;
         for (int64_t k = 0; k < j->g; k++) {
-            const float q = hqq_code(j, x[k], s, z);
-            const float d = x[k] - (q - z) * s;
+            const float d = x[k] - (qb[k] - z) * s;
             const float a = fabsf(d);
             float t = a - (1.0f / sqrtf(a)) / beta;
             if (t < 0.0f) t = 0.0f;
-            const float y = x[k] - (d < 0.0f ? -t : t);
-            acc += q - y / s;
+            yb[k] = x[k] - (d < 0.0f ? -t : t);
+            acc += qb[k] - yb[k] / s;
         }
         float zn = rintf(acc / (float)j->g);
         if (zn < j->qmin) zn = j->qmin;
         if (zn > j->qmax) zn = j->qmax;
         float num = 0.0f, den = 0.0f;
         for (int64_t k = 0; k < j->g; k++) {
-            const float q = hqq_code(j, x[k], s, z);
-            const float d = x[k] - (q - z) * s;
-            const float a = fabsf(d);
-            float t = a - (1.0f / sqrtf(a)) / beta;
-            if (t < 0.0f) t = 0.0f;
-            const float y = x[k] - (d < 0.0f ? -t : t);
-            const float u = q - zn;
-            num += u * y;
+            const float u = qb[k] - zn;
+            num += u * yb[k];
             den += u * u;
         }
         uint32_t stn;
@@ -133,19 +130,25 @@ static void hqq_solve(const hqq_job *j, const float *x, float *s0, uint32_t *bit
 static void *hqq_run(void *arg) {
     const hqq_job *j = (const hqq_job *)arg;
     const int64_t groups = j->n / j->g;
+    float *scratch = (float *)malloc((size_t)j->g * 2 * sizeof(float));
+    if (scratch == NULL) {
+        *j->failed = 1;
+        return NULL;
+    }
     for (int64_t r = j->row_begin; r < j->row_end; r++) {
         for (int64_t k = 0; k < groups; k++) {
             const int64_t gi = r * groups + k;
             const float *x = j->x + r * j->n + k * j->g;
             uint32_t bits;
             float s = hqq_value(j, gi, &bits), z = (float)j->zp[gi];
-            hqq_solve(j, x, &s, &bits, &z);
+            hqq_solve(j, x, &s, &bits, &z, scratch, scratch + j->g);
             j->zp[gi] = (int8_t)z;
             if (j->dtype == HQQ_F32) ((uint32_t *)j->scale)[gi] = bits;
             else ((uint16_t *)j->scale)[gi] = (uint16_t)bits;
             for (int64_t c = 0; c < j->g; c++) j->q[r * j->n + k * j->g + c] = (int8_t)hqq_code(j, x[c], s, z);
         }
     }
+    free(scratch);
     return NULL;
 }
 
@@ -171,12 +174,17 @@ PyObject *qc_int_hqq(PyObject *self, PyObject *args) {
     if (threads > HQQ_MAX_THREADS) threads = HQQ_MAX_THREADS;
     if (threads > rows) threads = (int)(rows > 0 ? rows : 1);
     hqq_job jobs[HQQ_MAX_THREADS];
+    int failed = 0;
     for (int t = 0; t < threads; t++) {
         jobs[t] = (hqq_job){(const float *)src.buf, scale.buf, dtype, (int8_t *)zp.buf, (int8_t *)q.buf, n, g,
                             rows * t / threads, rows * (t + 1) / threads,
-                            (float)-(1 << (bits - 1)), (float)((1 << (bits - 1)) - 1)};
+                            (float)-(1 << (bits - 1)), (float)((1 << (bits - 1)) - 1), &failed};
     }
     if (rows > 0) qc_parallel(hqq_run, jobs, sizeof(hqq_job), threads);
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
