@@ -84,3 +84,10 @@ lint: dev
 
 clean:
 	rm -rf build *.egg-info quantcli/*.so .pytest_cache
+
+# SplitQuantV2 against per-channel INT4 RTN, HQQ against RTN min-max and RTN-MSE (docs/quality.md, "SplitQuantV2
+# and HQQ"); prints the Markdown. The hqq package is the peer for HQQ's weight error when it installs.
+.PHONY: quality-int4
+quality-int4: models
+	-$(PIP) install -q "hqq==0.2.8.post1" "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m benchmarks.splitquant_hqq --models $(MODELS)

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import InputError
 from .io.checkpoint import Checkpoint
 from .quant.int.nf4 import NF4_BLOCK
-from .quant.int.rtn import METHODS
+from .quant.int.encode import METHODS
 from .quant.int.scheme import IntScheme
 
 # Substrings that mark a 2-D weight as an embedding table (never a Linear): llama/mistral/qwen/gemma/phi use
@@ -87,6 +87,9 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
     if options.format == "bnb-nf4" and options.method != "minmax":
         raise InputError(f"--method {options.method} does not apply to bnb-nf4 (its codes are fixed by absmax).",
                          hint="Drop --method, or use --format compressed-tensors.")
+    if options.method == "hqq" and options.format == "compressed-tensors" and options.scheme.symmetric:
+        raise InputError(f"--method hqq solves zero points, and {options.scheme.name} (symmetric) has none.",
+                         hint="Use --scheme W4A16_ASYM (or --asym), or --method mse for a symmetric scheme.")
     if options.format not in FORMATS:
         raise InputError(f"--format {options.format} is not available yet.", hint=f"Use one of: {', '.join(FORMATS)}.")
     for p in options.ignore:

@@ -42,11 +42,12 @@ def convert(
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
-    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search).")] = "minmax",
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave a module unquantized: its name, or 're:REGEX' over module names. Repeatable; lm_head always.")] = None,
+    splitquant_branches: Annotated[bool, typer.Option("--splitquant-branches", help="--method splitquant: write the three INT4 branches (quantcli's engine runs them) instead of the dense sum every loader reads.")] = False,
     double_quant: Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="bnb-nf4: store the block scales as 8-bit codes too (the default, as bitsandbytes' bnb_4bit_use_double_quant).")] = True,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
@@ -63,6 +64,16 @@ def convert(
         from ..pipeline.convert import ConvertRequest, parse_tensor_type, recipe_from_type
         from ..recipe import resolve_recipe
 
+        if method.lower() == "splitquant" or splitquant_branches:
+            from ..pipeline.convert_split import SplitConvertRequest, check_split_options
+
+            check_split_options(method=method, format=format, bits=bits, gguf_options=any(
+                (recipe, type, tensor_type, output_tensor_type, token_embedding_type, pre_tokenizer, pure, imatrix,
+                 calibrate)))
+            execute_split(SplitConvertRequest(model=model, scheme=scheme, group_size=-1 if group_size is None else group_size,
+                                              symmetric=sym, ignore=tuple(ignore or ()), branches=splitquant_branches,
+                                              output=output, threads=threads, dry_run=dry_run), json=json)
+            return
         if format.lower() != "gguf":
             from ..pipeline.convert_int import IntConvertRequest
 
@@ -160,6 +171,22 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
                   f"{len(result.report.weights)} weights", highlight=False)
     err.print(f"done in {result.seconds:.2f} s", highlight=False)
+
+
+def execute_split(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run a SplitQuantV2 conversion and say plainly which kind of folder it wrote."""
+    from ..pipeline.convert_split import convert_split, describe_split
+
+    result = convert_split(request)
+    if json:
+        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
+                    "method": "splitquant", "scheme": result.plan.options.scheme.name, "branches": result.branches,
+                    "split": [m.source for m in result.plan.modules if m.quantized], "seconds": round(result.seconds, 3)})
+        return
+    for line in describe_split(result, request.dry_run):
+        out.print(line, highlight=False)
+    if not request.dry_run:
+        err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
 def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:

@@ -202,7 +202,7 @@ def test_bnb_nf4_refuses_rows_its_cpu_kernel_misreads(source: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("kw", [{"scheme": "W4A16"}, {"bits": 8}, {"group_size": 32}, {"symmetric": False},
-                                {"method": "mse"}])
+                                {"method": "mse"}, {"method": "hqq"}])
 def test_bnb_nf4_refuses_integer_scheme_options(source: Path, tmp_path: Path, kw: dict) -> None:
     with pytest.raises(InputError):
         convert(source, tmp_path / "out", format="bnb-nf4", **kw)
@@ -235,7 +235,7 @@ def test_cli_refuses_folder_options_without_a_folder_format(source: Path, tmp_pa
 
 
 @pytest.mark.parametrize("kw", [{"scheme": "W4A16_ASYM", "group_size": 64, "method": "mse"}, {"scheme": "W8A8"},
-                                {"format": "bnb-nf4"}])
+                                {"format": "bnb-nf4"}, {"scheme": "W4A16_ASYM", "group_size": 32, "method": "hqq"}])
 def test_c_and_reference_backends_write_the_same_bytes(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        kw: dict) -> None:
     pytest.importorskip("quantcli._kernels")

@@ -1,6 +1,7 @@
 """Encode one weight with the active backend: the C twin (quant/_kernels/int_rtn.c) or the NumPy reference.
 
 Both give the same codes, scales, zero points and packed words; QUANTCLI_BACKEND chooses as for the GGUF types.
+"hqq" starts from the min-max encoding and then solves the zero points (quant/algorithms/hqq.py, C: int_hqq.c).
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import numpy as np
 from ...errors import InputError
 from ..backend import Backend
 from .packing import pack_int32, packed_words
+from ..algorithms import hqq
+from .rtn import METHODS as RTN_METHODS
 from .rtn import IntCodes, encode
 from .scheme import PACK_QUANTIZED, IntScheme
 
-METHOD_IDS = {"minmax": 0, "mse": 1}
+METHODS = RTN_METHODS + ("hqq",)     # what --method accepts for compressed-tensors folders
+METHOD_IDS = {"minmax": 0, "mse": 1, "hqq": 0}     # hqq's C pass starts from the min-max encoding
 DTYPE_IDS = {"F32": 0, "F16": 1, "BF16": 2}
 SCALE_NP = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
@@ -40,7 +44,9 @@ def encode_weight(rows: np.ndarray, scheme: IntScheme, scale_dtype: str, method:
         if backend.policy == "c":
             raise InputError("QUANTCLI_BACKEND=c but the C extension has no integer-scheme kernels.",
                              hint="Rebuild it (make install), or use QUANTCLI_BACKEND=reference.")
-        codes = encode(rows, scheme, scale_dtype, method)
+        codes = encode(rows, scheme, scale_dtype, "minmax" if method == "hqq" else method)
+        if method == "hqq":
+            codes = hqq.refine(rows, codes, scheme, scale_dtype)
         return codes, pack_int32(codes.codes, scheme.bits) if scheme.storage == PACK_QUANTIZED else None
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     nrows, n = rows.shape
@@ -50,6 +56,11 @@ def encode_weight(rows: np.ndarray, scheme: IntScheme, scale_dtype: str, method:
     zp = None if scheme.symmetric else np.empty((nrows, n // g), dtype=np.int8)
     backend.kernels.int_rtn(rows, n, g, scheme.bits, int(scheme.symmetric), DTYPE_IDS[scale_dtype],  # type: ignore[union-attr]
                             METHOD_IDS[method], q, scale, zp, max(1, threads))
+    if method == "hqq":
+        if zp is None:
+            raise ValueError("HQQ solves zero points; a symmetric scheme has none (make_int_plan refuses it)")
+        backend.kernels.int_hqq(rows, n, g, scheme.bits, DTYPE_IDS[scale_dtype], scale, zp, q,  # type: ignore[union-attr]
+                                max(1, threads))
     packed = None
     if scheme.storage == PACK_QUANTIZED:
         packed = np.empty((nrows, packed_words(n, scheme.bits)), dtype=np.int32)

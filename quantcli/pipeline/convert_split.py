@@ -1,0 +1,153 @@
+"""convert --method splitquant: source -> plan (the same Linear selection as the integer folders) -> split and
+quantize each Linear (one read) -> a dense HF folder, or with --splitquant-branches the three-branch folder.
+
+    result = convert_split(SplitConvertRequest(model="./SmolLM2-135M-Instruct"))
+    result.path, result.branches       # (PosixPath('SmolLM2-135M-Instruct-splitquant'), False)
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+from ..io.checkpoint import Checkpoint
+from ..quant.int.scheme import IntScheme, scheme_named
+from ..safetensors_plan import IntOptions, IntPlan, ModulePlan, make_int_plan
+
+# The branches are INT4 (the paper's setting); the schemes say symmetric or not. 8-bit gains little from a split.
+SPLIT_SCHEMES = ("W4A16", "W4A16_ASYM")
+
+DENSE_CARD = """# {name} (SplitQuantV2, dense)
+
+Made by `quantcli convert --method splitquant --scheme {scheme}` from `{source}`.
+
+Each Linear layer was split by a 1-D k-means (k = 3) into lower, middle and upper clusters; each masked copy was
+quantized to INT{bits} ({groups}, {sym}) with its own scales, and the sum of the three dequantized copies
+replaced the weight. This folder stores that sum **dense, in the source dtype**: it is an ordinary checkpoint
+with no `quantization_config`, it loads everywhere the source loads, and it is **as large as the source**. It
+carries the accuracy of SplitQuantV2, not its memory saving. The three-branch INT4 form (smaller, run by
+quantcli's engine only) is written with `--splitquant-branches`; see quantcli's docs/splitquant.md.
+"""
+
+BRANCH_CARD = """# {name} (SplitQuantV2, three branches)
+
+Made by `quantcli convert --method splitquant --splitquant-branches --scheme {scheme}` from `{source}`.
+
+Each Linear layer is stored as three INT{bits} branches ({groups}, {sym}) plus 2-bit cluster ids, in
+`splitquant.safetensors` (layout: quantcli's formats/splitquant.md). **No stock loader runs this layout**
+(transformers, vLLM and llama.cpp do not know it); quantcli's engine does
+(`quantcli.engine.split_weights.SplitWeights`). For a folder every loader reads, convert without
+`--splitquant-branches` (the dense sum).
+"""
+
+
+@dataclass(frozen=True)
+class SplitConvertRequest:
+    model: str
+    scheme: str | None = None           # W4A16 (default) or W4A16_ASYM
+    group_size: int = -1                # -1: per channel (the paper's); 0 also per channel; 32/64/128 groups
+    symmetric: bool | None = None
+    ignore: tuple[str, ...] = ()
+    branches: bool = False              # write the three-branch layout instead of the dense sum
+    output: Path | None = None
+    threads: int = 0
+    dry_run: bool = False
+    max_shard_bytes: int | None = 5 * 10**9
+
+
+@dataclass
+class SplitConvertResult:
+    source: Path
+    path: Path
+    plan: IntPlan
+    branches: bool
+    seconds: float = 0.0
+
+
+def resolve_split_scheme(request: SplitConvertRequest) -> IntScheme:
+    name = (request.scheme or "W4A16").upper()
+    if name not in SPLIT_SCHEMES:
+        raise InputError(f"--method splitquant quantizes its branches to INT4; --scheme {request.scheme} does not apply.",
+                         hint=f"Use --scheme {' or '.join(SPLIT_SCHEMES)}.")
+    return scheme_named(name).with_options(group_size=0 if request.group_size == -1 else request.group_size,
+                                           symmetric=request.symmetric)
+
+
+def default_output(source: Path, branches: bool) -> Path:
+    return Path(".") / f"{source.resolve().name}-splitquant{'-branches' if branches else ''}"
+
+
+def card(source: Path, out: Path, scheme: IntScheme, branches: bool) -> str:
+    text = BRANCH_CARD if branches else DENSE_CARD
+    return text.format(name=out.name, source=source.name, scheme=scheme.name, bits=scheme.bits,
+                       groups="per channel" if scheme.group_size is None else f"groups of {scheme.group_size}",
+                       sym="symmetric" if scheme.symmetric else "asymmetric")
+
+
+def check_split_options(*, method: str, format: str, bits: int | None, gguf_options: bool) -> None:
+    """Refuse flags that do not apply to --method splitquant (before anything is read)."""
+    if method.lower() != "splitquant":
+        raise InputError("--splitquant-branches applies to --method splitquant.",
+                         hint="Add --method splitquant, or drop --splitquant-branches.")
+    if format.lower() != "gguf" or gguf_options:
+        raise InputError("--method splitquant writes its own folder (dense, or --splitquant-branches); --format and "
+                         "the GGUF options do not apply.", hint="Drop --format/--type/--recipe/--imatrix/--calibrate.")
+    if bits not in (None, 4):
+        raise InputError(f"--method splitquant quantizes its branches to 4 bits; --bits {bits} does not apply.",
+                         hint="Drop --bits.")
+
+
+def describe_split(result: SplitConvertResult, dry_run: bool) -> list[str]:
+    """What the CLI prints: the folder, and plainly what kind of folder it is."""
+    split = [m for m in result.plan.modules if m.quantized]
+    if dry_run:
+        return [f"{m.source}  {'x'.join(map(str, m.shape))}  {m.dtype} -> "
+                f"{'split into 3 INT4 branches' if m.quantized else 'kept'}" for m in result.plan.modules] + \
+               [f"{len(split)} of {len(result.plan.modules)} tensors split; ignore: {', '.join(result.plan.ignore)}"]
+    size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
+    gb = f"{size / 1e6:.1f} MB"
+    if result.branches:
+        return [f"wrote {result.path}/ (SplitQuantV2 three-branch layout, {len(split)} Linear weights, {gb})",
+                "  only quantcli's engine runs this layout (formats/splitquant.md); transformers/vLLM/llama.cpp do not"]
+    return [f"wrote {result.path}/ (SplitQuantV2 dense sum, {len(split)} Linear weights, {gb})",
+            "  a plain checkpoint in the source dtype with no quantization_config: every loader reads it, and it is "
+            "as large as the source (the three-branch INT4 form: --splitquant-branches)"]
+
+
+def convert_split(request: SplitConvertRequest, progress: Callable[[ModulePlan], None] | None = None) -> SplitConvertResult:
+    from ..stages.pack_split import splitquant_dense, write_branch_folder, write_dense_folder
+    from .convert import resolve_snapshot
+
+    scheme = resolve_split_scheme(request)
+    started = time.perf_counter()
+    source = resolve_snapshot(request.model).path
+    ckpt = Checkpoint.open(source)
+    plan = make_int_plan(ckpt, IntOptions(scheme=scheme, method="minmax", ignore=request.ignore,
+                                          max_shard_bytes=request.max_shard_bytes))
+    out = request.output if request.output is not None else default_output(source, request.branches)
+    if out.suffix in (".gguf", ".safetensors"):
+        raise InputError(f"-o {out} names a file, but --method splitquant writes a folder.",
+                         hint="Give a folder name with -o, e.g. -o model-splitquant/.")
+    if out.resolve() == source.resolve():
+        raise InputError(f"-o {out} is the source folder.", hint="Write the converted model to another folder.")
+    result = SplitConvertResult(source, out, plan, request.branches)
+    if request.dry_run:
+        return result
+    threads = request.threads or os.cpu_count() or 1
+    text = card(source, out, scheme, request.branches)
+    if request.branches:
+        write_branch_folder(plan, ckpt, out, threads=threads, card=text, progress=progress)
+    else:
+        from ..quant.backend import get_backend
+        from ..stages.pack_safetensors import scale_dtype
+
+        # scales in the source dtype (as the integer folders store them), so the sum is what the branches give
+        dtypes = {scale_dtype(m) for m in plan.modules if m.quantized}
+        sdtype = "F32" if len(dtypes) > 1 else dtypes.pop()
+        write_dense_folder(plan, ckpt, out, splitquant_dense(scheme, sdtype, get_backend(), threads), card=text,
+                           progress=progress)
+    result.seconds = time.perf_counter() - started
+    return result
