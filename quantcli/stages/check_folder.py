@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..io import bnb
+from ..io import awq, bnb, gptq
 from ..io import compressed_tensors as ct
 from ..io.checkpoint import Checkpoint
 
@@ -64,9 +64,20 @@ def dense_weights(ckpt: Checkpoint) -> tuple[dict, list[str], Callable[[str], np
             return codes.dequantize(shape)
 
         return ({"format": "bnb-nf4", "double_quant": bool(qc.get("bnb_4bit_use_double_quant"))}, modules, rebuild_nf4)
+    if qc.get("quant_method") == "gptq":
+        bits = int(qc["bits"])
+        summary = {"format": "gptq", "bits": bits, "group_size": qc.get("group_size"), "sym": qc.get("sym"),
+                   "desc_act": qc.get("desc_act"), "checkpoint_format": qc.get("checkpoint_format")}
+        return (summary, gptq.quantized_modules(list(ckpt.tensors)),
+                lambda module: gptq.dequantize_module(ckpt.read_raw, module, bits))
+    if qc.get("quant_method") == "awq":
+        group = int(qc["group_size"])
+        summary = {"format": "awq", "bits": qc.get("bits"), "group_size": group, "version": qc.get("version")}
+        return (summary, awq.quantized_modules(list(ckpt.tensors)),
+                lambda module: awq.dequantize_module(ckpt.read_raw, module, group))
     weights = ct.folder_scheme(ckpt.config)
     if weights is None:
-        raise ValueError("config.json has no compressed-tensors or bitsandbytes quantization_config")
+        raise ValueError("config.json has no compressed-tensors, bitsandbytes, gptq or awq quantization_config")
     summary = {k: weights[k] for k in ("num_bits", "group_size", "symmetric", "strategy", "format")}
     return (summary, ct.quantized_modules(list(ckpt.tensors)),
             lambda module: ct.dequantize_module(ckpt.read_raw, ckpt.tensors, module, weights))
