@@ -80,7 +80,7 @@ def module_arrays(module: str, codes: IntCodes, scheme: IntScheme,
                   g_idx: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
     """The arrays of module_entries from (out, in) asymmetric codes. AWQ stores no g_idx: a g_idx other than
     the in-order grouping (GPTQ's act order) cannot be written."""
-    out, n = codes.codes.shape
+    n = codes.codes.shape[1]
     if codes.zero_point is None:
         raise ValueError(f"{module}: AWQ needs asymmetric codes with zero points")
     if g_idx is not None and not np.array_equal(np.asarray(g_idx), default_g_idx(n, scheme.group_size)):

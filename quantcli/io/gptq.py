@@ -121,7 +121,7 @@ def module_arrays(module: str, codes: IntCodes, scheme: IntScheme,
                   g_idx: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
     """The arrays of module_entries from (out, in) codes with (out, G) scales and zero points. g_idx gives the
     group of each input column (GPTQ's act order); None means in order, i // group_size."""
-    out, n = codes.codes.shape
+    n = codes.codes.shape[1]
     gi = default_g_idx(n, scheme.group_size) if g_idx is None else np.ascontiguousarray(g_idx, dtype=np.int32)
     if gi.shape != (n,) or (gi.size and (gi.min() < 0 or gi.max() >= codes.scale.shape[1])):
         raise ValueError(f"{module}: g_idx must hold {n} group numbers below {codes.scale.shape[1]}")

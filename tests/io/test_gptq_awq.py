@@ -136,3 +136,53 @@ def test_sharded_folder_with_carried_over_files(tmp_path: Path, fmt: str) -> Non
     else:
         assert qc == {"quant_method": "awq", "version": "gemm", "bits": 4, "group_size": 32, "zero_point": True,
                       "modules_to_not_convert": ["lm_head", "model.layers.0.mlp.down_proj"]}
+
+
+# ---- the hand-written vectors of formats/gptq.md and formats/awq.md -------------------------------------------
+
+def _md_vectors(name: str) -> list[dict]:
+    text = (GOLDEN.parent / name).read_text()
+    block = text.split("```json golden\n", 1)[1].split("```", 1)[0]
+    return json.loads(block)
+
+
+def _dense_by_reader(module: object, v: dict, bits: int) -> np.ndarray:
+    """One output row of len(u) inputs in one group, written and read back through the module's own tensors."""
+    n = len(v["u"])
+    pad = (-n) % 32                                   # GPTQ packs 32 inputs at a time; AWQ 8 outputs per word
+    half = 1 << (bits - 1)
+    u = np.array(v["u"] + [v["zero"]] * pad)
+    rows = 32 if module is gptq else 8
+    codes = IntCodes(np.tile(u - half, (rows, 1)).astype(np.int8), np.full((rows, 1), v["scale"], np.float16),
+                     np.full((rows, 1), v["zero"] - half, np.int8))
+    scheme = IntScheme("t", bits=bits, group_size=None if module is gptq else n + pad, symmetric=False)
+    arrays = module.module_arrays("m", codes, scheme)     # type: ignore[attr-defined]
+    read = _reader(arrays)
+    dense = gptq.dequantize_module(read, "m", bits) if module is gptq else awq.dequantize_module(read, "m", n + pad)
+    return dense[0, :n]
+
+
+@pytest.mark.parametrize("v", _md_vectors("gptq.md"), ids=lambda v: f"{v['tensor']}-b{v['bits']}-{v.get('word', 'w')}")
+def test_gptq_md_vectors(v: dict) -> None:
+    bits = v["bits"]
+    if v["tensor"] == "dense":
+        assert _dense_by_reader(gptq, v, bits).tolist() == v["w"]
+        return
+    word = int(v["word"], 16)
+    u = np.array(v["u"], dtype=np.uint8)[:, None]
+    packed = gptq.pack_down(u, bits).view(np.uint32)
+    if v["tensor"] == "qzeros":
+        packed = packed - np.uint32(gptq.v1_offset(bits))
+    assert int(packed[0, 0]) == word
+    if v["tensor"] == "qweight":
+        assert gptq.unpack_down(np.array([[word]], dtype=np.uint32).view(np.int32), bits)[:, 0].tolist() == v["u"]
+
+
+@pytest.mark.parametrize("v", _md_vectors("awq.md"), ids=lambda v: f"{v['tensor']}-{v.get('word', 'w')}")
+def test_awq_md_vectors(v: dict) -> None:
+    if v["tensor"] == "dense":
+        assert _dense_by_reader(awq, v, 4).tolist() == v["w"]
+        return
+    word = int(v["word"], 16)
+    assert int(awq.pack_interleaved(np.array([v["u"]], dtype=np.uint8)).view(np.uint32)[0, 0]) == word
+    assert awq.unpack_interleaved(np.array([[word]], dtype=np.uint32).view(np.int32))[0].tolist() == v["u"]
