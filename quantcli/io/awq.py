@@ -60,11 +60,12 @@ def module_entries(module: str, shape: tuple[int, ...], scheme: IntScheme) -> li
 def pack_interleaved(values: np.ndarray) -> np.ndarray:
     """(rows, cols) 4-bit unsigned codes -> (rows, cols / 8) int32 in AWQ's nibble order."""
     rows, cols = values.shape
-    v = values.astype(np.uint32).reshape(rows, cols // PER_WORD, PER_WORD)
-    words = np.zeros((rows, cols // PER_WORD), dtype=np.uint32)
-    for k, col in enumerate(ORDER):
-        words |= v[:, :, col] << np.uint32(4 * k)
-    return words.view(np.int32)
+    v = np.ascontiguousarray(values, dtype=np.uint8).reshape(rows, cols // PER_WORD, PER_WORD)
+    # Byte j of the little-endian word holds nibbles 2j (low) and 2j+1 (high).
+    pairs = np.empty((rows, cols // PER_WORD, 4), dtype=np.uint8)
+    for j in range(4):
+        pairs[:, :, j] = v[:, :, ORDER[2 * j]] | (v[:, :, ORDER[2 * j + 1]] << np.uint8(4))
+    return pairs.reshape(rows, -1).view("<u4").astype(np.uint32, copy=False).view(np.int32)
 
 
 def unpack_interleaved(words: np.ndarray) -> np.ndarray:
@@ -86,7 +87,7 @@ def module_arrays(module: str, codes: IntCodes, scheme: IntScheme,
     if g_idx is not None and not np.array_equal(np.asarray(g_idx), default_g_idx(n, scheme.group_size)):
         raise ValueError(f"{module}: AWQ has no g_idx; act-order groupings cannot be stored")
     u, z = unsigned(codes, BITS)
-    return [(f"{module}.qweight", pack_interleaved(np.ascontiguousarray(u.T))),
+    return [(f"{module}.qweight", pack_interleaved(u.T)),
             (f"{module}.qzeros", pack_interleaved(np.ascontiguousarray(z.T))),
             (f"{module}.scales", np.ascontiguousarray(f16_scales(codes).T))]
 

@@ -80,15 +80,25 @@ def module_entries(module: str, shape: tuple[int, ...], scheme: IntScheme) -> li
             TensorEntry(f"{module}.g_idx", "I32", (n,))]
 
 
+def pack_along(values: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, cols) unsigned codes -> (rows, cols / f) uint32 packed along each row: column c goes to word c // f
+    at bit (c % f) * bits. Codes are first merged into bytes (lowest bits first), then every 4 bytes are read as
+    one little-endian word, which puts code k of a word at bits k * bits."""
+    rows, cols = values.shape
+    v = np.ascontiguousarray(values, dtype=np.uint8)
+    per_byte = 8 // bits
+    if per_byte > 1:
+        parts = v.reshape(rows, cols // per_byte, per_byte)
+        merged = parts[:, :, 0].copy()
+        for k in range(1, per_byte):
+            merged |= parts[:, :, k] << np.uint8(k * bits)
+        v = merged
+    return np.ascontiguousarray(v).view("<u4").astype(np.uint32, copy=False)
+
+
 def pack_down(values: np.ndarray, bits: int) -> np.ndarray:
     """(rows, cols) unsigned codes -> (rows / f, cols) int32: row r goes to word r // f at bit (r % f) * bits."""
-    f = per_word(bits)
-    rows, cols = values.shape
-    v = values.astype(np.uint32).reshape(rows // f, f, cols)
-    words = np.zeros((rows // f, cols), dtype=np.uint32)
-    for k in range(f):
-        words |= v[:, k, :] << np.uint32(k * bits)
-    return words.view(np.int32)
+    return np.ascontiguousarray(pack_along(np.ascontiguousarray(values.T), bits).T).view(np.int32)
 
 
 def unpack_down(words: np.ndarray, bits: int) -> np.ndarray:
@@ -103,11 +113,12 @@ def unpack_down(words: np.ndarray, bits: int) -> np.ndarray:
 def unsigned(codes: IntCodes, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Signed codes and zero points (rows, ...) -> unsigned (code + 2^(b-1), zero + 2^(b-1)); no zero point
     (symmetric) is the middle code 2^(b-1)."""
-    half = 1 << (bits - 1)
-    u = codes.codes.astype(np.int16) + half
-    z = (np.full(codes.scale.shape, half, dtype=np.int16) if codes.zero_point is None
-         else codes.zero_point.astype(np.int16) + half)
-    return u.astype(np.uint8), z.astype(np.uint8)
+    half = np.uint8(1 << (bits - 1))
+    # int8 -> uint8 keeps the bits; adding 2^(b-1) modulo 256 gives c + 2^(b-1) for c >= -2^(b-1).
+    u = codes.codes.astype(np.uint8) + half
+    z = (np.full(codes.scale.shape, half, dtype=np.uint8) if codes.zero_point is None
+         else codes.zero_point.astype(np.uint8) + half)
+    return u, z
 
 
 def f16_scales(codes: IntCodes) -> np.ndarray:
@@ -126,10 +137,11 @@ def module_arrays(module: str, codes: IntCodes, scheme: IntScheme,
     if gi.shape != (n,) or (gi.size and (gi.min() < 0 or gi.max() >= codes.scale.shape[1])):
         raise ValueError(f"{module}: g_idx must hold {n} group numbers below {codes.scale.shape[1]}")
     u, z = unsigned(codes, scheme.bits)
-    zeros = pack_down(z, scheme.bits).T                                 # (out, G) packed along the output dimension
-    zeros = (zeros.view(np.uint32) - np.uint32(v1_offset(scheme.bits))).view(np.int32)   # wraps mod 2^32
-    return [(f"{module}.qweight", pack_down(np.ascontiguousarray(u.T), scheme.bits)),
-            (f"{module}.qzeros", np.ascontiguousarray(zeros)),
+    qweight = np.ascontiguousarray(pack_along(u, scheme.bits).T).view(np.int32)      # u is (out, in): along inputs
+    zeros = pack_along(np.ascontiguousarray(z.T), scheme.bits)                        # (G, out): along outputs
+    zeros = (zeros - np.uint32(v1_offset(scheme.bits))).view(np.int32)               # wraps mod 2^32
+    return [(f"{module}.qweight", qweight),
+            (f"{module}.qzeros", zeros),
             (f"{module}.scales", np.ascontiguousarray(f16_scales(codes).T)),
             (f"{module}.g_idx", gi)]
 
