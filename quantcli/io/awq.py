@@ -6,7 +6,8 @@ Per quantized Linear module M with weight (out, in), G = in / group_size groups,
                                  8c + ORDER[k] sits at bit 4k, ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
   M.qzeros   I32 (G, out / 8)    unsigned zero points, the same interleave (stored as is, no offset)
   M.scales   F16 (G, out)
-The bias, when the module has one, is carried over as stored. A loader rebuilds W[o, i] = scales[i // g, o] *
+The bias, when the module has one, is stored as float16 (the loaders' buffer dtype; stages/pack_safetensors).
+A loader rebuilds W[o, i] = scales[i // g, o] *
 (u[i, o] - z[i // g, o]) in float16.
 
 AWQ has zero points and no act order: only asymmetric 4-bit codes in input order are written.

@@ -8,7 +8,8 @@ Per quantized Linear module M with weight (out, in), G groups, b bits, f = 32 / 
                                  whole word minus sum_k 1 << (k * b): v1 stores zero - 1 in every field
   M.scales   F16 (G, out)
   M.g_idx    I32 (in,)           the group of each input column (i // group_size unless act order reorders them)
-The bias, when the module has one, is carried over as stored. A loader rebuilds W[o, i] = scales[g, o] *
+The bias, when the module has one, is stored as float16 (the loaders' buffer dtype; stages/pack_safetensors).
+A loader rebuilds W[o, i] = scales[g, o] *
 (u[i, o] - z[g, o]) with g = g_idx[i], in float16.
 
 Why the whole-word subtraction: gptqmodel turns a v1 checkpoint into its internal v2 by adding the same constant

@@ -33,11 +33,21 @@ def scale_dtype(m: ModulePlan) -> str:
     return "F32" if m.dtype == "F32" else m.dtype
 
 
+def f16_bias(plan: IntPlan, m: ModulePlan) -> bool:
+    """GPTQ and AWQ keep a quantized Linear's bias in float16 (their loaders' buffer dtype, what their own
+    writers store), so the folder holds it that way instead of as stored in the source."""
+    if plan.options.format not in PACKED_FORMATS or not m.source.endswith(".bias"):
+        return False
+    return any(q.quantized and q.module == m.module for q in plan.modules)
+
+
 def plan_entries(plan: IntPlan) -> list[TensorEntry]:
     scheme = plan.options.scheme
     entries: list[TensorEntry] = []
     for m in plan.modules:
-        if m.quantized and plan.options.format == "bnb-nf4":
+        if f16_bias(plan, m):
+            entries.append(TensorEntry(m.source, "F16", m.shape))
+        elif m.quantized and plan.options.format == "bnb-nf4":
             entries += bnb.module_entries(m.module, m.shape, m.dtype, plan.options.double_quant)
         elif m.quantized and plan.options.format in PACKED_FORMATS:
             entries += PACKED_FORMATS[plan.options.format].module_entries(m.module, m.shape, scheme)
@@ -71,6 +81,8 @@ def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
             else:
                 codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
                 yield from ct.module_arrays(m.module, codes, scheme, packed)
+        elif f16_bias(plan, m):
+            yield m.source, backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads).astype(np.float16)
         else:
             yield m.source, ckpt.read_raw(m.source)
         if progress is not None:

@@ -186,3 +186,17 @@ def test_awq_md_vectors(v: dict) -> None:
     word = int(v["word"], 16)
     assert int(awq.pack_interleaved(np.array([v["u"]], dtype=np.uint8)).view(np.uint32)[0, 0]) == word
     assert awq.unpack_interleaved(np.array([[word]], dtype=np.uint32).view(np.int32))[0].tolist() == v["u"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_quantized_module_bias_is_stored_as_float16(tmp_path: Path, fmt: str) -> None:
+    src = model_path("tiny-qwen2")                     # q/k/v projections carry a bias
+    out = tmp_path / fmt
+    convert_int(IntConvertRequest(model=str(src), format=fmt, group_size=32, output=out, threads=1, verify="none"))
+    folder, source = Checkpoint.open(out), Checkpoint.open(src)
+    biases = [n for n in source.tensors if n.endswith(".bias")]
+    assert biases
+    for name in biases:
+        assert folder.tensors[name].dtype == "F16", name
+        assert np.array_equal(folder.read_raw(name), source.read_f32(name).astype(np.float16)), name
