@@ -42,6 +42,9 @@ CASES = {
     "awq-tiny-g32": ("tiny-llama", "awq", 4, 32, "minmax", None),
     "awq-tiny-g32-mse": ("tiny-llama", "awq", 4, 32, "mse", None),
     "awq-smollm2-g64": ("SmolLM2-135M-Instruct", "awq", 4, 64, "minmax", None),
+    # Qwen2 has q/k/v biases: stored in float16 (the loader's buffer dtype), added after the quantized matmul.
+    "gptq-qwen2-bias-w4-g32": ("tiny-qwen2", "gptq", 4, 32, "minmax", None),
+    "awq-qwen2-bias-g32": ("tiny-qwen2", "awq", 4, 32, "minmax", None),
 }
 
 
@@ -55,14 +58,22 @@ def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def ours(out: object) -> dict[str, np.ndarray]:
-    """Our reader's dense weight of every quantized module, (out, in) float32 holding float16 values."""
+    """Our reader's dense weight of every quantized module, (out, in) float32 holding float16 values, and the
+    module's bias as the folder stores it (float16)."""
     ckpt = Checkpoint.open(out)
     qc = ckpt.config["quantization_config"]
     if qc["quant_method"] == "gptq":
-        return {f"{m}.weight": gptq.dequantize_module(ckpt.read_raw, m, qc["bits"])
-                for m in gptq.quantized_modules(list(ckpt.tensors))}
-    return {f"{m}.weight": awq.dequantize_module(ckpt.read_raw, m, qc["group_size"])
-            for m in awq.quantized_modules(list(ckpt.tensors))}
+        dense = {f"{m}.weight": gptq.dequantize_module(ckpt.read_raw, m, qc["bits"])
+                 for m in gptq.quantized_modules(list(ckpt.tensors))}
+    else:
+        dense = {f"{m}.weight": awq.dequantize_module(ckpt.read_raw, m, qc["group_size"])
+                 for m in awq.quantized_modules(list(ckpt.tensors))}
+    for name in list(dense):
+        bias = name[: -len(".weight")] + ".bias"
+        if bias in ckpt.tensors:
+            assert ckpt.tensors[bias].dtype == "F16", bias
+            dense[bias] = ckpt.read_f32(bias)
+    return dense
 
 
 def theirs(module: object) -> np.ndarray:
@@ -96,6 +107,8 @@ def check_against_loader(model: str, out: object) -> None:
     mine = ours(out)
     assert mine, "the folder has quantized modules"
     for name, w in mine.items():
+        if name.endswith(".bias"):
+            continue
         module = loaded.get_submodule(name[: -len(".weight")])
         assert "gptqmodel" in type(module).__module__, f"{name} was not loaded as a quantized module"
         assert np.array_equal(theirs(module), w), name
@@ -152,4 +165,20 @@ def test_act_order_g_idx_loads(tmp_path: object) -> None:
             (out / f).write_bytes((source / f).read_bytes())
     assert not np.array_equal(Checkpoint.open(out).read_raw("model.layers.0.mlp.down_proj.g_idx"),
                               np.arange(672) // 32)
+    check_against_loader("tiny-llama", out)
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_ignored_module_loads_dense(tmp_path: object, fmt: str) -> None:
+    """--ignore: the config names what stays dense (GPTQ lists the modules kept, AWQ the ones skipped), so the
+    loader leaves that Linear as it is and quantizes the rest."""
+    out = tmp_path / fmt
+    skipped = "model.layers.0.mlp.down_proj"
+    convert_int(IntConvertRequest(model=str(model_path("tiny-llama")), format=fmt, group_size=32, ignore=(skipped,),
+                                  output=out, threads=2, verify="none"))
+    loaded = load(out)
+    dense = loaded.get_submodule(skipped)
+    assert type(dense) is torch.nn.Linear
+    source = Checkpoint.open(model_path("tiny-llama")).read_f32(f"{skipped}.weight")
+    assert np.array_equal(dense.weight.detach().numpy(), source)
     check_against_loader("tiny-llama", out)
