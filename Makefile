@@ -34,6 +34,10 @@ dev: install
 	  || $(PIP) cache list "llama_cpp_python-$(LLAMA_CPP_VERSION)-*" 2>/dev/null | grep -q whl \
 	  || echo "Building llama.cpp from source for llama-cpp-python $(LLAMA_CPP_VERSION) (the tests' byte-exact oracle; PyPI has no Linux wheel): about 7 minutes on 2 idle cores, up to 16 on busy ones; once, pip caches the wheel."
 	$(PIP) install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	@# The GPTQ/AWQ loader transformers uses (tests/interop/test_gptq_awq_loaders.py). --no-deps: gptqmodel asks for
+	@# torch>=2.14.1 and quantization-time packages that loading does not import (docs/int-formats.md).
+	$(PIP) install -q --no-deps "gptqmodel==7.7.0" "optimum==2.3.0" "logbar==0.4.15" "tokenicer==0.0.14" \
+	  "device-smi==0.5.7" "pypcre==0.6.4" "defuser==0.0.28" "threadpoolctl==3.8.0" "pillow==13.0.0"
 
 models: dev
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS)

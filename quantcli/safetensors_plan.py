@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .io import awq, gptq
 from .io.checkpoint import Checkpoint
 from .quant.int.nf4 import NF4_BLOCK
 from .quant.int.encode import METHODS
@@ -25,7 +26,9 @@ from .quant.int.scheme import IntScheme
 # embed_tokens, GPT-2 wte/wpe, BERT word/position/token_type_embeddings.
 EMBEDDING_MARKERS = ("embed_tokens", "embeddings", ".wte.", ".wpe.", "embed_positions")
 ALWAYS_IGNORED = ("lm_head",)        # the output projection stays in 16 bits, as llm-compressor's recipes do
-FORMATS = ("compressed-tensors", "bnb-nf4")
+FORMATS = ("compressed-tensors", "bnb-nf4", "gptq", "awq")
+# The folder formats that store GPTQ-style packed integers (one module each under io/), and what they accept.
+PACKED_FORMATS = {"gptq": gptq, "awq": awq}
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
                          hint="Use --scheme W4A16_ASYM (or --asym), or --method mse for a symmetric scheme.")
     if options.format not in FORMATS:
         raise InputError(f"--format {options.format} is not available yet.", hint=f"Use one of: {', '.join(FORMATS)}.")
+    if options.format in PACKED_FORMATS:
+        PACKED_FORMATS[options.format].check_scheme(options.scheme)
     for p in options.ignore:
         if p.startswith("re:"):
             try:
@@ -108,6 +113,8 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
             skipped.append(name.rsplit(".", 1)[0])
         if quantized and options.format == "compressed-tensors":
             options.scheme.check_row(name, info.shape[1])
+        if quantized and options.format in PACKED_FORMATS:
+            PACKED_FORMATS[options.format].check_module(name, info.shape, options.scheme)
         if quantized and options.format == "bnb-nf4" and info.shape[1] % NF4_BLOCK:
             # The format itself allows it, but bitsandbytes 0.50's CPU kernel indexes block scales per row and
             # decodes such rows wrongly (its own quantize_4bit round trip fails there), so the folder would not
@@ -119,7 +126,8 @@ def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
     if not any(m.quantized for m in modules):
         raise InputError(f"{ckpt.path} has no Linear weight left to quantize.",
                          hint="Check --ignore: it excludes every layer.")
-    # compressed-tensors matches its ignore list itself (names and re: patterns); bitsandbytes' skip list is
-    # matched by substring, so it gets the module names the patterns excluded.
+    # compressed-tensors matches its ignore list itself (names and re: patterns); bitsandbytes' and AWQ's skip
+    # lists are matched by name, so they get the module names the patterns excluded (GPTQ instead lists the
+    # modules it keeps, io/gptq.quantization_config).
     ignore = patterns if options.format == "compressed-tensors" else ALWAYS_IGNORED + tuple(skipped)
     return IntPlan(ckpt.path, options, tuple(modules), ignore)

@@ -23,6 +23,8 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --format compressed-tensors --scheme W4A16 -o model-W4A16/
   quantcli convert ./model --format compressed-tensors --scheme W4A16_ASYM --group-size 64 --method mse
   quantcli convert ./model --format bnb-nf4 -o model-nf4/
+  quantcli convert ./model --format gptq --bits 4 --group-size 128 -o model-gptq/
+  quantcli convert ./model --format awq --group-size 128 -o model-awq/
 """
 
 
@@ -40,10 +42,10 @@ def convert(
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
-    format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit); gptq (AutoGPTQ/GPTQModel v1); awq (AutoAWQ GEMM).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
     method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
-    bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
+    bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format: 4 or 8 (gptq also 2; awq 4 only); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave a module unquantized: its name, or 're:REGEX' over module names. Repeatable; lm_head always.")] = None,

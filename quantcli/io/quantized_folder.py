@@ -31,6 +31,8 @@ from .checkpoint import Checkpoint
 READERS: dict[str, str] = {
     "compressed-tensors": "compressed_tensors",
     "bitsandbytes": "bnb",
+    "gptq": "gptq",
+    "awq": "awq",
 }
 
 

@@ -1,4 +1,4 @@
-"""convert --format compressed-tensors: source -> int plan -> encode + pack (one read) -> check, for a folder output.
+"""convert --format compressed-tensors|bnb-nf4|gptq|awq: source -> int plan -> encode + pack (one read) -> check, for a folder output.
 
 The GGUF path (pipeline/convert.py) is untouched; the CLI sends a request here when --format names a safetensors
 folder format. Every bad combination is refused while planning, before anything is written.
@@ -17,7 +17,7 @@ from typing import Callable
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
-from ..safetensors_plan import FORMATS, IntOptions, IntPlan, ModulePlan, make_int_plan
+from ..safetensors_plan import FORMATS, PACKED_FORMATS, IntOptions, IntPlan, ModulePlan, make_int_plan
 from ..stages.check_folder import FolderReport, check_folder
 
 # --bits alone picks the weight-only scheme of that width; other widths have no scheme in the formats we write.
@@ -64,6 +64,8 @@ def resolve_scheme(request: IntConvertRequest) -> IntScheme:
                              f"{', '.join(given) or f'--bits {request.bits}'} does not apply.",
                              hint="Drop it, or use --format compressed-tensors for integer schemes.")
         return SCHEMES["W4A16"]   # unused by the NF4 writer; the plan records the format
+    if request.format in PACKED_FORMATS:
+        return packed_scheme(request)
     if request.bits is not None and request.bits not in BITS_SCHEMES:
         raise InputError(f"--bits {request.bits} is not available in {request.format}.",
                          hint=f"Use --bits {' or '.join(map(str, BITS_SCHEMES))}.")
@@ -74,6 +76,18 @@ def resolve_scheme(request: IntConvertRequest) -> IntScheme:
                          hint=f"Drop --bits, or use a {request.bits}-bit scheme: "
                               + ", ".join(n for n, s in SCHEMES.items() if s.bits == request.bits) + ".")
     return scheme.with_options(group_size=request.group_size, symmetric=request.symmetric)
+
+
+def packed_scheme(request: IntConvertRequest) -> IntScheme:
+    """gptq/awq: --bits (default 4), --group-size (default 128, 0 per channel), --sym/--asym (gptq defaults to
+    symmetric, awq is asymmetric only). The format module refuses what it cannot store (make_int_plan)."""
+    if request.scheme is not None:
+        raise InputError(f"--scheme does not apply to --format {request.format}.",
+                         hint="Use --bits, --group-size and --sym/--asym instead.")
+    bits = request.bits or 4
+    base = IntScheme(f"{request.format.upper()}-W{bits}", bits=bits, group_size=128,
+                     symmetric=request.format == "gptq")
+    return base.with_options(group_size=request.group_size, symmetric=request.symmetric)
 
 
 def default_output(source: Path, scheme: IntScheme, method: str, fmt: str) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from ..errors import InputError
@@ -66,7 +67,7 @@ def check_folder(folder: Path, source: Path | None = None) -> FolderReport:
     reader = open_folder_reader(ckpt)
     if reader is None:
         raise InputError(f"{folder} has no quantization_config in its config.json: it is not a quantized folder.",
-                         hint="Give a folder written by quantcli convert --format compressed-tensors|bnb-nf4.")
+                         hint="Give a folder written by quantcli convert --format compressed-tensors|bnb-nf4|gptq|awq.")
     summary = {k: v for k, v in reader.scheme.items() if k != "ignore"}
     modules = list(reader.modules)
     rebuild = reader.dense
