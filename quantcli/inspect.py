@@ -113,6 +113,12 @@ def _quantization_summary(config: dict) -> str | None:
     if qc.get("quant_method") == "bitsandbytes":
         kind = "nf4" if qc.get("bnb_4bit_quant_type") == "nf4" else str(qc.get("bnb_4bit_quant_type"))
         return f"bitsandbytes {kind}, double quant {'on' if qc.get('bnb_4bit_use_double_quant') else 'off'}"
+    if qc.get("quant_method") in ("gptq", "awq"):
+        group = qc.get("group_size")
+        size = "per channel" if group in (-1, 0, None) else f"group {group}"
+        extra = (f", {'symmetric' if qc.get('sym') else 'asymmetric'}, desc_act {qc.get('desc_act')}"
+                 if qc["quant_method"] == "gptq" else f", {qc.get('version')}, zero point {qc.get('zero_point')}")
+        return f"{qc['quant_method']} int{qc.get('bits')} {size}{extra}"
     groups = qc.get("config_groups") or {}
     parts = []
     for group in groups.values():

@@ -213,3 +213,29 @@ def test_a_damaged_nf4_state_is_refused(source: Path, tmp_path: Path) -> None:
     save_file(t, str(folder / "model.safetensors"))
     with pytest.raises(InputError, match="blocksize"):
         Engine.from_hf(folder)
+
+
+@pytest.mark.parametrize("fields", [{"format": "gptq", "group_size": 32}, {"format": "gptq", "bits": 8, "group_size": 0},
+                                    {"format": "awq", "group_size": 32}], ids=["gptq4", "gptq8-channel", "awq"])
+def test_engine_runs_gptq_and_awq_folders(fields: dict, source: Path, tmp_path: Path) -> None:
+    # the dense twin comes from the formats' module decoders, which tests/io/test_gptq_awq.py holds to gptqmodel's
+    # own packing; this checks that the engine and inspect find those folders through the reader table
+    from quantcli.io import awq, gptq
+
+    folder = convert(source, tmp_path / "q", **fields)
+    t = load_file(str(folder / "model.safetensors"))
+    dense = load_file(str(source / "model.safetensors"))
+    fmt = fields["format"]
+    for m in (gptq if fmt == "gptq" else awq).quantized_modules(t):
+        dense[f"{m}.weight"] = (gptq.dequantize_module(t.__getitem__, m, fields.get("bits", 4)) if fmt == "gptq"
+                                else awq.dequantize_module(t.__getitem__, m, 32))
+    twin = tmp_path / "dense"
+    twin.mkdir()
+    shutil.copy(source / "config.json", twin / "config.json")
+    save_file(dense, str(twin / "model.safetensors"))
+    engine = Engine.from_hf(folder)
+    assert isinstance(engine.source, QuantizedFolderWeights)
+    for a, b in zip(engine.run(TOKENS), Engine.from_hf(twin).run(TOKENS), strict=True):
+        np.testing.assert_array_equal(a, b)
+    reader = open_folder_reader(Checkpoint.open(folder))
+    assert reader is not None and reader.scheme["quant_method"] == fmt and len(reader.modules) == 14
