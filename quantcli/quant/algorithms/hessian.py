@@ -100,15 +100,20 @@ def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(h_inv).T                              # H^-1 = L' L'^T = U^T U with U = L'^T
 
 
-def prepare(h: np.ndarray, w: np.ndarray, damp: float, max_tries: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+def prepare(h: np.ndarray, w: np.ndarray | None, damp: float, perm: np.ndarray | None = None,
+            max_tries: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
     """Dead columns, dampening and the inverse's upper Cholesky factor in one call.
 
-    `h` (float64, copied) and `w` (float32, changed in place: dead columns zeroed). Returns (U float64, dead
-    mask, the dampening fraction that worked): when H + damp is not positive definite (float rounding on a
-    nearly singular H), the fraction is multiplied by 10 and tried again, up to `max_tries` times.
+    `h` (float64, copied); `w` (float32, changed in place: dead columns zeroed; None to leave weights alone).
+    With `perm` (act-order), U is that of H with rows and columns permuted (dead columns are found in the
+    original order). Returns (U float64, dead mask in the original order, the dampening fraction that worked):
+    when H + damp is not positive definite (float rounding on a nearly singular H), the fraction is multiplied
+    by 10 and tried again, up to `max_tries` times.
     """
     h = np.array(h, dtype=np.float64, copy=True)
-    dead = dead_columns(h, w)
+    dead = dead_columns(h, w if w is not None else np.empty((0, h.shape[0]), dtype=np.float32))
+    if perm is not None:
+        h = h[perm][:, perm]
     frac = damp
     for attempt in range(max_tries):
         try:
