@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ...errors import InputError
 from ..backend import Backend, get_backend
@@ -219,6 +220,13 @@ class GPTQ:
         return self.scale_dtype if isinstance(self.scale_dtype, str) else self.scale_dtype[name]
 
     def process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
+        # BLAS/LAPACK (the Gram matrices, the factorisations, the block updates) on `threads` threads: a fixed
+        # count keeps the results reproducible, and OpenBLAS's default of every core slows to a crawl when the
+        # machine is shared
+        with threadpool_limits(limits=max(1, self.threads), user_api="blas"):
+            return self._process(step, targets)
+
+    def _process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
         backend = self.backend or get_backend()
         names = step.names
         chosen: list[Chosen] = []
