@@ -48,10 +48,14 @@ def tokens_of(source: Path, which: str, ctx: int, chunks: int) -> np.ndarray:
     return chunk_tokens(text_tokens(source, builtin_text(which).text, SpecialIds()), ctx, chunks)
 
 
-def rtn_weights(tensors: dict[str, np.ndarray], scheme: object, method: str, dtype: str) -> dict[str, np.ndarray]:
-    from quantcli.quant.int.rtn import encode
+def rtn_weights(tensors: dict[str, np.ndarray], scheme: object, method: str, dtype: str,
+                threads: int) -> dict[str, np.ndarray]:
+    from quantcli.quant.backend import get_backend
+    from quantcli.quant.int.encode import encode_weight
 
-    return {name: encode(w, scheme, dtype, method).dequantize(dtype, scheme.group_size)  # type: ignore[attr-defined]
+    backend = get_backend()
+    return {name: encode_weight(w, scheme, dtype, method, backend, threads)[0]  # type: ignore[arg-type]
+            .dequantize(dtype, scheme.group_size)  # type: ignore[attr-defined]
             for name, w in tensors.items() if LINEAR.match(name)}
 
 
@@ -170,8 +174,8 @@ def main() -> None:
         scale_bits = sum(tensors[n].shape[0] * scheme.groups_per_row(c) * SCALE_BITS[args.scale_dtype]
                          for n, c in cols.items())
         methods: dict[str, object] = {
-            "RTN min-max": lambda s=scheme: rtn_weights(tensors, s, "minmax", args.scale_dtype),
-            "RTN-MSE": lambda s=scheme: rtn_weights(tensors, s, "mse", args.scale_dtype),
+            "RTN min-max": lambda s=scheme: rtn_weights(tensors, s, "minmax", args.scale_dtype, args.threads),
+            "RTN-MSE": lambda s=scheme: rtn_weights(tensors, s, "mse", args.scale_dtype, args.threads),
             "GPTQ": lambda s=scheme: gptq_weights(source, calib, s, False, args.scale_dtype, args.threads),
             "GPTQ act-order": lambda s=scheme: gptq_weights(source, calib, s, True, args.scale_dtype, args.threads),
         }
