@@ -117,7 +117,7 @@ def render(results: dict[str, object], times: dict[str, float], bpw: dict[str, f
              "| scheme | method | bits/weight | PPL | ln(PPL ratio) | KLD mean | KLD 99% | same top-1 | GPTQ time |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in results.items():
-        scheme, _, method = key.partition(" ")
+        scheme, _, method = key.partition(" / ")
         took = f"{times[key]:.0f} s" if key in times else ""
         lines.append(f"| {scheme} | {method} | {bpw[key]:.2f} | {r.ppl:.4f} | {r.ln_ppl_ratio:.5f} | "
                      f"{r.kld_mean:.5f} | {r.kld_p99:.5f} | {100 * r.same_top1:.2f} % | {took} |")
@@ -180,8 +180,8 @@ def main() -> None:
             "GPTQ act-order": lambda s=scheme: gptq_weights(source, calib, s, True, args.scale_dtype, args.threads),
         }
         for method, make in methods.items():
-            key = f"{label} {method}"
-            dest = work / key.replace(" ", "_")
+            key = f"{label} / {method}"
+            dest = work / f"{label} {method}".replace(" ", "_")
             log(f"{key} ...")
             made = make()  # type: ignore[operator]
             if isinstance(made, tuple):
