@@ -3,6 +3,12 @@
 The GGUF path (pipeline/convert.py) is untouched; the CLI sends a request here when --format names a safetensors
 folder format. Every bad combination is refused while planning, before anything is written.
 
+With a calibrated method (--method gptq|awq, quant/algorithms/registry.py) the calibration text is loaded and
+tokenized first, then, inside the output's partial folder, the engine walks the blocks with the method
+(stages/calibrated.py), its choices are spooled to disk and the pack stage writes them; the spool is deleted
+before the folder is renamed into place, and an error or Ctrl-C removes everything. Without --calibrate a
+calibrated method uses the built-in calibration text (`builtin:calibration`), as a recipe's calibrate section does.
+
     result = convert_int(IntConvertRequest(model="./SmolLM2-135M-Instruct", scheme="W4A16", group_size=64))
     result.path        # PosixPath('SmolLM2-135M-Instruct-W4A16')
 """
@@ -12,10 +18,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
+from ..quant.algorithms.registry import CALIBRATED, is_calibrated, method_options
 from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
 from ..safetensors_plan import FORMATS, IntOptions, IntPlan, ModulePlan, make_int_plan
 from ..stages.check_folder import FolderReport, check_folder
@@ -41,6 +48,12 @@ class IntConvertRequest:
     verify: str = "structure"           # none | structure | full (error against the source)
     max_shard_bytes: int | None = 5 * 10**9
     double_quant: bool = True           # bnb-nf4: quantize the block scales too
+    # calibrated methods (gptq, awq): the data, its chunking and the method's options (name, value) as given
+    calibrate: str | None = None        # stages.calibration_data spec; None: builtin:calibration
+    calibrate_field: str = "text"
+    ctx: int | None = None
+    chunks: int | None = None
+    method_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -50,6 +63,42 @@ class IntConvertResult:
     plan: IntPlan
     seconds: float = 0.0
     report: FolderReport | None = None
+    method_options: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None     # CalibratedSummary.record(), or data name/sha on a dry run
+
+    def method_record(self) -> dict[str, Any]:
+        """What the JSON output says about how the values were chosen."""
+        return {"method": self.plan.options.method, "options": dict(self.method_options or {}),
+                "calibration": self.calibration}
+
+
+DEFAULT_CALIBRATION = "builtin:calibration"
+
+
+def resolve_method(request: IntConvertRequest) -> tuple[dict[str, Any], str | None]:
+    """The method's checked options and the compressed-tensors actorder to record; refuses every combination of
+    method, data and options that cannot work, before anything is read or written."""
+    method = request.method
+    if not is_calibrated(method):
+        given = [flag for flag, v in (("--calibrate", request.calibrate), ("--ctx", request.ctx),
+                                      ("--chunks", request.chunks)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} applies to calibrated methods; --method {method} uses no data.",
+                             hint=f"Add --method {' or --method '.join(CALIBRATED)}, or drop {given[0]}.")
+        return method_options(method, dict(request.method_options)), None
+    if request.format == "bnb-nf4":
+        raise InputError(f"--method {method} does not apply to bnb-nf4 (its codes are fixed by absmax).",
+                         hint="Use --format compressed-tensors for a calibrated method, or drop --method.")
+    options = method_options(method, dict(request.method_options))
+    actorder = None
+    if options.get("act_order"):
+        if options.get("static_groups") is False:
+            raise InputError(f"{request.format} cannot store act-order with reordered groups (static_groups off).",
+                             hint="Drop static_groups=false: act-order then keeps each group's columns together.")
+        # compressed-tensors 0.20 has no g_idx: act-order must keep groups contiguous, which static groups do
+        options["static_groups"] = True
+        actorder = "weight"
+    return options, actorder
 
 
 def resolve_scheme(request: IntConvertRequest) -> IntScheme:
@@ -81,13 +130,15 @@ def default_output(source: Path, scheme: IntScheme, method: str, fmt: str) -> Pa
     return Path(".") / f"{source.resolve().name}-{suffix}"
 
 
-def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], None] | None = None) -> IntConvertResult:
+def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], None] | None = None,
+                on_block: Callable[[int, int], None] | None = None) -> IntConvertResult:
     from ..stages.pack_safetensors import write_int_folder
     from .convert import VERIFY_LEVELS, resolve_snapshot
 
     if request.verify not in VERIFY_LEVELS:
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
     scheme = resolve_scheme(request)
+    options, actorder = resolve_method(request)
     started = time.perf_counter()
     source = resolve_snapshot(request.model).path
     ckpt = Checkpoint.open(source)
@@ -100,10 +151,14 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
                          hint="Give a folder name with -o, e.g. -o model-W4A16/.")
     if out.resolve() == source.resolve():
         raise InputError(f"-o {out} is the source folder.", hint="Write the quantized model to another folder.")
-    result = IntConvertResult(source, out, plan)
+    result = IntConvertResult(source, out, plan, method_options=options)
+    threads = request.threads or os.cpu_count() or 1
+    if is_calibrated(request.method):
+        _calibrated(request, plan, ckpt, out, result, options, actorder, threads, progress, on_block)
+    elif not request.dry_run:
+        write_int_folder(plan, ckpt, out, threads=threads, progress=progress)
     if request.dry_run:
         return result
-    write_int_folder(plan, ckpt, out, threads=request.threads or os.cpu_count() or 1, progress=progress)
     if request.verify != "none":
         result.report = check_folder(out, source if request.verify == "full" else None)
         if not result.report.ok:
@@ -111,3 +166,36 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
                               hint="Run the conversion again; if it fails again, report it with QUANTCLI_DEBUG=1.")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _calibrated(request: IntConvertRequest, plan: IntPlan, ckpt: Checkpoint, out: Path, result: IntConvertResult,
+                options: dict[str, Any], actorder: str | None, threads: int,
+                progress: Callable[[ModulePlan], None] | None, on_block: Callable[[int, int], None] | None) -> None:
+    """Load and tokenize the data and build the method (every refusal happens here, before writing), then walk
+    the blocks and pack, all inside the output's partial folder."""
+    from ..engine import Engine
+    from ..io.safetensors_writer import atomic_folder
+    from ..quant.algorithms.registry import make_method
+    from ..stages.calibrated import CalibratedOptions, calibration_tokens, run_calibrated
+    from ..stages.calibration_data import load_calibration_text
+    from ..stages.pack_safetensors import fill_int_folder
+    from ..stages.spool import SPOOL_DIR, ChoiceSpool
+
+    data = load_calibration_text(request.calibrate or DEFAULT_CALIBRATION, field=request.calibrate_field)
+    method = make_method(request.method, options)
+    engine = Engine.from_hf(plan.source)       # refuses an architecture the engine cannot run, before writing
+    n_ctx_train = engine.n_ctx_train
+    engine.close()
+    tokens = calibration_tokens(plan.source, data, CalibratedOptions(request.ctx, request.chunks), n_ctx_train)
+    result.calibration = {"data": data.name, "data_sha256": data.sha256, "ctx": int(tokens.shape[1]),
+                          "chunks": int(tokens.shape[0]), "tokens": int(tokens.size)}
+    if request.dry_run:
+        return
+    with atomic_folder(out) as tmp:
+        spool = ChoiceSpool(tmp / SPOOL_DIR)
+        try:
+            summary = run_calibrated(plan, method, tokens, spool, data, threads=request.threads, progress=on_block)
+            fill_int_folder(plan, ckpt, tmp, threads=threads, progress=progress, choices=spool, actorder=actorder)
+        finally:
+            spool.remove()
+    result.calibration = summary.record()
