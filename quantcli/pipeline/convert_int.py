@@ -75,6 +75,25 @@ class IntConvertResult:
 DEFAULT_CALIBRATION = "builtin:calibration"
 
 
+def gathered_method_options(pairs: tuple[str, ...] | list[str], **flags: Any) -> tuple[tuple[str, Any], ...]:
+    """--method-option KEY=VALUE strings plus the dedicated flags (--damp, --act-order) that were set (None: not
+    set), as (name, value) pairs; the registry checks names and types against the chosen method."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--method-option {pair!r} is not KEY=VALUE.", hint="e.g. --method-option block_size=64")
+        out[key.strip().replace("-", "_")] = value.strip()
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in out:
+            raise InputError(f"{key} is given twice (--{key.replace('_', '-')} and --method-option {key}=...).",
+                             hint="Give it once.")
+        out[key] = value
+    return tuple(out.items())
+
+
 def resolve_method(request: IntConvertRequest) -> tuple[dict[str, Any], str | None]:
     """The method's checked options and the compressed-tensors actorder to record; refuses every combination of
     method, data and options that cannot work, before anything is read or written."""

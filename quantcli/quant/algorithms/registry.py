@@ -90,7 +90,8 @@ def _coerce(method: str, opt: Option, value: Any) -> Any:
                 return out
         except (TypeError, ValueError):
             pass
-    raise InputError(f"{method} option {opt.name}={value!r} is not a {opt.kind.__name__}.",
+    words = {bool: "true or false", int: "a whole number", float: "a number"}
+    raise InputError(f"{method} option {opt.name}={value!r} is not {words.get(opt.kind, opt.kind.__name__)}.",
                      hint=f"{opt.name}: {opt.help} (default {opt.default}).")
 
 
@@ -106,7 +107,7 @@ def method_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in given.items():
         opt = entry.option(key.replace("-", "_"))
         if opt is None:
-            raise InputError(f"{method} has no option {key!r}.",
+            raise InputError(f"--method {method} has no option {key!r}.",
                              hint=f"{method} takes: {', '.join(o.name for o in entry.options)}.")
         out[opt.name] = _coerce(method, opt, value)
     _check_values(method, out)
