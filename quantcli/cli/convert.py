@@ -99,6 +99,24 @@ def convert(
         rec = resolve_recipe(recipe) if recipe else recipe_from_type(
             type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
             tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
+        if rec.folders:
+            from dataclasses import replace
+
+            from ..pipeline.convert_int import folder_requests
+
+            # a recipe with folder outputs: its GGUF files first (one read, cached), then each folder
+            folders = folder_requests(rec, model, output, threads=threads, verify=verify, dry_run=dry_run,
+                                      calibrate=calibrate)
+            records = []
+            if rec.outputs:
+                records.append(execute(ConvertRequest(model=model, recipe=replace(rec, folders=()), output=output,
+                                                      threads=threads, dry_run=dry_run, verify=verify,
+                                                      imatrix=imatrix, calibrate_data=calibrate, force=force),
+                                       json=json, emit=False))
+            records += [execute_int(req, json=json, emit=False) for req in folders]
+            if json:
+                print_json(records[0] if len(records) == 1 else {"recipe": rec.name, "outputs": records})
+            return
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
                                  verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force)
         execute(request, json=json)
@@ -106,8 +124,9 @@ def convert(
     run(body)
 
 
-def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result."""
+def execute(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
+    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result (with
+    --json and emit=False, return the JSON record instead of printing it)."""
     from dataclasses import replace
 
     from ..pipeline.cache import default_cache_dir
@@ -125,6 +144,8 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
         result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn)
     if json:
+        if not emit:
+            return result_json(result, request.dry_run)
         print_json(result_json(result, request.dry_run))
     elif not request.dry_run:
         if result.calibration is not None:
@@ -142,10 +163,12 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         if result.manifest is not None:
             err.print(f"manifest: {result.manifest}", highlight=False)
         err.print(f"done in {result.seconds:.2f} s", highlight=False)
+    return None
 
 
-def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary."""
+def execute_int(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
+    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary
+    (with --json and emit=False, return the JSON record instead of printing it)."""
     from ..pipeline.convert_int import convert_int
 
     def on_block(done: int, total: int) -> None:
@@ -155,11 +178,14 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
     result = convert_int(request, on_block=on_block)
     if json:
         report = result.report.to_json() if result.report else None
-        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
-                    "scheme": result.plan.options.scheme.name, **result.method_record(),
-                    "quantized": [m.source for m in result.plan.modules if m.quantized],
-                    "seconds": round(result.seconds, 3), "verify": report})
-        return
+        record = {"source": str(result.source), "path": str(result.path), "format": request.format,
+                  "dry_run": request.dry_run, "scheme": result.plan.options.scheme.name, **result.method_record(),
+                  "quantized": [m.source for m in result.plan.modules if m.quantized],
+                  "seconds": round(result.seconds, 3), "verify": report}
+        if not emit:
+            return record
+        print_json(record)
+        return None
     quantized = [m for m in result.plan.modules if m.quantized]
     if request.dry_run:
         for m in result.plan.modules:
@@ -167,7 +193,7 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                       f"{result.plan.options.scheme.name if m.quantized else 'kept'}", highlight=False)
         out.print(f"{len(quantized)} of {len(result.plan.modules)} tensors quantized; ignore: "
                   f"{', '.join(result.plan.ignore)}", highlight=False)
-        return
+        return None
     size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
     kind = "NF4" if request.format == "bnb-nf4" else result.plan.options.scheme.name
     how = "" if result.calibration is None else (f", {request.method} on {result.calibration['chunks']} x "
@@ -179,6 +205,7 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
                   f"{len(result.report.weights)} weights", highlight=False)
     err.print(f"done in {result.seconds:.2f} s", highlight=False)
+    return None
 
 
 def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:

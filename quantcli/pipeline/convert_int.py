@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..quant.algorithms.registry import CALIBRATED, is_calibrated, method_options
+from ..recipe.schema import Recipe
 from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
 from ..safetensors_plan import FORMATS, IntOptions, IntPlan, ModulePlan, make_int_plan
 from ..stages.check_folder import FolderReport, check_folder
@@ -54,6 +55,10 @@ class IntConvertRequest:
     ctx: int | None = None
     chunks: int | None = None
     method_options: tuple[tuple[str, Any], ...] = ()
+    # recipes: the folder goes inside `parent` under the `dir` template (when `output` is not given)
+    parent: Path | None = None
+    dir_template: str | None = None
+    recipe_name: str = ""
 
 
 @dataclass
@@ -144,9 +149,38 @@ def resolve_scheme(request: IntConvertRequest) -> IntScheme:
     return scheme.with_options(group_size=request.group_size, symmetric=request.symmetric)
 
 
-def default_output(source: Path, scheme: IntScheme, method: str, fmt: str) -> Path:
-    suffix = "NF4" if fmt == "bnb-nf4" else scheme.name + ("" if method == "minmax" else f"-{method}")
-    return Path(".") / f"{source.resolve().name}-{suffix}"
+def default_output(source: Path, scheme: IntScheme, method: str, fmt: str, parent: Path | None = None,
+                   template: str | None = None, recipe: str = "") -> Path:
+    """`{model}-{scheme}[-{method}]` (NF4 for bnb-nf4) in the current folder, or `template` in `parent`."""
+    name = "NF4" if fmt == "bnb-nf4" else scheme.name
+    model = source.resolve().name
+    if template is not None:
+        folder = template.format(model=model, scheme=name, method=method, recipe=recipe)
+    else:
+        folder = f"{model}-{name}" + ("" if method == "minmax" or fmt == "bnb-nf4" else f"-{method}")
+    return (Path(".") if parent is None else Path(parent)) / folder
+
+
+def folder_requests(recipe: Recipe, model: str, output: Path | None, *, threads: int = 0, verify: str = "structure",
+                    dry_run: bool = False, calibrate: str | None = None) -> list[IntConvertRequest]:
+    """The folder outputs of a recipe as requests: each inside the -o folder (default: the current one); the
+    recipe's calibrate section (or --calibrate) feeds the outputs whose method is calibrated."""
+    if output is not None and Path(output).suffix.lower() in (".gguf", ".safetensors"):
+        raise InputError(f"-o {output} names a file, but recipe {recipe.name!r} writes folder outputs.",
+                         hint="Give a folder with -o; every output of the recipe is written inside it.")
+    cal = recipe.calibrate
+    out = []
+    for f in recipe.folders:
+        calibrated = is_calibrated(f.method)
+        out.append(IntConvertRequest(
+            model=model, format=f.format, scheme=f.scheme, method=f.method, bits=f.bits,
+            group_size=-1 if f.group_size is None else f.group_size, symmetric=f.symmetric, ignore=f.ignore,
+            threads=threads, dry_run=dry_run, verify=verify, double_quant=f.double_quant,
+            calibrate=(calibrate or (cal.data if cal else None)) if calibrated else None,
+            calibrate_field=cal.field if cal and calibrated else "text",
+            ctx=cal.ctx if cal and calibrated else None, chunks=cal.chunks if cal and calibrated else None,
+            method_options=f.options, parent=output, dir_template=f.dir, recipe_name=recipe.name))
+    return out
 
 
 def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], None] | None = None,
@@ -164,7 +198,8 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
     plan = make_int_plan(ckpt, IntOptions(scheme=scheme, method=request.method, ignore=request.ignore,
                                           format=request.format, max_shard_bytes=request.max_shard_bytes,
                                           double_quant=request.double_quant))
-    out = request.output if request.output is not None else default_output(source, scheme, request.method, request.format)
+    out = request.output if request.output is not None else default_output(
+        source, scheme, request.method, request.format, request.parent, request.dir_template, request.recipe_name)
     if out.suffix in (".gguf", ".safetensors"):
         raise InputError(f"-o {out} names a file, but {request.format} writes a folder.",
                          hint="Give a folder name with -o, e.g. -o model-W4A16/.")
