@@ -20,9 +20,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNEL_DIR = "quantcli/quant/_kernels"
-# Compiled once: the Python binding, the run-time dispatcher (they must run on any CPU), and the integer-scheme
-# and NF4 entry points, which are Python functions of their own with no per-variant kernels yet.
+# Compiled once: the Python binding, the run-time dispatcher (they must run on any CPU), and the integer-scheme,
+# NF4 and GPTQ entry points, which are Python functions of their own with no per-variant kernels yet.
 ONCE = [f"{KERNEL_DIR}/module.c", f"{KERNEL_DIR}/dispatch.c", f"{KERNEL_DIR}/int_rtn.c", f"{KERNEL_DIR}/nf4.c"]
+ONCE += [f"{KERNEL_DIR}/gptq.c"]
 # Compiled once per variant, each with -DQC_ISA=<variant> (kernels.h gives their symbols the variant's suffix).
 PER_VARIANT = sorted(set(glob.glob(f"{KERNEL_DIR}/*.c")) - set(ONCE))
 

@@ -213,11 +213,15 @@ static PyObject *qc_isas(PyObject *self, PyObject *unused) {
 PyObject *qc_int_rtn(PyObject *self, PyObject *args);
 PyObject *qc_int_pack(PyObject *self, PyObject *args);
 PyObject *qc_nf4_blocks(PyObject *self, PyObject *args);
+/* GPTQ's per-column loop (gptq.c). */
+PyObject *qc_gptq_block(PyObject *self, PyObject *args);
 
 static PyMethodDef qc_methods[] = {
     {"int_rtn", qc_int_rtn, METH_VARARGS, "int_rtn(src, n, group, bits, sym, dtype, method, q, scale, zp, threads)."},
     {"int_pack", qc_int_pack, METH_VARARGS, "int_pack(q, n, bits, out, threads): int8 codes -> int32 bit stream."},
     {"nf4_blocks", qc_nf4_blocks, METH_VARARGS, "nf4_blocks(x, idx, absmax, threads): NF4 level indices and block absmax."},
+    {"gptq_block", qc_gptq_block, METH_VARARGS,
+     "gptq_block(w, cols, i1, u, group_of, fresh, g, bits, sym, dtype, scale, zp, q, err, threads): GPTQ's column loop."},
     {"quantize", qc_quantize, METH_VARARGS,
      "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None): quantize float32 rows of src into dst."},
     {"convert", qc_convert, METH_VARARGS,

@@ -1,0 +1,125 @@
+"""GPTQ's layer Hessians H = 2/n * sum_t x_t x_t^T from the inputs the engine captures, and what GPTQ does to
+them before the column loop (dead columns, dampening, the upper Cholesky factor of the inverse).
+
+Accumulation: each captured chunk X [tokens, cols] (float32, at most the engine's CHUNK_TOKENS rows) gives its
+Gram matrix X^T X with one float32 BLAS call; the chunks' Gram matrices are summed in float64 with a running
+token count, and H is scaled by 2/n once at the end. Within a chunk float32 is exact enough (a few thousand terms);
+across chunks float64 keeps hundreds of thousands of tokens from losing the small terms, and it keeps H from
+depending on the order in which sequences were chunked beyond float32 rounding of each chunk.
+
+Linears that read the same input (q/k/v, gate/up) are handed the same array object by the engine; its Gram
+matrix is computed once and added to each of them.
+
+Memory: one float64 [cols, cols] matrix per captured name (cols = the linear's input width), plus one float32
+Gram matrix of the chunk being added.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class Hessians:
+    """Accumulates H for a set of linear-layer names; pass `capture` to Engine/BlockStep as the capture callback.
+
+    Names not in the set are ignored, so one forward pass can collect just the sub-layers being quantized.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._sum: dict[str, np.ndarray] = {}
+        self._count: dict[str, int] = {n: 0 for n in names}
+        # the last input seen and its Gram matrix: q/k/v (and gate/up) receive the same array object in a row
+        self._last_x: np.ndarray | None = None
+        self._last_gram: np.ndarray | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._count)
+
+    def capture(self, name: str, x: np.ndarray) -> None:
+        if name not in self._count:
+            return
+        if x is not self._last_x:
+            flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+            self._last_gram = flat.T @ flat
+            self._last_x = x             # held so its id cannot be reused by a new array while we compare
+        gram = self._last_gram
+        assert gram is not None
+        total = self._sum.get(name)
+        if total is None:
+            self._sum[name] = gram.astype(np.float64)
+        else:
+            total += gram
+        self._count[name] += int(np.prod(x.shape[:-1]))
+
+    def count(self, name: str) -> int:
+        """Tokens accumulated for `name`."""
+        return self._count[name]
+
+    def hessian(self, name: str) -> np.ndarray:
+        """float64 [cols, cols]: 2/n * sum x x^T over the n captured tokens."""
+        n = self._count[name]
+        if n == 0:
+            raise ValueError(f"{name}: no inputs were captured")
+        return self._sum[name] * (2.0 / n)
+
+    def release(self) -> None:
+        """Drop every sum (after the names' layers are quantized), and the cached last input."""
+        self._sum.clear()
+        self._last_x = self._last_gram = None
+
+
+def dead_columns(h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Handle input columns that never saw a non-zero input (H_ii = 0), as GPTQ does: set H_ii = 1 and zero the
+    weight column, which cannot affect the output on the calibration data. Both arrays are changed in place;
+    returns the boolean mask of dead columns."""
+    dead = np.diag(h) == 0
+    if dead.any():
+        idx = np.flatnonzero(dead)
+        h[idx, idx] = 1.0
+        w[:, idx] = 0.0
+    return dead
+
+
+def dampen(h: np.ndarray, damp: float) -> np.ndarray:
+    """H + damp * mean(diag H) * I (a new float64 array); damp is GPTQ's percdamp (0.01 by default)."""
+    out = np.array(h, dtype=np.float64, copy=True)
+    idx = np.arange(out.shape[0])
+    out[idx, idx] += damp * float(np.mean(np.diag(out)))
+    return out
+
+
+def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
+    """Upper triangular U with H^-1 = U^T U, in float64. Raises np.linalg.LinAlgError if H is not positive
+    definite (the caller raises the dampening and retries)."""
+    lower = np.linalg.cholesky(h)                                   # H = L L^T
+    l_inv = np.linalg.inv(lower)
+    h_inv = l_inv.T @ l_inv                                         # H^-1 = L^-T L^-1
+    h_inv = (h_inv + h_inv.T) * 0.5                                 # exactly symmetric for the next factorisation
+    return np.linalg.cholesky(h_inv).T                              # H^-1 = L' L'^T = U^T U with U = L'^T
+
+
+def prepare(h: np.ndarray, w: np.ndarray | None, damp: float, perm: np.ndarray | None = None,
+            max_tries: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+    """Dead columns, dampening and the inverse's upper Cholesky factor in one call.
+
+    `h` (float64, copied); `w` (float32, changed in place: dead columns zeroed; None to leave weights alone).
+    With `perm` (act-order), U is that of H with rows and columns permuted (dead columns are found in the
+    original order). Returns (U float64, dead mask in the original order, the dampening fraction that worked):
+    when H + damp is not positive definite (float rounding on a nearly singular H), the fraction is multiplied
+    by 10 and tried again, up to `max_tries` times.
+    """
+    h = np.array(h, dtype=np.float64, copy=True)
+    dead = dead_columns(h, w if w is not None else np.empty((0, h.shape[0]), dtype=np.float32))
+    if perm is not None:
+        h = h[perm][:, perm]
+    frac = damp
+    for attempt in range(max_tries):
+        try:
+            return inverse_cholesky_upper(dampen(h, frac)), dead, frac
+        except np.linalg.LinAlgError:
+            if attempt + 1 == max_tries:
+                raise np.linalg.LinAlgError(f"Hessian is not positive definite even with dampening {frac:g}") from None
+            frac = frac * 10 if frac > 0 else 1e-6
+    raise AssertionError("unreachable")
