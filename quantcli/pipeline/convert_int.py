@@ -236,7 +236,10 @@ def _calibrated(request: IntConvertRequest, plan: IntPlan, ckpt: Checkpoint, out
     from ..stages.spool import SPOOL_DIR, ChoiceSpool
 
     data = load_calibration_text(request.calibrate or DEFAULT_CALIBRATION, field=request.calibrate_field)
-    method = make_method(request.method, options)
+    from ..stages.pack_safetensors import scale_dtype
+
+    method = make_method(request.method, options, context={
+        "scale_dtype": {m.source: scale_dtype(m) for m in plan.modules if m.quantized}, "threads": threads})
     engine = Engine.from_hf(plan.source)       # refuses an architecture the engine cannot run, before writing
     n_ctx_train = engine.n_ctx_train
     engine.close()

@@ -73,3 +73,16 @@ def test_per_tensor_methods_cannot_be_built_as_block_methods() -> None:
     with pytest.raises(InputError, match="not a calibrated method"):
         make_method("minmax")
     assert registry.METHOD_NAMES[:2] == ("minmax", "mse")
+
+
+def test_the_driver_context_reaches_only_methods_that_ask_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcli.quant.algorithms.registry import _context
+
+    dtypes = {"a.weight": "BF16", "b.weight": "BF16"}
+    gptq, awq = CALIBRATED["gptq"], CALIBRATED["awq"]
+    assert _context(gptq, {"scale_dtype": dtypes, "threads": 2}) == {"scale_dtype": dtypes, "threads": 2}
+    assert _context(awq, {"scale_dtype": dtypes, "threads": 2}) == {"scale_dtype": "BF16"}
+    assert _context(awq, {"scale_dtype": {**dtypes, "c.weight": "F16"}}) == {"scale_dtype": "F32"}
+    assert _context(TEST_ENTRY, {"scale_dtype": dtypes, "threads": 2}) == {}
+    monkeypatch.setitem(CALIBRATED, "test-rtn", TEST_ENTRY)
+    assert make_method("test-rtn", {}, {"scale_dtype": dtypes}).g_idx is False   # no unexpected keyword

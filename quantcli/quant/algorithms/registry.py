@@ -36,12 +36,15 @@ class Option:
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A calibrated method: `module:Class` of its BlockMethod and the options its constructor accepts."""
+    """A calibrated method: `module:Class` of its BlockMethod, the options its constructor accepts from the
+    user, and the keywords the driver supplies from the run itself (`context`: "scale_dtype", the stored scale
+    dtype(s) of the planned weights, "scale_dtype_one" for a method that takes a single dtype, "threads")."""
 
     name: str
     target: str
     options: tuple[Option, ...]
     summary: str
+    context: tuple[str, ...] = ()
 
     def option(self, key: str) -> Option | None:
         return next((o for o in self.options if o.name == key), None)
@@ -53,11 +56,13 @@ CALIBRATED: dict[str, MethodEntry] = {
         Option("act_order", bool, False, "quantize columns in order of decreasing activation energy"),
         Option("block_size", int, 128, "columns updated together between the lazy error propagations"),
         Option("static_groups", bool, False, "compute every group's scale before the column loop"),
-    ), "error-compensating column-by-column rounding with the inputs' Hessian (Frantar et al. 2022)"),
+    ), "error-compensating column-by-column rounding with the inputs' Hessian (Frantar et al. 2022)",
+        ("scale_dtype", "threads")),
     "awq": MethodEntry("awq", "quantcli.quant.algorithms.awq:AWQ", (
         Option("n_grid", int, 20, "points of the per-channel scale exponent search"),
         Option("clip", bool, True, "also search a clipping range per group"),
-    ), "activation-aware per-channel scales folded into the preceding layer (Lin et al. 2023)"),
+    ), "activation-aware per-channel scales folded into the preceding layer (Lin et al. 2023)",
+        ("scale_dtype_one",)),
 }
 METHOD_NAMES = PER_TENSOR + tuple(CALIBRATED)
 
@@ -125,8 +130,10 @@ def _check_values(method: str, options: Mapping[str, Any]) -> None:
                              hint=f"Leave {key} out for the default.")
 
 
-def make_method(method: str, options: Mapping[str, Any] | None = None) -> BlockMethod:
-    """Import and construct a calibrated method with the (checked) options the user set, nothing else."""
+def make_method(method: str, options: Mapping[str, Any] | None = None,
+                context: Mapping[str, Any] | None = None) -> BlockMethod:
+    """Import and construct a calibrated method with the (checked) options the user set and, of the run's
+    `context` (scale_dtype: name -> dtype; threads), the keywords its entry asks for; nothing else."""
     entry = CALIBRATED.get(method)
     if entry is None:
         raise InputError(f"--method {method} is not a calibrated method.",
@@ -143,4 +150,18 @@ def make_method(method: str, options: Mapping[str, Any] | None = None) -> BlockM
     if cls is None:
         raise InputError(f"--method {method} is not part of this quantcli install ({entry.target} is missing).",
                          hint=f"Use --method {' or '.join(PER_TENSOR[:2])}, or update quantcli.")
-    return cls(**method_options(method, options or {}))
+    return cls(**method_options(method, options or {}), **_context(entry, context or {}))
+
+
+def _context(entry: MethodEntry, context: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    dtypes = context.get("scale_dtype")
+    if "scale_dtype" in entry.context and dtypes:
+        out["scale_dtype"] = dict(dtypes)
+    if "scale_dtype_one" in entry.context and dtypes:
+        # one dtype for the whole model: the weights' own when they agree (the usual case), else float32
+        kinds = set(dict(dtypes).values())
+        out["scale_dtype"] = kinds.pop() if len(kinds) == 1 else "F32"
+    if "threads" in entry.context and context.get("threads"):
+        out["threads"] = int(context["threads"])
+    return out
