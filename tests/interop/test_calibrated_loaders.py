@@ -2,7 +2,7 @@
 rebuilds exactly what the method chose: dense weights equal our dequantization bit for bit, a folded norm is
 read as written, logits equal a float32 model holding those weights. Test-only methods (RTN codes with float32
 scales on a BF16 model; dense shrunk weights with a folded norm; act-order recorded as actorder "weight") stand in
-for GPTQ and AWQ, whose own quality is tested on their branches."""
+for GPTQ and AWQ, and the real GPTQ and AWQ run with small settings (their quality is tested beside them)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +30,9 @@ CASES = {
     "tiny-dense-norm-fold": ("tiny-llama", "t-dense", ()),
     "tiny-bf16-codes": ("tiny-llama-bf16", "t-rtn", ()),
     "tiny-codes-act-order": ("tiny-llama", "t-rtn", (("act_order", True),)),
+    # the real methods (quant/algorithms/gptq.py, awq.py), small settings: the loader is what is tested here
+    "tiny-gptq-act-order": ("tiny-llama", "gptq", (("act_order", True),)),
+    "tiny-bf16-awq": ("tiny-llama-bf16", "awq", (("n_grid", 4),)),
 }
 
 
