@@ -33,7 +33,7 @@ BAD = {
     "gptq-with-nf4": (["--method", "gptq", "--format", "bnb-nf4"], "--method gptq does not apply to bnb-nf4"),
     "act-order-with-awq": (["--method", "awq", "--act-order"], "--method awq has no option 'act_order'"),
     "act-order-with-minmax": (["--act-order"], "--method minmax takes no options"),
-    "damp-out-of-range": (["--method", "gptq", "--damp", "1.5"], "--damp 1.5 is outside (0, 1)"),
+    "damp-out-of-range": (["--method", "gptq", "--damp", "1.5"], "--damp 1.5 is outside [0, 1)"),
     "unknown-option": (["--method", "gptq", "--method-option", "gamma=2"], "--method gptq has no option 'gamma'"),
     "not-key-value": (["--method", "awq", "--method-option", "clip"], "--method-option 'clip' is not KEY=VALUE"),
     "twice": (["--method", "gptq", "--damp", "0.1", "--method-option", "damp=0.2"], "damp is given twice"),

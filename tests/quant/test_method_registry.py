@@ -34,7 +34,7 @@ def test_options_are_typed_from_text_and_only_those_given_are_kept() -> None:
     ("gptq", {"block_size": "1.5"}, "block_size='1.5' is not a whole number"),
     ("gptq", {"block_size": 2.5}, "block_size=2.5 is not a whole number"),
     ("gptq", {"act_order": "maybe"}, "act_order='maybe' is not true or false"),
-    ("gptq", {"damp": 0.0}, "--damp 0.0 is outside"),
+    ("gptq", {"damp": -0.1}, "--damp -0.1 is outside"),
     ("gptq", {"block_size": 0}, "block_size=0 is not a positive number"),
     ("minmax", {"damp": 0.1}, "--method minmax takes no options"),
 ])

@@ -121,8 +121,8 @@ def method_options(method: str, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_values(method: str, options: Mapping[str, Any]) -> None:
     damp = options.get("damp")
-    if damp is not None and not 0 < damp < 1:
-        raise InputError(f"--damp {damp} is outside (0, 1).", hint="GPTQ's dampening is a small fraction, e.g. 0.01.")
+    if damp is not None and not 0 <= damp < 1:
+        raise InputError(f"--damp {damp} is outside [0, 1).", hint="GPTQ's dampening is a small fraction, e.g. 0.01.")
     for key in ("block_size", "n_grid"):
         value = options.get(key)
         if value is not None and value < 1:
