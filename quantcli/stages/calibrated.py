@@ -127,9 +127,9 @@ class _Finisher:
         if (codes.zero_point is None) != self.scheme.symmetric:
             raise RuntimeError(f"{who} gave {m.source} {'no ' if codes.zero_point is None else ''}zero points "
                                f"for a {'symmetric' if self.scheme.symmetric else 'asymmetric'} scheme")
-        q = codes.codes.astype(np.int8, copy=False)
-        if q.min(initial=0) < self.scheme.qmin or q.max(initial=0) > self.scheme.qmax:
+        if codes.codes.min(initial=0) < self.scheme.qmin or codes.codes.max(initial=0) > self.scheme.qmax:
             raise RuntimeError(f"{who} gave {m.source} codes outside [{self.scheme.qmin}, {self.scheme.qmax}]")
+        q = codes.codes.astype(np.int8, copy=False)     # checked first: a wider integer type must not wrap
         want = scale_dtype(m)
         scale = codes.scale
         if NP_SCALE.get(scale.dtype) != want:

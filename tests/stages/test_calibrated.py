@@ -211,3 +211,25 @@ def test_a_written_folder_passes_the_folder_check_against_its_source(tmp_path: P
     report = check_folder(tmp_path / "out", src)
     assert report.ok, report.problems
     assert len(report.weights) == 14
+
+
+def test_codes_outside_the_scheme_are_refused_before_they_wrap(tmp_path: Path, methods: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcli.quant.algorithms.base import Chosen
+    from quantcli.quant.int.rtn import IntCodes
+
+    src = write_random_checkpoint(tmp_path / "m", LLAMA_CONFIG)
+
+    def wide(self, step, targets):  # type: ignore[no-untyped-def]
+        out = []
+        for n, s in targets.items():
+            c = encode(step.weight(n), s, "F32")
+            codes = c.codes.astype(np.int32)
+            codes[0, 0] = 256 + 3          # an int8 cast would make it 3, a valid 4-bit code
+            out.append(Chosen(n, codes=IntCodes(codes, c.scale, c.zero_point)))
+        return out
+
+    monkeypatch.setattr(RtnCodes, "process", wide)
+    with pytest.raises(RuntimeError, match=r"codes outside \[-8, 7\]"):
+        run(src, "t-rtn", tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["m"]
