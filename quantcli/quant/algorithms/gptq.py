@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ...errors import InputError
 from ..backend import Backend, get_backend
@@ -122,7 +123,7 @@ def _use_c(backend: Backend) -> bool:
 
 def quantize_weight(weight: np.ndarray, prep: Prepared, scheme: IntScheme, scale_dtype: str, *,
                     block_size: int = 128, static_groups: bool = False, backend: Backend | None = None,
-                    threads: int = 1) -> tuple[IntCodes, np.ndarray | None]:
+                    threads: int = 1, name: str = "weight") -> tuple[IntCodes, np.ndarray | None]:
     """GPTQ one weight [rows, cols] with a prepared Hessian. Returns (codes in the original column order, g_idx
     int32 [cols] when act-order formed groups over permuted columns, else None)."""
     backend = backend or get_backend()
@@ -130,7 +131,7 @@ def quantize_weight(weight: np.ndarray, prep: Prepared, scheme: IntScheme, scale
     rows, cols = w.shape
     if prep.u.shape != (cols, cols):
         raise ValueError(f"Hessian is {prep.u.shape}, the weight has {cols} columns")
-    scheme.check_row("weight", cols)
+    scheme.check_row(name, cols)
     w[:, prep.dead] = 0.0
     g = cols if scheme.group_size is None else scheme.group_size
     ngroups = cols // g
@@ -219,6 +220,13 @@ class GPTQ:
         return self.scale_dtype if isinstance(self.scale_dtype, str) else self.scale_dtype[name]
 
     def process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
+        # BLAS/LAPACK (the Gram matrices, the factorisations, the block updates) on `threads` threads: a fixed
+        # count keeps the results reproducible, and OpenBLAS's default of every core slows to a crawl when the
+        # machine is shared
+        with threadpool_limits(limits=max(1, self.threads), user_api="blas"):
+            return self._process(step, targets)
+
+    def _process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
         backend = self.backend or get_backend()
         names = step.names
         chosen: list[Chosen] = []
@@ -241,7 +249,7 @@ class GPTQ:
                 dtype = self._dtype(name)
                 codes, g_idx = quantize_weight(step.weight(name), prep, targets[name], dtype,
                                                block_size=self.block_size, static_groups=self.static_groups,
-                                               backend=backend, threads=self.threads)
+                                               backend=backend, threads=self.threads, name=name)
                 step.set_weight(name, dequantize(codes, targets[name], dtype, g_idx))
                 chosen.append(Chosen(name, codes=codes, g_idx=g_idx))
                 done.add(name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 class Hessians:
@@ -92,12 +93,17 @@ def dampen(h: np.ndarray, damp: float) -> np.ndarray:
 
 def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
     """Upper triangular U with H^-1 = U^T U, in float64. Raises np.linalg.LinAlgError if H is not positive
-    definite (the caller raises the dampening and retries)."""
-    lower = np.linalg.cholesky(h)                                   # H = L L^T
-    l_inv = np.linalg.inv(lower)
-    h_inv = l_inv.T @ l_inv                                         # H^-1 = L^-T L^-1
-    h_inv = (h_inv + h_inv.T) * 0.5                                 # exactly symmetric for the next factorisation
-    return np.linalg.cholesky(h_inv).T                              # H^-1 = L' L'^T = U^T U with U = L'^T
+    definite (the caller raises the dampening and retries).
+
+    With J the order-reversing permutation and J H J = M M^T (Cholesky), H^-1 = (J M^-1 J)^T (J M^-1 J) and
+    J M^-1 J is upper triangular with a positive diagonal, so it is U: one factorisation and one triangular
+    inverse, without forming H^-1. LAPACK runs on one thread here: these are small matrices, and OpenBLAS's
+    threaded factorisation slows down by an order of magnitude when the cores are busy.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        m = np.linalg.cholesky(h[::-1, ::-1])
+        # inv() solves by LU and may leave rounding residue below the diagonal, where U is zero by construction
+        return np.ascontiguousarray(np.triu(np.linalg.inv(m)[::-1, ::-1]))
 
 
 def prepare(h: np.ndarray, w: np.ndarray | None, damp: float, perm: np.ndarray | None = None,
