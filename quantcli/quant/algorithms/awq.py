@@ -14,7 +14,8 @@ model is unchanged while the quantizer sees larger salient weights. Per block, f
 
 Then the clip search: per linear (AWQ leaves q and k alone, whose errors pass through the softmax), per output
 row and scale group, the range is shrunk to max|w| * (1 - i / 20) for i < 10, and the clip with the least error of
-the group's partial outputs on a subsample of tokens is kept. The chosen weights are the scaled and clipped float
+the group's partial outputs over the search tokens is kept (AWQ subsamples 512 tokens to bound its token-by-token
+sum; here the error comes from each group's Gram matrix, so every search token counts at no extra cost). The chosen weights are the scaled and clipped float
 values; min-max round-to-nearest of a clipped group reproduces the clip when the pack stage encodes it.
 
 Which operation each group's scales fold into comes from the model description (roles, fused projections, GQA,
@@ -42,8 +43,6 @@ F32 = np.float32
 SCALE_FLOOR = 1e-4          # AWQ's lower bound on a channel scale before normalisation
 CLIP_GRID = 20              # the clip search shrinks by 1/CLIP_GRID per step ...
 CLIP_MAX_SHRINK = 0.5       # ... down to half the range (AWQ's auto_clip defaults)
-CLIP_TOKENS = 512           # tokens the clip search measures on (AWQ's n_sample_token)
-CLIP_ROWS = 256             # output rows per batch of the clip search (bounds its working arrays)
 NO_CLIP_ROLES = ("attn_q", "attn_k", "attn_qkv")
 # Sequences per early-stopped forward; at most the engine's chunk (2048 tokens), so that stopping at the first
 # captured input of the probe loses no sequence of the call.
@@ -126,28 +125,30 @@ def fake_quantize(w: np.ndarray, scheme: IntScheme, scale_dtype: str) -> np.ndar
 def clip_search(w: np.ndarray, x: np.ndarray, scheme: IntScheme, scale_dtype: str) -> np.ndarray:
     """AWQ's clip search: per output row and scale group, the shrink of [-max|w|, max|w|] whose quantized weights
     give the least mean squared error of the group's partial output x_g @ w_g over the tokens of `x`; returns
-    `w` clipped to the chosen ranges."""
+    `w` clipped to the chosen ranges.
+
+    The error of a weight change d over the tokens is d^T C_g d with C_g = X_g^T X_g / tokens, the same number AWQ
+    computes token by token, at a cost that does not grow with the tokens.
+    """
     rows, n = w.shape
     g = n if scheme.group_size is None else scheme.group_size
     n_groups = n // g
-    xg = np.ascontiguousarray(x.reshape(-1, n_groups, g).transpose(1, 0, 2))      # groups, tokens, g
-    out = np.empty_like(w)
-    for r0 in range(0, rows, CLIP_ROWS):
-        wb = w[r0:r0 + CLIP_ROWS].reshape(-1, n_groups, g)
-        amax = np.abs(wb).max(axis=2)                                              # rows, groups
-        best_err = np.full(amax.shape, np.inf)
-        best_max = amax.copy()
-        for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
-            m = (amax * F32(1 - i / CLIP_GRID))[:, :, None]
-            cw = np.clip(wb, -m, m)
-            qw = fake_quantize(cw.reshape(-1, n), scheme, scale_dtype).reshape(wb.shape)
-            delta = np.ascontiguousarray((qw - wb).transpose(1, 2, 0))              # groups, g, rows
-            err = np.mean(np.square(xg @ delta), axis=1, dtype=np.float64).T       # rows, groups
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_max = np.where(better, m[:, :, 0], best_max)
-        out[r0:r0 + CLIP_ROWS] = np.clip(wb, -best_max[:, :, None], best_max[:, :, None]).reshape(-1, n)
-    return out
+    xg = x.reshape(-1, n_groups, g).transpose(1, 0, 2).astype(np.float64)             # groups, tokens, g
+    gram = xg.transpose(0, 2, 1) @ xg / len(x)                                          # groups, g, g
+    wb = w.reshape(rows, n_groups, g)
+    amax = np.abs(wb).max(axis=2)                                                       # rows, groups
+    best_err = np.full(amax.shape, np.inf)
+    best_max = amax.copy()
+    for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
+        m = amax * F32(1 - i / CLIP_GRID)
+        cw = np.clip(wb, -m[:, :, None], m[:, :, None])
+        qw = fake_quantize(cw.reshape(rows, n), scheme, scale_dtype).reshape(wb.shape)
+        delta = (qw - wb).transpose(1, 0, 2).astype(np.float64)                         # groups, rows, g
+        err = np.einsum("grk,grk->rg", delta @ gram, delta)                              # rows, groups
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_max = np.where(better, m, best_max)
+    return np.clip(wb, -best_max[:, :, None], best_max[:, :, None]).reshape(rows, n)
 
 
 class AWQ:
@@ -187,9 +188,7 @@ class AWQ:
             clip_names = [n for n in step.linears if n in targets and step.role(n) not in NO_CLIP_ROLES]
             inputs = _inputs(step, clip_names, sample)
             for name in clip_names:
-                x = inputs[name]
-                x = x[::max(1, len(x) // CLIP_TOKENS)][:CLIP_TOKENS]
-                step.set_weight(name, clip_search(step.weight(name), x, targets[name], self.scale_dtype))
+                step.set_weight(name, clip_search(step.weight(name), inputs[name], targets[name], self.scale_dtype))
         offset = F32(spec.numerics.norm_weight_offset)
         chosen = [Chosen(name, dense=step.weight(name).copy()) for name in step.linears if name in targets]
         for name in sorted(changed - set(targets)):
