@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import InputError
 from .io import awq, gptq
 from .io.checkpoint import Checkpoint
+from .quant.algorithms.registry import CALIBRATED, is_calibrated
 from .quant.int.nf4 import NF4_BLOCK
 from .quant.int.encode import METHODS
 from .quant.int.scheme import IntScheme
@@ -85,8 +86,9 @@ def matches(module: str, pattern: str) -> bool:
 
 def make_int_plan(ckpt: Checkpoint, options: IntOptions) -> IntPlan:
     """Plan a folder; refuses (before any writing) a method, format or group size the tensors cannot take."""
-    if options.method not in METHODS:
-        raise InputError(f"--method {options.method} is not available.", hint=f"Use one of: {', '.join(METHODS)}.")
+    if options.method not in METHODS and not is_calibrated(options.method):
+        raise InputError(f"--method {options.method} is not available.",
+                         hint=f"Use one of: {', '.join(METHODS + tuple(CALIBRATED))}.")
     if options.format == "bnb-nf4" and options.method != "minmax":
         raise InputError(f"--method {options.method} does not apply to bnb-nf4 (its codes are fixed by absmax).",
                          hint="Drop --method, or use --format compressed-tensors.")

@@ -25,6 +25,9 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --format bnb-nf4 -o model-nf4/
   quantcli convert ./model --format gptq --bits 4 --group-size 128 -o model-gptq/
   quantcli convert ./model --format awq --group-size 128 -o model-awq/
+  quantcli convert ./model --format compressed-tensors --scheme W4A16 --method gptq --calibrate calib.txt -o out/
+  quantcli convert ./model --format compressed-tensors --method gptq --act-order --damp 0.05 --chunks 64
+  quantcli convert ./model --format compressed-tensors --method awq -o out/   # built-in calibration text
 """
 
 
@@ -38,19 +41,24 @@ def convert(
     token_embedding_type: Annotated[Optional[str], typer.Option("--token-embedding-type", help="Type of token_embd.weight.")] = None,
     pure: Annotated[bool, typer.Option("--pure", help="Every eligible tensor gets the same type (no mix rules).")] = False,
     imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix from llama-imatrix (GGUF or legacy .dat).")] = None,
-    calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="Compute the importance matrix from this text first (file, folder, JSONL/parquet or hub dataset; `builtin:calibration` for the built-in text); cached.")] = None,
+    calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="GGUF: compute the importance matrix from this text first (cached). Folder formats with --method gptq/awq: the calibration text (default builtin:calibration). A file, folder, JSONL/parquet or hub dataset.")] = None,
     pre_tokenizer: Annotated[Optional[str], typer.Option("--pre-tokenizer", help="Force tokenizer.ggml.pre (e.g. llama-bpe) when detection fails.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every tensor, source, shape, type, bytes) and write nothing.")] = False,
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit); gptq (AutoGPTQ/GPTQModel v1); awq (AutoAWQ GEMM).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
-    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), the calibrated gptq and awq (they read --calibrate), or splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format: 4 or 8 (gptq also 2; awq 4 only); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
     ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Leave a module unquantized: its name, or 're:REGEX' over module names. Repeatable; lm_head always.")] = None,
     splitquant_branches: Annotated[bool, typer.Option("--splitquant-branches", help="--method splitquant: write the three INT4 branches (quantcli's engine runs them) instead of the dense sum every loader reads.")] = False,
     double_quant: Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="bnb-nf4: store the block scales as 8-bit codes too (the default, as bitsandbytes' bnb_4bit_use_double_quant).")] = True,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", help="gptq/awq: tokens per calibration sequence. Default: 512, or the model's context when shorter.")] = None,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", help="gptq/awq: calibration sequences (the first n of the text). Default: 128.")] = None,
+    damp: Annotated[Optional[float], typer.Option("--damp", help="gptq: dampening of the Hessian's diagonal, a fraction of its mean. Default: 0.01.")] = None,
+    act_order: Annotated[bool, typer.Option("--act-order", help="gptq: quantize columns in order of decreasing activation energy (groups stay contiguous).")] = False,
+    method_option: Annotated[Optional[list[str]], typer.Option("--method-option", help="A calibrated method's option KEY=VALUE, e.g. block_size=64, static_groups=true, n_grid=10, clip=false. Repeatable.")] = None,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -77,20 +85,25 @@ def convert(
                                               output=output, threads=threads, dry_run=dry_run), json=json)
             return
         if format.lower() != "gguf":
-            from ..pipeline.convert_int import IntConvertRequest
+            from ..pipeline.convert_int import IntConvertRequest, gathered_method_options
 
-            if recipe or type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure or imatrix or calibrate:
+            if recipe or type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure or imatrix:
                 raise InputError(f"--format {format} takes --scheme/--method/--bits/--group-size/--sym/--ignore, "
-                                 "not the GGUF options (--type, --recipe, --tensor-type, --imatrix, --calibrate, ...).",
+                                 "not the GGUF options (--type, --recipe, --tensor-type, --imatrix, ...).",
                                  hint="Drop the GGUF options, or use --format gguf.")
+            options = gathered_method_options(method_option or (), damp=damp, act_order=act_order or None)
             execute_int(IntConvertRequest(model=model, format=format.lower(), scheme=scheme, method=method.lower(),
                                           bits=bits, group_size=-1 if group_size is None else group_size,
                                           symmetric=sym, ignore=tuple(ignore or ()), output=output, threads=threads,
-                                          dry_run=dry_run, verify=verify, double_quant=double_quant), json=json)
+                                          dry_run=dry_run, verify=verify, double_quant=double_quant,
+                                          calibrate=calibrate, ctx=ctx, chunks=chunks, method_options=options),
+                        json=json)
             return
         if (scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax"
-                or not double_quant):
-            raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore apply to folder formats.",
+                or not double_quant or ctx is not None or chunks is not None or damp is not None or act_order
+                or method_option):
+            raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore/--ctx/--chunks/--damp/"
+                             "--act-order/--method-option apply to folder formats.",
                              hint="Add --format compressed-tensors, or use --type for GGUF.")
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
             raise InputError("--recipe cannot be combined with --type/--tensor-type/--output-tensor-type/"
@@ -99,6 +112,24 @@ def convert(
         rec = resolve_recipe(recipe) if recipe else recipe_from_type(
             type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
             tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
+        if rec.folders:
+            from dataclasses import replace
+
+            from ..pipeline.convert_int import folder_requests
+
+            # a recipe with folder outputs: its GGUF files first (one read, cached), then each folder
+            folders = folder_requests(rec, model, output, threads=threads, verify=verify, dry_run=dry_run,
+                                      calibrate=calibrate)
+            records = []
+            if rec.outputs:
+                records.append(execute(ConvertRequest(model=model, recipe=replace(rec, folders=()), output=output,
+                                                      threads=threads, dry_run=dry_run, verify=verify,
+                                                      imatrix=imatrix, calibrate_data=calibrate, force=force),
+                                       json=json, emit=False))
+            records += [execute_int(req, json=json, emit=False) for req in folders]
+            if json:
+                print_json(records[0] if len(records) == 1 else {"recipe": rec.name, "outputs": records})
+            return
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
                                  verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force)
         execute(request, json=json)
@@ -106,8 +137,9 @@ def convert(
     run(body)
 
 
-def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result."""
+def execute(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
+    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result (with
+    --json and emit=False, return the JSON record instead of printing it)."""
     from dataclasses import replace
 
     from ..pipeline.cache import default_cache_dir
@@ -125,6 +157,8 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
         result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn)
     if json:
+        if not emit:
+            return result_json(result, request.dry_run)
         print_json(result_json(result, request.dry_run))
     elif not request.dry_run:
         if result.calibration is not None:
@@ -142,20 +176,29 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         if result.manifest is not None:
             err.print(f"manifest: {result.manifest}", highlight=False)
         err.print(f"done in {result.seconds:.2f} s", highlight=False)
+    return None
 
 
-def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary."""
+def execute_int(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
+    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary
+    (with --json and emit=False, return the JSON record instead of printing it)."""
     from ..pipeline.convert_int import convert_int
 
-    result = convert_int(request)
+    def on_block(done: int, total: int) -> None:
+        if progress_enabled() and not json:
+            err.print(f"{request.method}: block {done}/{total}", highlight=False)
+
+    result = convert_int(request, on_block=on_block)
     if json:
         report = result.report.to_json() if result.report else None
-        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
-                    "scheme": result.plan.options.scheme.name, "method": result.plan.options.method,
-                    "quantized": [m.source for m in result.plan.modules if m.quantized],
-                    "seconds": round(result.seconds, 3), "verify": report})
-        return
+        record = {"source": str(result.source), "path": str(result.path), "format": request.format,
+                  "dry_run": request.dry_run, "scheme": result.plan.options.scheme.name, **result.method_record(),
+                  "quantized": [m.source for m in result.plan.modules if m.quantized],
+                  "seconds": round(result.seconds, 3), "verify": report}
+        if not emit:
+            return record
+        print_json(record)
+        return None
     quantized = [m for m in result.plan.modules if m.quantized]
     if request.dry_run:
         for m in result.plan.modules:
@@ -163,16 +206,19 @@ def execute_int(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                       f"{result.plan.options.scheme.name if m.quantized else 'kept'}", highlight=False)
         out.print(f"{len(quantized)} of {len(result.plan.modules)} tensors quantized; ignore: "
                   f"{', '.join(result.plan.ignore)}", highlight=False)
-        return
+        return None
     size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
     kind = "NF4" if request.format == "bnb-nf4" else result.plan.options.scheme.name
-    out.print(f"wrote {result.path}/ ({kind}, {len(quantized)} weights quantized, "
+    how = "" if result.calibration is None else (f", {request.method} on {result.calibration['chunks']} x "
+                                                f"{result.calibration['ctx']} tokens of {result.calibration['data']}")
+    out.print(f"wrote {result.path}/ ({kind}{how}, {len(quantized)} weights quantized, "
               f"{human_bytes(size)})", highlight=False)
     if result.report is not None and result.report.weights:
         r = result.report.to_json()
         err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
                   f"{len(result.report.weights)} weights", highlight=False)
     err.print(f"done in {result.seconds:.2f} s", highlight=False)
+    return None
 
 
 def execute_split(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]

@@ -21,14 +21,13 @@ def list_(json: JsonOpt = False) -> None:
 
         rows = [(n, load_recipe(builtin_path(n))) for n in builtin_names()]
         if json:
-            print_json([{"name": n, "description": r.description, "outputs": [o.type for o in r.outputs]}
-                        for n, r in rows])
+            print_json([{"name": n, "description": r.description, "outputs": _outputs(r)} for n, r in rows])
             return
         from rich.table import Table
 
         table = Table("name", "outputs", "description")
         for n, r in rows:
-            table.add_row(n, ", ".join(o.type for o in r.outputs), r.description)
+            table.add_row(n, ", ".join(_outputs(r)), r.description)
         out.print(table)
 
     run(body)
@@ -63,6 +62,13 @@ def schema() -> None:
         print_json(recipe_json_schema())
 
     run(body)
+
+
+def _outputs(recipe) -> list[str]:  # type: ignore[no-untyped-def]
+    """GGUF outputs by type; folder outputs as format:scheme, with the method when it is not plain RTN."""
+    folders = [f"{f.format}:{f.scheme or 'default'}" + ("" if f.method == "minmax" else f"+{f.method}")
+               for f in recipe.folders]
+    return [o.type for o in recipe.outputs] + folders
 
 
 def _plain(value: object) -> object:

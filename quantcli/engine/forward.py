@@ -395,6 +395,11 @@ class BlockStep:
         self.inputs.flags.writeable = False
 
     @property
+    def spec(self) -> ModelSpec:
+        """The model description (which norms precede which linears, GQA, fused projections, ...)."""
+        return self._engine.spec
+
+    @property
     def names(self) -> dict[str, str]:
         """Role ("attn_q", "ffn_down", "attn_norm", ...) -> tensor name, for every tensor of the block."""
         return dict(self._block.names)

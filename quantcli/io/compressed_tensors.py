@@ -62,20 +62,30 @@ def module_arrays(module: str, codes: IntCodes, scheme: IntScheme, packed: np.nd
     return arrays
 
 
-def _args(bits: int, group_size: int | None, symmetric: bool, strategy: str, dynamic: bool) -> dict[str, Any]:
+def _args(bits: int, group_size: int | None, symmetric: bool, strategy: str, dynamic: bool,
+          actorder: str | None = None) -> dict[str, Any]:
     # Every field of compressed-tensors' QuantizationArgs that is not at its default, plus the ones its own
     # model_dump always writes; the loader validates this block with pydantic.
     return {"num_bits": bits, "type": "int", "symmetric": symmetric, "group_size": group_size,
-            "strategy": strategy, "dynamic": dynamic, "actorder": None, "block_structure": None,
+            "strategy": strategy, "dynamic": dynamic, "actorder": actorder, "block_structure": None,
             "observer": None if dynamic else "minmax", "observer_kwargs": {}}
 
 
-def quantization_config(scheme: IntScheme, ignore: list[str]) -> dict[str, Any]:
-    """config.json's quantization_config for one scheme applied to every targeted Linear."""
+# compressed-tensors 0.20 knows one act-order that a folder can carry: "weight" (columns quantized in activation
+# order, groups kept contiguous, no g_idx; the bytes are those of a plain group scheme). Its "group" order with
+# weight_g_idx was removed and is refused by the loader's validator.
+ACTORDERS = ("weight",)
+
+
+def quantization_config(scheme: IntScheme, ignore: list[str], actorder: str | None = None) -> dict[str, Any]:
+    """config.json's quantization_config for one scheme applied to every targeted Linear (`actorder`: how a GPTQ
+    run ordered the columns, recorded for the reader; it does not change the bytes)."""
+    if actorder is not None and actorder not in ACTORDERS:
+        raise ValueError(f"compressed-tensors stores no actorder {actorder!r}")
     strategy = "channel" if scheme.group_size is None else "group"
     group: dict[str, Any] = {
         "targets": ["Linear"],
-        "weights": _args(scheme.bits, scheme.group_size, scheme.symmetric, strategy, False),
+        "weights": _args(scheme.bits, scheme.group_size, scheme.symmetric, strategy, False, actorder),
         "input_activations": None if scheme.act_bits is None else _args(scheme.act_bits, None, True, "token", True),
         "output_activations": None,
         "format": scheme.storage,

@@ -176,6 +176,10 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
 
     if request.verify not in VERIFY_LEVELS:
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
+    if request.recipe.folders:
+        # folder outputs are written by pipeline/convert_int.py; `quantcli convert --recipe` runs both kinds
+        raise InputError(f"recipe {request.recipe.name!r} has safetensors folder outputs, which this run cannot write.",
+                         hint=f"Run `quantcli convert MODEL --recipe {request.recipe.name}` for it.")
     output_target(request.output, len(request.recipe.outputs))   # the -o rule, before any download or read
     started = time.perf_counter()
     snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,

@@ -25,6 +25,8 @@ from .strict_yaml import YamlContext, check_keys, compose, mapping, scalar
 
 DEFAULT_FILE = "{model}-{type}.gguf"
 FILE_FIELDS = ("model", "type", "recipe")
+GGUF_FORMAT = "gguf"
+FOLDER_FIELDS = ("model", "scheme", "method", "recipe")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ class OutputSpec:
 
     def filename(self, model: str, recipe: str = "") -> str:
         return self.file.format(model=model, type=self.type, recipe=recipe)
+
+
+@dataclass(frozen=True)
+class FolderOutputSpec:
+    """One safetensors folder output (compressed-tensors, bnb-nf4): what `convert --format` takes on the command
+    line. `dir` names the folder inside -o (None: `{model}-{scheme}`, plus `-{method}` when not min-max)."""
+
+    format: str
+    scheme: str | None = None
+    bits: int | None = None
+    group_size: int | None = None           # None: the scheme's; 0: one scale per output channel
+    symmetric: bool | None = None           # None: the scheme's
+    method: str = "minmax"
+    options: tuple[tuple[str, Any], ...] = ()   # a calibrated method's options, checked by its registry entry
+    ignore: tuple[str, ...] = ()
+    double_quant: bool = True
+    dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,11 +112,16 @@ class Recipe:
     publish: PublishSpec = field(default_factory=PublishSpec)
     source: str = "<string>"
     calibrate: CalibrateSpec | None = None
+    folders: tuple[FolderOutputSpec, ...] = ()   # safetensors folder outputs, run after the GGUF ones
 
     def canonical(self) -> dict[str, Any]:
         """The recipe as plain data with every default filled in (what the manifest and the cache key use)."""
         data = asdict(self)
         data.pop("source")
+        if not self.folders:
+            data.pop("folders")   # GGUF-only recipes keep the canonical form (and cache keys) they always had
+        for f in data.get("folders", ()):
+            f["options"] = dict(f["options"])
         return data
 
 
@@ -135,11 +159,64 @@ def _mix_names() -> str:
     return ", ".join(MIXES)
 
 
-_OUTPUT_KEYS = tuple(f.name for f in fields(OutputSpec))
+_OUTPUT_KEYS = tuple(f.name for f in fields(OutputSpec)) + ("format",)
+_FOLDER_KEYS = tuple(f.name for f in fields(FolderOutputSpec))
 
 
-def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec:
+def _folder_output(ctx: YamlContext, node: yaml.Node, items: dict, what: str) -> FolderOutputSpec:
+    """A folder output: the keys of `convert --format`, each checked as the command line checks it."""
+    from ..errors import InputError
+    from ..quant.algorithms.registry import method_options
+    from ..quant.int.scheme import scheme_named
+    from ..safetensors_plan import FORMATS
+
+    check_keys(ctx, items, _FOLDER_KEYS, what)
+    fmt = scalar(ctx, items["format"][1], "format", str).lower()
+    if fmt not in FORMATS:
+        raise ctx.fail(items["format"][1], f"format: {fmt!r} is not an output format.",
+                       hint=f"Valid: {', '.join((GGUF_FORMAT,) + FORMATS)}.")
+    kw: dict[str, Any] = {"format": fmt}
+    for key, kind in (("scheme", str), ("method", str), ("dir", str), ("bits", int), ("group_size", int),
+                      ("symmetric", bool), ("double_quant", bool)):
+        if key in items:
+            kw[key] = scalar(ctx, items[key][1], key, kind)
+    if "scheme" in kw:
+        try:
+            kw["scheme"] = scheme_named(kw["scheme"]).name
+        except InputError as exc:
+            raise ctx.fail(items["scheme"][1], str(exc)) from None
+    if "method" in kw:
+        kw["method"] = kw["method"].lower()
+    if "ignore" in items:
+        inode = items["ignore"][1]
+        if not isinstance(inode, yaml.SequenceNode):
+            raise ctx.fail(inode, "ignore must be a list of module names or 're:' patterns.")
+        kw["ignore"] = tuple(scalar(ctx, n, "ignore", str) for n in inode.value)
+    if "options" in items:
+        onode = items["options"][1]
+        given = {}
+        for k, (_, v) in mapping(ctx, onode, "options").items():
+            if not isinstance(v, yaml.ScalarNode):
+                raise ctx.fail(v, f"options.{k} must be a single value.")
+            given[k] = yaml.safe_load(yaml.serialize(v))
+        try:
+            kw["options"] = tuple(method_options(kw.get("method", "minmax"), given).items())
+        except InputError as exc:
+            raise ctx.fail(onode, str(exc)) from None
+    if "dir" in kw:
+        problem = template_problem(kw["dir"], FOLDER_FIELDS)
+        if problem is not None or "/" in kw["dir"] or kw["dir"].startswith(".") or not kw["dir"].strip():
+            raise ctx.fail(items["dir"][1], f"dir template {kw['dir']!r} "
+                           f"{problem or 'must be a plain folder name (no folders, no leading dot)'}.",
+                           hint=f"Available: {', '.join('{%s}' % f for f in FOLDER_FIELDS)}.")
+    return FolderOutputSpec(**kw)
+
+
+def _output(ctx: YamlContext, node: yaml.Node, what: str) -> OutputSpec | FolderOutputSpec:
     items = mapping(ctx, node, what)
+    if "format" in items and scalar(ctx, items["format"][1], "format", str).lower() != GGUF_FORMAT:
+        return _folder_output(ctx, node, items, what)
+    items.pop("format", None)
     check_keys(ctx, items, _OUTPUT_KEYS, what)
     if "type" not in items:
         raise ctx.fail(node, f"{what} needs a 'type' (e.g. type: Q4_K_M).")
@@ -246,22 +323,29 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
     if ("quantize" in items) == ("outputs" in items):
         raise ctx.fail(root, "a recipe needs exactly one of 'quantize' (one output) or 'outputs' (a list).")
     if "quantize" in items:
-        outputs = (_output(ctx, items["quantize"][1], "quantize"),)
+        every = (_output(ctx, items["quantize"][1], "quantize"),)
     else:
         lnode = items["outputs"][1]
         if not isinstance(lnode, yaml.SequenceNode) or not lnode.value:
             raise ctx.fail(lnode, "outputs must be a non-empty list of output sections.")
-        outputs = tuple(_output(ctx, n, f"outputs[{i}]") for i, n in enumerate(lnode.value))
+        every = tuple(_output(ctx, n, f"outputs[{i}]") for i, n in enumerate(lnode.value))
+    outputs = tuple(o for o in every if isinstance(o, OutputSpec))
+    folders = tuple(o for o in every if isinstance(o, FolderOutputSpec))
+    if "outputs" in items:
         files = [o.file.replace("{type}", o.type) for o in outputs]
         if len(set(files)) != len(files):
             raise ctx.fail(lnode, "two outputs would write the same file name.",
                            hint="Give each output a distinct 'file' template or type.")
+        dirs = [(f.dir or "{model}-{scheme}-{method}", f.scheme, f.method, f.format) for f in folders]
+        if len(set(dirs)) != len(dirs):
+            raise ctx.fail(lnode, "two folder outputs would write the same folder.",
+                           hint="Give each folder output a distinct 'dir' template, scheme or method.")
     name = scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
     desc = scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
     verify = _verify(ctx, items["verify"][1]) if "verify" in items else VerifySpec()
     publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
     calibrate = _calibrate(ctx, items["calibrate"][1]) if "calibrate" in items else None
-    return Recipe(name, desc, outputs, verify, publish, source, calibrate)
+    return Recipe(name, desc, outputs, verify, publish, source, calibrate, folders)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -290,6 +374,26 @@ def recipe_json_schema() -> dict[str, Any]:
             "pre_tokenizer": {"type": "string"},
         },
     }
+    from ..quant.algorithms.registry import METHOD_NAMES
+    from ..quant.int.scheme import SCHEMES
+    from ..safetensors_plan import FORMATS
+
+    # One object for both kinds of output: `format` absent or gguf needs a `type`; a folder format takes the
+    # folder keys (what `convert --format` takes on the command line).
+    output["properties"].update({
+        "format": {"enum": [GGUF_FORMAT, *FORMATS], "default": GGUF_FORMAT,
+                   "description": "gguf (a GGUF file), or a safetensors folder format."},
+        "scheme": {"enum": list(SCHEMES)}, "bits": {"enum": [4, 8]},
+        "group_size": {"enum": [0, 32, 64, 128], "description": "0: one scale per output channel."},
+        "symmetric": {"type": "boolean"}, "method": {"enum": list(METHOD_NAMES)},
+        "options": {"type": "object", "description": "A calibrated method's options (gptq: damp, act_order, "
+                                                     "block_size, static_groups; awq: n_grid, clip)."},
+        "ignore": {"type": "array", "items": {"type": "string"}}, "double_quant": {"type": "boolean"},
+        "dir": {"type": "string", "description": "Folder name template: {model}, {scheme}, {method}, {recipe}."},
+    })
+    output.pop("required")
+    output["if"] = {"properties": {"format": {"enum": list(FORMATS)}}, "required": ["format"]}
+    output["else"] = {"required": ["type"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "quantcli recipe", "type": "object",
         "additionalProperties": False,

@@ -2,35 +2,49 @@
 stream everything into the folder (sharded past the plan's size limit), then config.json and the tokenizer files.
 
 The folder is built under a hidden name and renamed into place when complete (io/safetensors_writer.atomic_folder).
+
+After a calibrated method (stages/calibrated.py) the tensors it chose come from its spool instead of the source:
+a quantized module with codes is written from those codes (with its g_idx where the format stores one), one with
+dense values is RTN-encoded (min-max) from them, and any other tensor with dense values is written as spooled
+(already in its stored dtype). Quantized modules the method never saw (outside the blocks) are RTN-encoded from
+the source, min-max.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..io import awq, bnb, gptq
+from ..io import bnb, gptq
 from ..io import compressed_tensors as ct
 from ..io.atomic import atomic_file
 from ..io.checkpoint import Checkpoint
 from ..io.quantized_folder import METHOD_KEY
 from ..io.safetensors_writer import TensorEntry, atomic_folder, write_tensors
+from ..quant.algorithms.registry import is_calibrated
 from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight, nf4_kernels
 from ..quant.int.nf4 import encode_nf4
+from ..quant.int.rtn import IntCodes
 from ..safetensors_plan import PACKED_FORMATS, IntPlan, ModulePlan
+from .spool import ChoiceSpool, Spooled
 
 # Files of a model folder that a quantized folder does not carry over: the weights and their index (rewritten),
 # config.json (rewritten with quantization_config) and weights in other containers.
 SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
 SKIP_NAMES = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json", "quantize_config.json")
+PACKED_SCALE_DTYPE = "F16"      # GPTQ and AWQ store float16 scales whatever the model's dtype
 
 
-def scale_dtype(m: ModulePlan) -> str:
+def scale_dtype(m: ModulePlan, fmt: str = "compressed-tensors") -> str:
+    """The dtype the folder stores this module's scales in (what a method must round its scales to)."""
+    if fmt in PACKED_FORMATS:
+        return PACKED_SCALE_DTYPE
     return "F32" if m.dtype == "F32" else m.dtype
 
 
@@ -65,23 +79,61 @@ def gptq_keep_list(plan: IntPlan) -> list[str] | None:
     return [m.module for m in plan.modules if m.quantized] if plan.options.ignore else None
 
 
+def _encode(plan: IntPlan, m: ModulePlan, rows: np.ndarray, method: str, backend: Backend,
+            threads: int) -> Iterator[tuple[str, np.ndarray]]:
+    """RTN-encode one quantized module's float32 rows and yield the format's arrays."""
+    scheme, fmt = plan.options.scheme, plan.options.format
+    if fmt in PACKED_FORMATS:
+        # the codes are packed by the format's module, not the compressed-tensors packer (storage cleared so
+        # encode_weight skips it)
+        codes, _ = encode_weight(rows, replace(scheme, storage=fmt), PACKED_SCALE_DTYPE, method, backend, threads)
+        yield from PACKED_FORMATS[fmt].module_arrays(m.module, codes, scheme, None)
+    else:
+        codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
+        yield from ct.module_arrays(m.module, codes, scheme, packed)
+
+
+def _codes_arrays(plan: IntPlan, m: ModulePlan, codes: IntCodes, g_idx: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    fmt = plan.options.format
+    if fmt in PACKED_FORMATS:
+        return list(PACKED_FORMATS[fmt].module_arrays(m.module, codes, plan.options.scheme, g_idx))
+    if g_idx is not None:
+        # the driver refuses reordered groups for formats without g_idx; one reaching here is a bug
+        raise ValueError(f"{m.source}: {fmt} stores no g_idx")
+    return list(ct.module_arrays(m.module, codes, plan.options.scheme))
+
+
+def _chosen_arrays(plan: IntPlan, m: ModulePlan, choice: Spooled, backend: Backend,
+                   threads: int) -> list[tuple[str, np.ndarray]]:
+    if not m.quantized:
+        if choice.dense is None:
+            raise ValueError(f"{m.source}: codes spooled for a tensor the plan keeps")
+        if f16_bias(plan, m):
+            return [(m.source, backend.to_float32(choice.dense, m.dtype, threads).astype(np.float16))]
+        return [(m.source, choice.dense)]
+    if plan.options.format == "bnb-nf4":
+        raise ValueError(f"{m.source}: calibrated choices cannot be written as bnb-nf4")
+    if choice.codes is not None:
+        return _codes_arrays(plan, m, choice.codes, choice.g_idx)
+    return list(_encode(plan, m, np.asarray(choice.dense, dtype=np.float32), "minmax", backend, threads))
+
+
 def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
-            progress: Callable[[ModulePlan], None] | None) -> Iterator[tuple[str, np.ndarray]]:
-    scheme, method = plan.options.scheme, plan.options.method
+            progress: Callable[[ModulePlan], None] | None,
+            choices: ChoiceSpool | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    method = plan.options.method
+    if is_calibrated(method):
+        method = "minmax"   # for the quantized modules the calibrated method did not see
     for m in plan.modules:
-        if m.quantized:
+        if choices is not None and m.source in choices:
+            yield from _chosen_arrays(plan, m, choices.get(m.source), backend, threads)
+        elif m.quantized:
             rows = backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads)
             if plan.options.format == "bnb-nf4":
                 codes = encode_nf4(rows, plan.options.double_quant, nf4_kernels(backend), threads)
                 yield from bnb.module_arrays(m.module, m.shape, m.dtype, codes)
-            elif plan.options.format in PACKED_FORMATS:
-                # float16 scales in both formats; the codes are packed by the format's module, not the
-                # compressed-tensors packer (storage cleared so encode_weight skips it).
-                codes, _ = encode_weight(rows, replace(scheme, storage="gptq"), "F16", method, backend, threads)
-                yield from PACKED_FORMATS[plan.options.format].module_arrays(m.module, codes, scheme, None)
             else:
-                codes, packed = encode_weight(rows, scheme, scale_dtype(m), method, backend, threads)
-                yield from ct.module_arrays(m.module, codes, scheme, packed)
+                yield from _encode(plan, m, rows, method, backend, threads)
         elif f16_bias(plan, m):
             yield m.source, backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads).astype(np.float16)
         else:
@@ -97,30 +149,52 @@ def header_metadata(plan: IntPlan) -> dict[str, str]:
     return {"format": "pt", METHOD_KEY: method}
 
 
+def folder_quantization_config(plan: IntPlan, actorder: str | None) -> dict[str, Any]:
+    """config.json's quantization_config for the plan's format. `actorder`: set after GPTQ with act-order
+    (compressed-tensors records it; GPTQ folders then carry desc_act with their g_idx)."""
+    fmt, ignore = plan.options.format, list(plan.ignore)
+    if fmt == "bnb-nf4":
+        return bnb.quantization_config(plan.options.double_quant, ignore)
+    if fmt == "gptq":
+        return gptq.quantization_config(plan.options.scheme, actorder is not None, gptq_keep_list(plan))
+    if fmt in PACKED_FORMATS:
+        return PACKED_FORMATS[fmt].quantization_config(plan.options.scheme, ignore)
+    if actorder is None:
+        return ct.quantization_config(plan.options.scheme, ignore)
+    return ct.quantization_config(plan.options.scheme, ignore, actorder=actorder)
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    with atomic_file(path) as fp:
+        fp.write((json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def fill_int_folder(plan: IntPlan, ckpt: Checkpoint, folder: Path, *, threads: int = 1,
+                    progress: Callable[[ModulePlan], None] | None = None, choices: ChoiceSpool | None = None,
+                    actorder: str | None = None) -> list[str]:
+    """Write the planned tensors, config.json and the tokenizer files into `folder` (a partial folder that the
+    caller renames into place); returns the names of the files written. `choices`: a calibrated method's spool;
+    `actorder`: set after GPTQ with act-order (see folder_quantization_config)."""
+    backend = get_backend()
+    files = [p.name for p in write_tensors(folder, plan_entries(plan),
+                                           _arrays(plan, ckpt, backend, threads, progress, choices),
+                                           plan.options.max_shard_bytes, metadata=header_metadata(plan))]
+    config = dict(ckpt.config)
+    config["quantization_config"] = folder_quantization_config(plan, actorder)
+    _write_json(folder / "config.json", config)
+    if plan.options.format == "gptq":   # AutoGPTQ and GPTQModel read it beside config.json
+        _write_json(folder / gptq.QUANTIZE_CONFIG, config["quantization_config"])
+        files.append(gptq.QUANTIZE_CONFIG)
+    for f in sorted(ckpt.path.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and f.suffix not in SKIP_SUFFIXES and f.name not in SKIP_NAMES:
+            shutil.copyfile(f, folder / f.name)
+            files.append(f.name)
+    return files + ["config.json"]
+
+
 def write_int_folder(plan: IntPlan, ckpt: Checkpoint, out: Path, *, threads: int = 1,
                      progress: Callable[[ModulePlan], None] | None = None) -> list[Path]:
     """Write the planned folder at `out`; returns the files written (relative to out)."""
-    backend = get_backend()
     with atomic_folder(out) as tmp:
-        files = write_tensors(tmp, plan_entries(plan), _arrays(plan, ckpt, backend, threads, progress),
-                              plan.options.max_shard_bytes, metadata=header_metadata(plan))
-        config = dict(ckpt.config)
-        if plan.options.format == "bnb-nf4":
-            config["quantization_config"] = bnb.quantization_config(plan.options.double_quant, list(plan.ignore))
-        elif plan.options.format == "gptq":
-            # In-order groups until a calibrated method hands over g_idx (desc_act then).
-            config["quantization_config"] = gptq.quantization_config(plan.options.scheme, False, gptq_keep_list(plan))
-            with atomic_file(tmp / gptq.QUANTIZE_CONFIG) as fp:
-                fp.write((json.dumps(config["quantization_config"], indent=2, sort_keys=True) + "\n").encode())
-        elif plan.options.format == "awq":
-            config["quantization_config"] = awq.quantization_config(plan.options.scheme, list(plan.ignore))
-        else:
-            config["quantization_config"] = ct.quantization_config(plan.options.scheme, list(plan.ignore))
-        with atomic_file(tmp / "config.json") as fp:
-            fp.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-        for f in sorted(ckpt.path.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and f.suffix not in SKIP_SUFFIXES and f.name not in SKIP_NAMES:
-                shutil.copyfile(f, tmp / f.name)
-                files.append(tmp / f.name)
-        names = [p.name for p in files] + ["config.json"] + ([gptq.QUANTIZE_CONFIG] if plan.options.format == "gptq" else [])
+        names = fill_int_folder(plan, ckpt, tmp, threads=threads, progress=progress)
     return [out / n for n in names]

@@ -132,7 +132,7 @@ def test_a_failure_mid_write_leaves_no_folder(source: Path, tmp_path: Path, monk
     ({"scheme": "W4A16", "group_size": 0, "bits": 3}, "--bits 3"),
     ({"scheme": "W8A16", "bits": 4}, "contradicts"),
     ({"format": "gptq-v9"}, "--format"),
-    ({"scheme": "W4A16", "method": "gptq"}, "--method"),
+    ({"scheme": "W4A16", "method": "magic"}, "--method magic is not available"),
     ({"scheme": "W4A16", "ignore": ("re:(",)}, "regex"),
 ])
 def test_bad_combinations_are_refused_before_writing(source: Path, tmp_path: Path, kw: dict, match: str) -> None:

@@ -16,7 +16,7 @@ def test_every_builtin_recipe_loads_and_has_a_valid_type() -> None:
         assert expected in names
     for name in names:
         recipe = load_recipe(builtin_path(name))
-        assert recipe.outputs and recipe.name == name
+        assert (recipe.outputs or recipe.folders) and recipe.name == name
 
 
 def test_shorthand_and_list_forms_have_the_same_canonical_output() -> None:
