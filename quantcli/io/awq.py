@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from .checkpoint import Checkpoint
-from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from ..quant.int.rtn import IntCodes, round_to
 from ..quant.int.scheme import IntScheme
+from .checkpoint import Checkpoint
 from .gptq import SCALE_DTYPE, default_g_idx, f16_scales, unsigned
+from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 
 BITS = 4

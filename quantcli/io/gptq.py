@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from .checkpoint import Checkpoint
-from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
 from ..quant.int.scheme import IntScheme
+from .checkpoint import Checkpoint
+from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 
 BITS = (2, 4, 8)            # bit widths whose codes fill an int32 word

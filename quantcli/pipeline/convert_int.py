@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..quant.algorithms.registry import CALIBRATED, is_calibrated, method_options
-from ..recipe.schema import Recipe
 from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
-from ..safetensors_plan import FORMATS, PACKED_FORMATS, IntOptions, IntPlan, ModulePlan, make_int_plan
+from ..recipe.schema import Recipe
+from ..safetensors_plan import (
+    FORMATS,
+    PACKED_FORMATS,
+    IntOptions,
+    IntPlan,
+    ModulePlan,
+    make_int_plan,
+)
 from ..stages.check_folder import FolderReport, check_folder
 
 # --bits alone picks the weight-only scheme of that width; other widths have no scheme in the formats we write.
@@ -247,7 +255,11 @@ def _calibrated(request: IntConvertRequest, plan: IntPlan, ckpt: Checkpoint, out
     from ..engine import Engine
     from ..io.safetensors_writer import atomic_folder
     from ..quant.algorithms.registry import make_method
-    from ..stages.calibrated import CalibratedOptions, calibration_tokens, run_calibrated
+    from ..stages.calibrated import (
+        CalibratedOptions,
+        calibration_tokens,
+        run_calibrated,
+    )
     from ..stages.calibration_data import load_calibration_text
     from ..stages.pack_safetensors import fill_int_folder
     from ..stages.spool import SPOOL_DIR, ChoiceSpool

@@ -70,13 +70,7 @@ class ScaleGroup:
     probe: str | None
 
 
-def _spec_of(step: "BlockStep") -> "ModelSpec":
-    """The model description of the walk. BlockStep does not expose it yet; its engine holds it."""
-    spec = getattr(step, "spec", None)
-    return spec if spec is not None else step._engine.spec  # noqa: SLF001 - see docs/awq.md, "Interface"
-
-
-def scale_groups(spec: "ModelSpec", names: Mapping[str, str]) -> list[ScaleGroup]:
+def scale_groups(spec: ModelSpec, names: Mapping[str, str]) -> list[ScaleGroup]:
     """AWQ's scale groups for one block, from the roles the block has (role -> tensor name)."""
     if spec.post_norm_block or "attn_norm" not in names or "ffn_norm" not in names:
         raise InputError(f"AWQ cannot fold scales into {spec.architecture}'s blocks: they have no norm right before "
@@ -169,8 +163,8 @@ class AWQ:
         self.alphas: dict[str, float] = {}      # first linear of each scale group -> the alpha chosen (for reports)
 
     # -- the walk -------------------------------------------------------------------------------------------
-    def process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
-        spec = _spec_of(step)
+    def process(self, step: BlockStep, targets: Mapping[str, IntScheme]) -> list[Chosen]:
+        spec = step.spec
         names = step.names
         groups = scale_groups(spec, names)
         for name, scheme in targets.items():
@@ -200,7 +194,7 @@ class AWQ:
         return chosen
 
     # -- steps ----------------------------------------------------------------------------------------------
-    def _act_means(self, step: "BlockStep", names: set[str]) -> dict[str, np.ndarray]:
+    def _act_means(self, step: BlockStep, names: set[str]) -> dict[str, np.ndarray]:
         """Mean |x| per input channel of each named linear over every calibration token (one block forward)."""
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
@@ -214,7 +208,7 @@ class AWQ:
         step.forward(capture=capture)
         return {n: (sums[n] / counts[n]).astype(F32) for n in names}
 
-    def _search(self, step: "BlockStep", group: ScaleGroup, act_mean: np.ndarray, targets: Mapping[str, IntScheme],
+    def _search(self, step: BlockStep, group: ScaleGroup, act_mean: np.ndarray, targets: Mapping[str, IntScheme],
                 sample: slice) -> np.ndarray:
         """The grid over alpha; returns the best scales (all ones when alpha = 0 wins)."""
         originals = {n: step.weight(n).copy() for n in group.linears}
@@ -235,7 +229,7 @@ class AWQ:
         self.alphas[group.linears[0]] = best_alpha
         return best_s
 
-    def _loss_fn(self, step: "BlockStep", group: ScaleGroup, sample: slice,
+    def _loss_fn(self, step: BlockStep, group: ScaleGroup, sample: slice,
                  originals: Mapping[str, np.ndarray]) -> Callable[[Mapping[str, np.ndarray]], float]:
         """loss(candidate weights) -> mean squared error of the inspected output against the float one."""
         if group.probe is None:
@@ -258,7 +252,7 @@ class AWQ:
             return float(np.mean(np.square(out - reference), dtype=np.float64))
         return through_block
 
-    def _fold(self, step: "BlockStep", group: ScaleGroup, s: np.ndarray, names: Mapping[str, str]) -> set[str]:
+    def _fold(self, step: BlockStep, group: ScaleGroup, s: np.ndarray, names: Mapping[str, str]) -> set[str]:
         """Divide the producing operation by s and multiply the group's input columns by s (exact in float)."""
         if np.all(s == 1):
             return set()
@@ -293,7 +287,7 @@ def _chunks(sample: slice, ctx: int) -> Iterator[slice]:
         yield slice(s0, min(sample.stop, s0 + per))
 
 
-def _inputs(step: "BlockStep", wanted: list[str], sample: slice, stop: str | None = None) -> dict[str, np.ndarray]:
+def _inputs(step: BlockStep, wanted: list[str], sample: slice, stop: str | None = None) -> dict[str, np.ndarray]:
     """The inputs of the `wanted` linears over the sequences of `sample` ([tokens, in] each), with the step's
     current weights. With `stop`, each forward ends as soon as that linear's input is seen."""
     ctx = step.inputs.shape[1]
