@@ -6,10 +6,9 @@ import sys
 
 from quantcli.quant.algorithms.registry import CALIBRATED, MethodEntry
 
-CALIBRATED["t-stall"] = MethodEntry("t-stall", "tests.fixtures.block_methods:Stall", (), "test only")
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # only in the child process: pytest's doctest collection imports this module too
     from quantcli.cli.app import main
 
+    CALIBRATED["t-stall"] = MethodEntry("t-stall", "tests.fixtures.block_methods:Stall", (), "test only")
     sys.argv = ["quantcli", *sys.argv[1:]]
     main()

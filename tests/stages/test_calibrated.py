@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from quantcli.engine import Engine
 from quantcli.errors import InputError
 from quantcli.io import compressed_tensors as ct
 from quantcli.io.checkpoint import Checkpoint
+from quantcli.io.quantized_folder import METHOD_KEY
+from quantcli.io.safetensors import SafetensorsFile
 from quantcli.io.safetensors_writer import TensorEntry, write_tensors
 from quantcli.pipeline.convert_int import IntConvertRequest, IntConvertResult, convert_int
 from quantcli.quant.algorithms.registry import CALIBRATED, MethodEntry, Option
@@ -101,7 +103,13 @@ def test_rtn_codes_from_a_method_are_the_bytes_of_plain_minmax(tmp_path: Path, m
     src = write_random_checkpoint(tmp_path / "m", LLAMA_CONFIG)
     a = run(src, "t-rtn", tmp_path / "a", verify="full")
     run(src, "minmax", tmp_path / "b")
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    # the same tensors byte for byte; the headers differ only in the method they record (quantcli.method)
+    a_file, b_file = SafetensorsFile.open(tmp_path / "a" / "model.safetensors"), SafetensorsFile.open(tmp_path / "b" / "model.safetensors")
+    assert a_file.metadata.pop(METHOD_KEY) == "t-rtn" and b_file.metadata.pop(METHOD_KEY) == "minmax"
+    assert a_file.metadata == b_file.metadata
+    assert load_file(str(tmp_path / "a" / "model.safetensors")).keys() == load_file(str(tmp_path / "b" / "model.safetensors")).keys()
+    for name, value in load_file(str(tmp_path / "a" / "model.safetensors")).items():
+        assert value.tobytes() == load_file(str(tmp_path / "b" / "model.safetensors"))[name].tobytes(), name
     assert a.report is not None and a.report.ok
     assert a.calibration is not None and a.calibration["chosen"] == 14 and a.calibration["filled"] == 0
     assert a.calibration["blocks"] == 2 and a.calibration["chunks"] == N_SEQ and a.calibration["ctx"] == CTX
