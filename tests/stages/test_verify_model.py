@@ -21,7 +21,8 @@ from quantcli.cli.app import app
 from quantcli.errors import InputError, RecipeError, VerifyError
 from quantcli.recipe.schema import parse_recipe
 from quantcli.stages import verify_model as stage
-from quantcli.stages.perplexity import PerplexityScorer, chunk_tokens, scored_per_chunk, with_bos
+from quantcli.stages.chunks import chunk_tokens
+from quantcli.stages.perplexity import PerplexityScorer, scored_per_chunk
 
 RNG = np.random.default_rng(7)
 
@@ -140,16 +141,6 @@ def test_mixing_chunks_with_and_without_base_is_refused() -> None:
     scorer.add(chunks[0], logits[0], base[0])
     with pytest.raises(ValueError, match="base logits"):
         scorer.add(chunks[1], logits[1])
-
-
-def test_chunks_drop_the_tail_and_bos_replaces_only_the_model_input() -> None:
-    tokens = np.arange(1, 12, dtype=np.int32)
-    chunks = chunk_tokens(tokens, 4)
-    assert chunks.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert chunk_tokens(tokens, 4, 1).tolist() == [[1, 2, 3, 4]]
-    given = with_bos(chunks, 0)
-    assert given[:, 0].tolist() == [0, 0] and chunks[:, 0].tolist() == [1, 5]
-    assert with_bos(chunks, None) is chunks
 
 
 # ---- the stage, with a fake engine ------------------------------------------------------------------------------
@@ -284,7 +275,7 @@ def test_builtin_eval_text_is_a_data_source(workspace: dict[str, Any]) -> None:
 def test_too_short_a_text_is_bad_input(workspace: dict[str, Any]) -> None:
     gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
     workspace["engines"]["src"].n_ctx_train = 4096
-    with pytest.raises(InputError, match="tokenizes to 400 tokens; perplexity at --ctx 512 needs at least 1024"):
+    with pytest.raises(InputError, match="tokenizes to 400 tokens; at least 1024 are needed for 2 chunks of --ctx 512"):
         stage.verify_model(gguf_path, workspace["source"], workspace["data"], ctx=512)
 
 
