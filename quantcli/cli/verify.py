@@ -19,6 +19,7 @@ def verify(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Score the model against --source on this text instead of comparing tensors: a UTF-8 file (or folder, JSONL, parquet, hub dataset), or builtin:eval for the shipped evaluation text. PPL, KL divergence, same top-1; cosine of pooled embeddings for encoders.")] = None,
     ctx: Annotated[int, typer.Option("--ctx", help="Tokens per chunk of --data (llama-perplexity's -c); the second half of each chunk is scored.", min=4)] = 512,
     chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
+    threads: Annotated[int, typer.Option("--threads", "-t", help="Threads for the engine's matrix products with --data (0: all cores).", min=0, max=1024)] = 0,
     json: JsonOpt = False,
 ) -> None:
     """Reopen a GGUF with an independent reader, check its structure and, with --source, its error per tensor.
@@ -41,7 +42,8 @@ def verify(
         if data is not None:
             from ._model_quality import verify_model_report
 
-            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json)
+            return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json,
+                                       threads=threads)
         from ..recipe import resolve_recipe
         from ..stages.verify import failure_line, verify_file
 
