@@ -46,7 +46,7 @@ BENCH_MARKERS = ("<!-- engine-vs-llama:begin (benchmarks/engine_vs_llama.py) -->
 QUALITY_MARKERS = ("<!-- tools-agreement:begin (benchmarks/engine_vs_llama.py) -->", "<!-- tools-agreement:end -->")
 QUANTCLI_ENV = {"QUANTCLI_NO_PROGRESS": "1"}
 RESULTS = "results.json"
-STEPS = ("calibrate", "ppl", "kld", "agreement", "more-threads")
+STEPS = ("calibrate", "ppl", "kld", "more-threads", "agreement")
 
 
 def log(message: str) -> None:
@@ -275,8 +275,8 @@ class Bench:
         self.res.kld["quantcli"] = {k: mine[k] for k in ("ppl", "ppl_source", "kld_mean", "kld_median", "kld_p99",
                                                          "kld_max", "rms_dp", "same_top1")}
         self.res.kld["quantcli"]["ppl_base"] = mine["ppl_source"]
-        self.res.kld["tokens"] = {"identical": float(same_tokens(base, self.source, self.eval, self.res.chunks))}
-        base.unlink(missing_ok=True)   # n_chunks x ctx/2 x vocab 16-bit log-probabilities: hundreds of MB
+        # the token check reads the model's tokenizer in this process: it waits for the agreement step, because
+        # a child's peak RSS starts from its parent's (Linux keeps it across fork and exec)
         self.add_speed(speed_row("KLD of Q4_K_M: llama-perplexity (F32 base + --kl-divergence) vs quantcli verify "
                                  "--source --data", threads, self.tokens, peer, ours))
 
@@ -291,6 +291,10 @@ class Bench:
         from quantcli.stages.verify import open_layout
         from quantcli.stages.verify_model import score_outputs
 
+        base = self.work / "llama-base.kld"
+        if base.is_file():
+            self.res.kld["tokens"] = {"identical": float(same_tokens(base, self.source, self.eval, self.res.chunks))}
+            base.unlink()   # n_chunks x ctx/2 x vocab 16-bit log-probabilities: hundreds of MB
         peer, ours = (load_imatrix(self.imatrices[k]).weights for k in ("llama.cpp", "quantcli"))
         common = sorted(set(peer) & set(ours))
         rel = {n: float(np.linalg.norm(ours[n].astype(np.float64) - peer[n]) / np.linalg.norm(peer[n].astype(np.float64)))
@@ -358,7 +362,8 @@ def render_speed(res: Results) -> str:
              "'speed ratio' is llama.cpp's time over quantcli's: above 1, quantcli is faster. Times are one run of "
              "the whole command (loading and tokenizing included). 'load avg before' is the machine's 1-minute load "
              "average when each side started: the absolute figures come from a machine shared with other jobs, so "
-             "read the ratios, not the tokens/s.", ""]
+             "read the ratios, not the tokens/s. Where the engine's time goes (matmuls, the LM head, attention, "
+             "norms; one chunk profiled at 1 and 2 threads): docs/engine.md, 'Where the time goes'.", ""]
     if res.speed:
         lines += _table(res.speed)
     lines += ["", *_when(res), "", BENCH_MARKERS[1]]
@@ -435,6 +440,7 @@ def main() -> None:
     ap.add_argument("--steps", default=",".join(STEPS), help=f"Which steps to run, of {', '.join(STEPS)}.")
     args = ap.parse_args()
     steps = set(args.steps.split(","))
+    os.environ.setdefault("QUANTCLI_MODELS", str(args.models))   # where `make llama-tools` put the binaries
     threads = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory(prefix="engine-vs-llama-") as tmp:
         work = args.work or Path(tmp)
@@ -449,14 +455,15 @@ def main() -> None:
             bench.perplexity("F16", first, timed=True)
         if "kld" in steps:
             bench.kl_divergence(first)
-        if "agreement" in steps:
-            for qtype in PPL_TYPES[1:]:
-                bench.perplexity(qtype, first, timed=False)
-            bench.imatrix_agreement()
         if "more-threads" in steps:
             for t in threads[1:]:
                 bench.calibrate(t)
                 bench.perplexity("F16", t, timed=True)
+        # last: it loads models into this process, whose peak RSS every later child would inherit
+        if "agreement" in steps:
+            for qtype in PPL_TYPES[1:]:
+                bench.perplexity(qtype, first, timed=False)
+            bench.imatrix_agreement()
         log("done")
 
 
