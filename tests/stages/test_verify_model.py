@@ -349,6 +349,23 @@ def test_command_json_and_threshold_exit(workspace: dict[str, Any]) -> None:
     assert table.exit_code == 0 and "same top-1" in table.stdout and "OK" in table.stdout
 
 
+def test_command_threads_reach_the_engines(workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
+    asked: list[int] = []
+    engines = workspace["engines"]
+
+    def open_engines(path: Path, src: Path, threads: int) -> tuple[Any, Any]:
+        asked.append(threads)
+        return engines["src"], engines["out"]
+
+    monkeypatch.setattr(stage, "open_engines", open_engines)
+    base = ["verify", str(gguf_path), "--source", str(workspace["source"]), "--data", str(workspace["data"]),
+            "--ctx", "32", "--chunks", "2", "--json"]
+    assert _cli(base + ["--threads", "1"]).exit_code == 0
+    assert _cli(base).exit_code == 0
+    assert asked == [1, 0]                                   # default 0: BLAS as configured
+
+
 def test_command_data_without_source_is_usage_error(workspace: dict[str, Any]) -> None:
     gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
     done = _cli(["verify", str(gguf_path), "--data", str(workspace["data"])])
