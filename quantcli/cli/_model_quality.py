@@ -9,7 +9,7 @@ from ._common import out, print_json
 
 def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: int, chunks: Optional[int],
                         recipe: Optional[str], json: bool, max_kld: Optional[float] = None,
-                        max_ppl_ratio: Optional[float] = None) -> None:
+                        max_ppl_ratio: Optional[float] = None, threads: int = 0) -> None:
     """Score the file, print the figures, then apply the recipe's thresholds (a miss exits 1 with the figure)."""
     from ..errors import InputError, VerifyError
     from ..stages.perplexity import PerplexityResult
@@ -24,7 +24,7 @@ def verify_model_report(path: Path, source: Optional[Path], data: str, *, ctx: i
         spec = resolve_recipe(recipe).verify
         max_kld = spec.max_kld if max_kld is None else max_kld
         max_ppl_ratio = spec.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
-    report = verify_model(path, source, data, ctx=ctx, chunks=chunks)
+    report = verify_model(path, source, data, ctx=ctx, chunks=chunks, threads=threads)
     res = report.result
     if json:
         print_json(report.to_json())

@@ -22,6 +22,7 @@ def verify(
     chunks: Annotated[Optional[int], typer.Option("--chunks", help="Score at most this many chunks of --data (default: the whole text).", min=1)] = None,
     max_kld: Annotated[Optional[float], typer.Option("--max-kld", help="With --data: fail (exit 1) when the mean KL divergence is above this. Overrides the recipe's.")] = None,
     max_ppl_ratio: Annotated[Optional[float], typer.Option("--max-ppl-ratio", help="With --data: fail (exit 1) when PPL / source PPL is above this. Overrides the recipe's.")] = None,
+    threads: Annotated[int, typer.Option("--threads", "-t", help="Threads for the engine's matrix products with --data (0: all cores).", min=0, max=1024)] = 0,
     json: JsonOpt = False,
 ) -> None:
     """Reopen a GGUF (or a quantized folder) with an independent reader, check its structure and, with --source,
@@ -48,7 +49,7 @@ def verify(
             from ._model_quality import verify_model_report
 
             return verify_model_report(path, source, data, ctx=ctx, chunks=chunks, recipe=recipe, json=json,
-                                       max_kld=max_kld, max_ppl_ratio=max_ppl_ratio)
+                                       max_kld=max_kld, max_ppl_ratio=max_ppl_ratio, threads=threads)
         from ..recipe import resolve_recipe
         from ..stages.verify import failure_line, verify_file
 

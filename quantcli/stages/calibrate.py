@@ -4,7 +4,8 @@ the squared input per input column and the token count: the importance matrix ll
 The semantics are those of llama.cpp's imatrix tool (tools/imatrix/imatrix.cpp):
 - the text is tokenized once, whole, with the vocabulary's own BOS rule (a BOS first when the vocabulary adds one);
 - the tokens are cut into chunks of `ctx` tokens, the remainder dropped; when the vocabulary adds BOS, each chunk's
-  first token is replaced by BOS; at least two chunks are needed; `chunks` takes the first n of them;
+  first token is replaced by BOS; at least two chunks are needed; `chunks` takes the first n of them (the same
+  chunks verify scores: stages/chunks.py cuts them for both);
 - every chunk is an independent sequence (no state carried over);
 - the statistics cover the matrices of the blocks (GGUF names "blk.*"), and output.weight only with
   `process_output` (a model whose head is tied to the token embedding has no output.weight, so nothing then);
@@ -29,12 +30,11 @@ import numpy as np
 from ..errors import InputError, UnsupportedError
 from ..io.imatrix import ImatrixStats, MatrixStats
 from .calibration_data import CalibrationText
+from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
 
 if TYPE_CHECKING:
     from .eval_text import SpecialIds
 
-DEFAULT_CTX = 512
-MIN_CHUNKS = 2                 # the imatrix tool refuses fewer than two chunks of text
 BLOCK_PREFIX = "blk."
 OUTPUT_NAME = "output.weight"
 # Sequences handed to the engine per pass: every block's weights are read once per pass, and the hidden states of
@@ -65,23 +65,6 @@ class CalibrationResult:
     stats: ImatrixStats
     n_tokens: int                      # tokens of the whole text, BOS included
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def chunk_tokens(tokens: np.ndarray, ctx: int, chunks: int | None, bos: int | None) -> np.ndarray:
-    """The text's tokens as [n_chunks, ctx] int32, each chunk starting with BOS when `bos` is given."""
-    if ctx < 1:
-        raise InputError(f"--ctx {ctx} is not a positive number of tokens.", hint=f"Use e.g. --ctx {DEFAULT_CTX}.")
-    if chunks is not None and chunks < 1:
-        raise InputError(f"--chunks {chunks} is not a positive number.", hint="Leave it out to use the whole text.")
-    if len(tokens) < MIN_CHUNKS * ctx:
-        raise InputError(f"the calibration text gives {len(tokens)} tokens; at least {MIN_CHUNKS * ctx} are needed "
-                         f"for {MIN_CHUNKS} chunks of --ctx {ctx}.",
-                         hint="Give a longer text, or a smaller --ctx.")
-    n = len(tokens) // ctx if chunks is None else min(chunks, len(tokens) // ctx)
-    out = np.array(tokens[: n * ctx], dtype=np.int32).reshape(n, ctx)
-    if bos is not None:
-        out[:, 0] = bos
-    return out
 
 
 def routes_for(specs: Iterable[Any], *, process_output: bool) -> dict[str, Route]:
@@ -187,7 +170,8 @@ def calibrate(source: Path, data: CalibrationText, options: CalibrateOptions,
                              hint=f"Use --ctx {min(DEFAULT_CTX, engine.n_ctx_train)} or less.")
         special = special_ids(model.tokenizer(None))
         tokens = text_tokens(Path(source), data.text, special)
-        chunks = chunk_tokens(tokens, ctx, options.chunks, special.bos)
+        require_chunks(len(tokens), ctx, "the calibration text")
+        chunks = with_bos(chunk_tokens(tokens, ctx, options.chunks), special.bos)
         routes = routes_for(model.specs, process_output=options.process_output)
         entries = collect(engine.run, chunks, routes, progress)
     finally:

@@ -2,7 +2,7 @@
 
 The rule (tools/perplexity/perplexity.cpp, default mode): the whole text is tokenized once and cut into chunks of
 `ctx` tokens; when the vocabulary adds a BOS token, the first token of every chunk is replaced by BOS before the
-chunk is evaluated. Only the second half of each chunk is scored, so every prediction has at least ctx/2 tokens
+chunk is evaluated (stages/chunks.py: the same chunks calibrate collects its statistics over). Only the second half of each chunk is scored, so every prediction has at least ctx/2 tokens
 of context: the logits at positions first = ctx//2 .. ctx-2 predict the (original) tokens at first+1 .. ctx-1,
 which is ctx - 1 - ctx//2 scored tokens per chunk. PPL = exp(mean negative log-likelihood).
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .chunks import chunk_tokens, with_bos  # noqa: F401  (the chunks scored here; re-exported for callers)
+
 # Rows of one chunk's logits turned into log-probabilities at a time: float64 working copies stay at
 # ROW_BLOCK * vocab * 8 bytes (12 MB at 49k vocab) instead of the whole chunk's.
 ROW_BLOCK = 32
@@ -40,32 +42,6 @@ def first_scored(ctx: int) -> int:
 def scored_per_chunk(ctx: int) -> int:
     """Tokens scored per chunk of `ctx`: the logits at first..ctx-2 predict the tokens at first+1..ctx-1."""
     return ctx - 1 - first_scored(ctx)
-
-
-def chunk_tokens(tokens: np.ndarray, ctx: int, n_chunks: int | None = None) -> np.ndarray:
-    """The tokenized text cut into llama-perplexity's chunks: [n, ctx] int32, trailing tokens dropped.
-
-    `n_chunks` caps the count (None: as many as the text holds). The caller checks there are enough tokens.
-
-        >>> chunk_tokens(np.arange(10), 4).tolist()
-        [[0, 1, 2, 3], [4, 5, 6, 7]]
-    """
-    n = len(tokens) // ctx
-    if n_chunks is not None:
-        n = min(n, n_chunks)
-    return np.asarray(tokens[: n * ctx], dtype=np.int32).reshape(n, ctx)
-
-
-def with_bos(chunks: np.ndarray, bos_id: int | None) -> np.ndarray:
-    """What the model is given: each chunk's first token replaced by BOS when the vocabulary adds one.
-
-    The scored targets are taken from the original chunks (position 0 is never a target).
-    """
-    if bos_id is None:
-        return chunks
-    given = chunks.copy()
-    given[:, 0] = bos_id
-    return given
 
 
 def _log_softmax(rows: np.ndarray) -> np.ndarray:

@@ -21,10 +21,10 @@ import numpy as np
 
 from ..errors import InputError, VerifyError
 from .calibration_data import load_calibration_text
+from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
 from .eval_text import SpecialIds, text_tokens
-from .perplexity import PerplexityResult, PerplexityScorer, chunk_tokens, with_bos
+from .perplexity import PerplexityResult, PerplexityScorer
 
-DEFAULT_CTX = 512
 # Chunks per engine pass: the engine runs all sequences of a pass layer by layer (one block's weights decoded
 # once per pass), holding their activations; 8 x 512 tokens keeps that to tens of MB on a 135M model.
 BATCH_CHUNKS = 8
@@ -142,9 +142,7 @@ def verify_model(path: Path, source: Path, data: str | Path, *, ctx: int = DEFAU
                 src, out, encoder_chunks(Path(source), text, special, ctx, chunks, name))
         else:
             tokens = text_tokens(Path(source), text, special)
-            if len(tokens) < 2 * ctx:
-                raise InputError(f"{name} tokenizes to {len(tokens)} tokens; perplexity at --ctx {ctx} needs at "
-                                 f"least {2 * ctx}.", hint="Give a longer text or a smaller --ctx.")
+            require_chunks(len(tokens), ctx, name)
             result = score_perplexity(src, out, chunk_tokens(tokens, ctx, chunks), special.bos)
     finally:
         for engine in (src, out):

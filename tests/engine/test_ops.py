@@ -43,6 +43,24 @@ def test_rope_rotates_pairs_of_halves() -> None:
     np.testing.assert_array_equal(got[..., 8:], x[..., 8:])
 
 
+@pytest.mark.parametrize("dims", [16, 8])     # full and partial rotary
+def test_rope_and_rms_norm_round_as_transformers_does(dims: int) -> None:
+    """Bit for bit transformers' float32 order of operations: q * cos + rotate_half(q) * sin, and
+    (x * rsqrt(mean(x^2) + eps)) * w (the engine computes them without some of the temporaries)."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 7, 3, 16)) * 4).astype(np.float32)           # seq, ctx, heads, head_dim
+    cos, sin = ops.rope_tables(RopeSpec("default", 10000.0, dims), 7)
+    rot = x[..., :dims]
+    half_turn = np.concatenate([-rot[..., dims // 2:], rot[..., :dims // 2]], axis=-1)
+    expected = np.concatenate([rot * cos[:, None] + half_turn * sin[:, None], x[..., dims:]], axis=-1)
+    np.testing.assert_array_equal(ops.apply_rope(x, cos, sin).view(np.uint32), expected.view(np.uint32))
+    h = (rng.standard_normal((64, 48)) * 3).astype(np.float32)
+    w = rng.standard_normal(48).astype(np.float32)
+    var = np.mean(np.square(h), axis=-1, keepdims=True, dtype=np.float32)
+    expected = (h * (np.float32(1) / np.sqrt(var + np.float32(1e-5)))) * w
+    np.testing.assert_array_equal(ops.rms_norm(h, w, 1e-5).view(np.uint32), expected.view(np.uint32))
+
+
 def test_llama3_frequencies_agree_with_the_gguf_rope_freqs() -> None:
     spec = spec_from_config({**LLAMA_CONFIG, "head_dim": 128, "rope_theta": 500000.0,
                              "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})

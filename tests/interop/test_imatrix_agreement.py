@@ -16,7 +16,8 @@ import pytest
 
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.plan import SourceModel
-from quantcli.stages.calibrate import CalibrateOptions, calibrate, chunk_tokens, routes_for, special_ids
+from quantcli.stages.calibrate import CalibrateOptions, calibrate, routes_for, special_ids
+from quantcli.stages.chunks import chunk_tokens, with_bos
 from quantcli.stages.calibration_data import CalibrationText, builtin_text
 from quantcli.stages.eval_text import text_tokens
 from tests.fixtures.paths import model_path
@@ -36,7 +37,7 @@ def text() -> CalibrationText:
 
 def our_chunks(model: Path, data: CalibrationText, ctx: int, chunks: int) -> np.ndarray:
     special = special_ids(SourceModel.open(Checkpoint.open(model)).tokenizer(None))
-    return chunk_tokens(text_tokens(model, data.text, special), ctx, chunks, special.bos)
+    return with_bos(chunk_tokens(text_tokens(model, data.text, special), ctx, chunks), special.bos)
 
 
 def torch_statistics(model: Path, chunks: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
@@ -111,7 +112,7 @@ def test_chunks_are_llama_cpp_s_tokens(model: str, tmp_path: Path) -> None:
     theirs = np.asarray(vocab.tokenize(sample.encode(), add_bos=True, special=False), dtype=np.int32)
     add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(vocab.model)))
     ctx = 256
-    expected = chunk_tokens(theirs, ctx, None, vocab.token_bos() if add_bos else None)
+    expected = with_bos(chunk_tokens(theirs, ctx), vocab.token_bos() if add_bos else None)
     data = CalibrationText(sample, "sample", "")
     ours = our_chunks(model_path(model), data, ctx, len(expected))
     assert ours.shape == expected.shape

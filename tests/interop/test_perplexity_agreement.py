@@ -23,7 +23,8 @@ import pytest
 
 from quantcli.stages.calibration_data import builtin_text
 from quantcli.stages.eval_text import SpecialIds, text_tokens
-from quantcli.stages.perplexity import PerplexityResult, PerplexityScorer, chunk_tokens, with_bos
+from quantcli.stages.chunks import chunk_tokens, with_bos
+from quantcli.stages.perplexity import PerplexityResult, PerplexityScorer
 from quantcli.stages.verify import open_layout
 from tests.fixtures.paths import model_path
 

@@ -18,30 +18,12 @@ from quantcli.pipeline.calibrate import CalibrationRequest, run_calibration
 from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
 from quantcli.quant.imatrix import load_imatrix
 from quantcli.recipe import parse_recipe, resolve_recipe
-from quantcli.stages.calibrate import (
-    CalibrateOptions, Route, calibrate, check_imatrix_fits, chunk_tokens, collect, routes_for)
+from quantcli.stages.calibrate import CalibrateOptions, Route, calibrate, check_imatrix_fits, collect, routes_for
 from quantcli.stages.calibration_data import builtin_text, load_calibration_text
 from tests.fixtures.paths import model_path
 from tests.stages.hub_fixtures import HubRepo, write_hub_cache
 
 TEXT = gzip.decompress(Path(__file__).resolve().parents[2].joinpath("quantcli/data/eval.txt.gz").read_bytes()).decode()[:20000]
-
-
-# -- chunks and BOS --------------------------------------------------------------------------------------------
-
-def test_chunks_start_with_bos_and_drop_the_remainder() -> None:
-    tokens = np.arange(10, 10 + 23, dtype=np.int32)
-    chunks = chunk_tokens(tokens, 5, None, bos=1)
-    assert chunks.shape == (4, 5)
-    assert chunks[:, 0].tolist() == [1, 1, 1, 1]
-    assert chunks[2, 1:].tolist() == [21, 22, 23, 24]          # the rest of each chunk is the text, in order
-    assert chunk_tokens(tokens, 5, 2, bos=None).tolist() == [[10, 11, 12, 13, 14], [15, 16, 17, 18, 19]]
-    assert tokens[0] == 10                                     # the caller's tokens are left alone
-
-
-def test_fewer_than_two_chunks_is_an_error() -> None:
-    with pytest.raises(InputError, match="at least 10 are needed for 2 chunks of --ctx 5"):
-        chunk_tokens(np.arange(9, dtype=np.int32), 5, None, None)
 
 
 # -- the statistics ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from quantcli.cli.app import app
 from quantcli.errors import InputError, RecipeError, VerifyError
 from quantcli.recipe.schema import parse_recipe
 from quantcli.stages import verify_model as stage
-from quantcli.stages.perplexity import PerplexityScorer, chunk_tokens, scored_per_chunk, with_bos
+from quantcli.stages.chunks import chunk_tokens
+from quantcli.stages.perplexity import PerplexityScorer, scored_per_chunk
 
 RNG = np.random.default_rng(7)
 
@@ -140,16 +141,6 @@ def test_mixing_chunks_with_and_without_base_is_refused() -> None:
     scorer.add(chunks[0], logits[0], base[0])
     with pytest.raises(ValueError, match="base logits"):
         scorer.add(chunks[1], logits[1])
-
-
-def test_chunks_drop_the_tail_and_bos_replaces_only_the_model_input() -> None:
-    tokens = np.arange(1, 12, dtype=np.int32)
-    chunks = chunk_tokens(tokens, 4)
-    assert chunks.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert chunk_tokens(tokens, 4, 1).tolist() == [[1, 2, 3, 4]]
-    given = with_bos(chunks, 0)
-    assert given[:, 0].tolist() == [0, 0] and chunks[:, 0].tolist() == [1, 5]
-    assert with_bos(chunks, None) is chunks
 
 
 # ---- the stage, with a fake engine ------------------------------------------------------------------------------
@@ -284,7 +275,7 @@ def test_builtin_eval_text_is_a_data_source(workspace: dict[str, Any]) -> None:
 def test_too_short_a_text_is_bad_input(workspace: dict[str, Any]) -> None:
     gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
     workspace["engines"]["src"].n_ctx_train = 4096
-    with pytest.raises(InputError, match="tokenizes to 400 tokens; perplexity at --ctx 512 needs at least 1024"):
+    with pytest.raises(InputError, match="tokenizes to 400 tokens; at least 1024 are needed for 2 chunks of --ctx 512"):
         stage.verify_model(gguf_path, workspace["source"], workspace["data"], ctx=512)
 
 
@@ -356,6 +347,23 @@ def test_command_json_and_threshold_exit(workspace: dict[str, Any]) -> None:
     assert "KLD mean" in failed.stdout and f"{data['kld_mean']:.6f} is above max_kld" in failed.stderr
     table = _cli(base)
     assert table.exit_code == 0 and "same top-1" in table.stdout and "OK" in table.stdout
+
+
+def test_command_threads_reach_the_engines(workspace: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    gguf_path = _write_gguf(workspace["tmp"] / "m.gguf")
+    asked: list[int] = []
+    engines = workspace["engines"]
+
+    def open_engines(path: Path, src: Path, threads: int) -> tuple[Any, Any]:
+        asked.append(threads)
+        return engines["src"], engines["out"]
+
+    monkeypatch.setattr(stage, "open_engines", open_engines)
+    base = ["verify", str(gguf_path), "--source", str(workspace["source"]), "--data", str(workspace["data"]),
+            "--ctx", "32", "--chunks", "2", "--json"]
+    assert _cli(base + ["--threads", "1"]).exit_code == 0
+    assert _cli(base).exit_code == 0
+    assert asked == [1, 0]                                   # default 0: BLAS as configured
 
 
 def test_command_data_without_source_is_usage_error(workspace: dict[str, Any]) -> None:
