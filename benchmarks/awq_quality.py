@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     from quantcli.engine import Engine
     from quantcli.models.spec import model_spec
     from quantcli.quant.int.scheme import IntScheme
-    from quantcli.stages.calibrate import chunk_tokens as calib_chunks
     from quantcli.stages.calibration_data import load_calibration_text
     from quantcli.stages.eval_text import encode
     from quantcli.stages.perplexity import chunk_tokens
@@ -129,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     linears = [t.hf_name for t in spec.tensors if t.layer is not None and t.role in LINEAR_ROLES]
     dtype = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}.get(tensors[linears[0]].dtype, "BF16")
     # SmolLM2's byte-level BPE vocabulary adds no BOS (llama.cpp's default for "gpt2" tokenizers)
-    calib = calib_chunks(encode(source, load_calibration_text("builtin:calibration").text), args.ctx,
-                         args.calib_chunks, None)
+    calib = chunk_tokens(encode(source, load_calibration_text("builtin:calibration").text), args.ctx,
+                         args.calib_chunks)
     evals = chunk_tokens(encode(source, load_calibration_text("builtin:eval").text), args.ctx, args.eval_chunks)
     log(f"{source.name}: {len(linears)} linears, scale dtype {dtype}, calibration {calib.shape}, eval {evals.shape}")
 

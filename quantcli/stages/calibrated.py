@@ -35,7 +35,7 @@ from ..quant.int.encode import encode_weight
 from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
 from ..quant.int.scheme import IntScheme
 from ..safetensors_plan import IntPlan, ModulePlan
-from .calibrate import DEFAULT_CTX, chunk_tokens
+from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
 from .calibration_data import CalibrationText
 from .pack_safetensors import scale_dtype
 from .spool import ChoiceSpool
@@ -91,7 +91,8 @@ def calibration_tokens(source: Path, data: CalibrationText, options: CalibratedO
                          hint=f"Use --ctx {min(DEFAULT_CTX, n_ctx_train)} or less.")
     special = special_ids(SourceModel.open(Checkpoint.open(Path(source))).tokenizer(None))
     tokens = text_tokens(Path(source), data.text, special)
-    return chunk_tokens(tokens, ctx, DEFAULT_CHUNKS if options.chunks is None else options.chunks, special.bos)
+    require_chunks(len(tokens), ctx, "the calibration text")
+    return with_bos(chunk_tokens(tokens, ctx, DEFAULT_CHUNKS if options.chunks is None else options.chunks), special.bos)
 
 
 def dequantize(codes: IntCodes, scheme: IntScheme, dtype: str, g_idx: np.ndarray | None) -> np.ndarray:

@@ -92,7 +92,8 @@ def test_tiny_llama_end_to_end_with_a_test_method(tmp_path: Path, monkeypatch: p
          "tokenizer_config.json"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # the sequences the method saw are the text's tokens, 64 a chunk, the vocabulary's BOS rule applied
-    from quantcli.stages.calibrate import chunk_tokens, special_ids
+    from quantcli.stages.calibrate import special_ids
+    from quantcli.stages.chunks import chunk_tokens, with_bos
     from quantcli.plan import SourceModel
     from quantcli.stages.eval_text import encode
     from tests.fixtures.block_methods import DenseShrink
@@ -102,7 +103,7 @@ def test_tiny_llama_end_to_end_with_a_test_method(tmp_path: Path, monkeypatch: p
     ids = encode(model_path("tiny-llama"), text.read_text(encoding="utf-8"))
     if special.bos is not None:
         ids = np.concatenate([[special.bos], ids])
-    chunks = chunk_tokens(ids, 64, 6, special.bos)
+    chunks = with_bos(chunk_tokens(ids, 64, 6), special.bos)
     # block 0's inputs are the embedding rows of exactly those tokens (llama: no scaling)
     assert DenseShrink.last is not None
     np.testing.assert_array_equal(DenseShrink.last.inputs[0], source.read_f32("model.embed_tokens.weight")[chunks])

@@ -73,6 +73,11 @@ def ours(out: object) -> dict[str, np.ndarray]:
         if bias in ckpt.tensors:
             assert ckpt.tensors[bias].dtype == "F16", bias
             dense[bias] = ckpt.read_f32(bias)
+    # the folder's other float tensors too: AWQ folds its scales into the norms, which then differ from the source's
+    stored = {n[: -len(".qweight")] for n in ckpt.tensors if n.endswith(".qweight")}
+    for name, info in ckpt.tensors.items():
+        if name.rsplit(".", 1)[0] not in stored and info.dtype in ("F32", "F16", "BF16") and name not in dense:
+            dense[name] = ckpt.read_f32(name)
     return dense
 
 
@@ -107,7 +112,7 @@ def check_against_loader(model: str, out: object) -> None:
     mine = ours(out)
     assert mine, "the folder has quantized modules"
     for name, w in mine.items():
-        if name.endswith(".bias"):
+        if not name.endswith(".weight") or name[: -len(".weight")] + ".qweight" not in Checkpoint.open(out).tensors:
             continue
         module = loaded.get_submodule(name[: -len(".weight")])
         assert "gptqmodel" in type(module).__module__, f"{name} was not loaded as a quantized module"
@@ -181,4 +186,20 @@ def test_ignored_module_loads_dense(tmp_path: object, fmt: str) -> None:
     assert type(dense) is torch.nn.Linear
     source = Checkpoint.open(model_path("tiny-llama")).read_f32(f"{skipped}.weight")
     assert np.array_equal(dense.weight.detach().numpy(), source)
+    check_against_loader("tiny-llama", out)
+
+
+@pytest.mark.parametrize("fmt,method,options", [("gptq", "gptq", (("act_order", True),)), ("awq", "awq", ())],
+                         ids=["gptq-act-order", "awq"])
+def test_calibrated_methods_write_folders_the_loader_reads(tmp_path: object, fmt: str, method: str,
+                                                           options: tuple) -> None:
+    """The real GPTQ (with act order: g_idx and desc_act) and AWQ through the driver into their own formats."""
+    out = tmp_path / fmt
+    convert_int(IntConvertRequest(model=str(model_path("tiny-llama")), format=fmt, group_size=32, method=method,
+                                  method_options=options, ctx=64, chunks=4, output=out, threads=2, verify="none"))
+    qc = Checkpoint.open(out).config["quantization_config"]
+    if fmt == "gptq":
+        assert qc["desc_act"] is True
+        assert not np.array_equal(Checkpoint.open(out).read_raw("model.layers.0.mlp.down_proj.g_idx"),
+                                  np.arange(672) // 32)
     check_against_loader("tiny-llama", out)
