@@ -20,6 +20,7 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --type Q8_0 --verify full             # also compare every tensor with the source
   quantcli convert ./model --type Q3_K_M --calibrate calib.txt        # imatrix from calib.txt, then quantize
   quantcli convert ./model --recipe q4_k_m-imatrix                     # built-in text, 100 chunks of 512
+  quantcli convert ./model --type Q4_K_M --method gptq --calibrate calib.txt   # GPTQ on the K-quant blocks
   quantcli convert ./model --format compressed-tensors --scheme W4A16 -o model-W4A16/
   quantcli convert ./model --format compressed-tensors --scheme W4A16_ASYM --group-size 64 --method mse
   quantcli convert ./model --format bnb-nf4 -o model-nf4/
@@ -42,7 +43,7 @@ def convert(
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
-    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search).")] = "minmax",
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN) or mse (RTN with a clip search); for GGUF K-quant types, gptq (with --calibrate).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format (4 or 8); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
@@ -75,8 +76,9 @@ def convert(
                                           symmetric=sym, ignore=tuple(ignore or ()), output=output, threads=threads,
                                           dry_run=dry_run, verify=verify, double_quant=double_quant), json=json)
             return
-        if (scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax"
-                or not double_quant):
+        gguf_method = method.lower() if method.lower() == "gptq" else None   # GPTQ on K-quants (docs/gguf-gptq.md)
+        if (scheme or bits is not None or group_size is not None or sym is not None or ignore
+                or method not in ("minmax", "gptq") or not double_quant):
             raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore apply to folder formats.",
                              hint="Add --format compressed-tensors, or use --type for GGUF.")
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
@@ -87,7 +89,8 @@ def convert(
             type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
             tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
-                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force)
+                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force,
+                                 method=gguf_method)
         execute(request, json=json)
 
     run(body)
