@@ -84,61 +84,54 @@ def main() -> None:
     f32 = work / "f32.gguf"
     if not f32.exists():
         quantcli_convert(source, "F32", f32)
-    rows: list[tuple[str, str, Path, float | None]] = []
     llama_imatrix = work / "llama-imatrix.gguf"
     if args.llama_bin and not llama_imatrix.exists():
         log("llama-imatrix")
         subprocess.run([str(args.llama_bin / "llama-imatrix"), "-m", str(f32), "-f", str(calib), "-c", str(CTX),
                         "--chunks", str(args.calib_chunks), "-t", str(args.threads), "-o", str(llama_imatrix)],
                        capture_output=True, check=True)
-    for mix in args.types:
+    special = SpecialIds.from_metadata(gguf_metadata(f32))
+    chunks = chunk_tokens(text_tokens(source, evalt.read_text(encoding="utf-8"), special), CTX, args.eval_chunks)
+    base = work / "base.kld"
+    if args.llama_bin and not base.exists():
+        log("llama-perplexity base logits")
+        subprocess.run([str(args.llama_bin / "llama-perplexity"), "-m", str(f32), "-f", str(evalt), "-c", str(CTX),
+                        "--chunks", str(args.eval_chunks), "-t", str(args.threads), "--kl-divergence-base",
+                        str(base)], capture_output=True, check=True)
+    print(f"Machine: {machine()}; {dt.date.today()}; calibration: builtin:calibration, {args.calib_chunks} chunks "
+          f"of {CTX}; evaluation: builtin:eval, {args.eval_chunks} chunks of {CTX}; threads {args.threads}.\n")
+    print("| type | file | bytes | KLD mean (engine) | KLD p99 (engine) | PPL (engine) | KLD mean (llama-perplexity) "
+          "| wall time |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    for mix in args.types:   # each type is scored as soon as its files exist, so a long run reports as it goes
+        rows: list[tuple[str, Path, float | None]] = []
         plain = work / f"{mix}-plain.gguf"
         if not plain.exists():
             log(f"{mix} plain")
             quantcli_convert(source, mix, plain)
-        rows.append((mix, "plain (no imatrix)", plain, None))
+        rows.append(("plain (no imatrix)", plain, None))
         if args.llama_bin:
             own = work / f"{mix}-llama-imatrix.gguf"
             if not own.exists():
                 log(f"{mix} llama-quantize --imatrix")
                 subprocess.run([str(args.llama_bin / "llama-quantize"), "--imatrix", str(llama_imatrix), str(f32),
                                 str(own), mix, str(args.threads)], capture_output=True, check=True)
-            rows.append((mix, "llama.cpp imatrix", own, None))
+            rows.append(("llama.cpp imatrix (llama-imatrix + llama-quantize)", own, None))
         gptq = work / f"{mix}-gptq.gguf"
         log(f"{mix} gptq")
         seconds = quantcli_convert(source, mix, gptq, method="gptq", calib_chunks=args.calib_chunks,
                                    threads=args.threads)
-        rows.append((mix, "quantcli --method gptq", gptq, seconds))
-
-    log("scoring with the engine")
-    special = SpecialIds.from_metadata(gguf_metadata(rows[0][2]))
-    tokens = text_tokens(source, evalt.read_text(encoding="utf-8"), special)
-    chunks = chunk_tokens(tokens, CTX, args.eval_chunks)
-    src = Engine.from_hf(source, threads=args.threads)
-    outs = [Engine.from_gguf(path, source=source, threads=args.threads) for _, _, path, _ in rows]
-    results = score_outputs(src, outs, chunks, special.bos)
-    llama = {}
-    if args.llama_bin:
-        base = work / "base.kld"
-        if not base.exists():
-            log("llama-perplexity base logits")
-            subprocess.run([str(args.llama_bin / "llama-perplexity"), "-m", str(f32), "-f", str(evalt), "-c", str(CTX),
-                            "--chunks", str(args.eval_chunks), "-t", str(args.threads), "--kl-divergence-base",
-                            str(base)], capture_output=True, check=True)
-        for _, _, path, _ in rows:
-            log(f"llama-perplexity {path.name}")
-            llama[path] = llama_kld(args.llama_bin, base, path, evalt, args.eval_chunks, args.threads)
-    print(f"Machine: {machine()}; {dt.date.today()}; calibration: builtin:calibration, {args.calib_chunks} chunks "
-          f"of {CTX}; evaluation: builtin:eval, {args.eval_chunks} chunks of {CTX}; threads {args.threads}.\n")
-    print("| type | file | bytes | KLD mean (engine) | KLD p99 (engine) | PPL (engine) | KLD mean (llama-perplexity) "
-          "| GPTQ wall time |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for (mix, label, path, seconds), r in zip(rows, results):
-        lk = f"{llama[path]:.5f}" if path in llama else "-"
-        t = f"{seconds:.0f} s (whole convert)" if seconds is not None else "-"
-        print(f"| {mix} | {label} | {path.stat().st_size:,} | {r.kld_mean:.5f} | {r.kld_p99:.4f} | {r.ppl:.3f} "
-              f"| {lk} | {t} |")
-
+        rows.append(("quantcli --method gptq", gptq, seconds))
+        log(f"{mix} scoring")
+        src = Engine.from_hf(source, threads=args.threads)
+        outs = [Engine.from_gguf(path, source=source, threads=args.threads) for _, path, _ in rows]
+        results = score_outputs(src, outs, chunks, special.bos)
+        for (label, path, secs), r in zip(rows, results):
+            lk = f"{llama_kld(args.llama_bin, base, path, evalt, args.eval_chunks, args.threads):.5f}" \
+                if args.llama_bin else "-"
+            t = f"{secs:.0f} s (whole convert)" if secs is not None else "-"
+            print(f"| {mix} | {label} | {path.stat().st_size:,} | {r.kld_mean:.5f} | {r.kld_p99:.4f} | {r.ppl:.3f} "
+                  f"| {lk} | {t} |", flush=True)
 
 if __name__ == "__main__":
     main()
