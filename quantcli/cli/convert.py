@@ -121,6 +121,9 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
             c = result.calibration
             out.print(f"{'cached' if c.cached else 'wrote'} {c.path} (imatrix: {c.chunks} chunks of {c.ctx} tokens "
                       f"from {c.data_name})", highlight=False)
+        for g in result.gptq:
+            out.print(f"gptq: {g['tensors']} matrices ({', '.join(f'{n} {t}' for t, n in g['types'].items())}) on "
+                      f"{g['chunks']} chunks of {g['ctx']} tokens in {g['seconds']:.0f} s", highlight=False)
         for o in result.outputs:
             size = human_bytes(o.path.stat().st_size)
             if o.cached:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
     from .calibrate import CalibrationOutcome
+    from ..stages.gptq_gguf import GPTQResult
 
 VERIFY_LEVELS = ("none", "structure", "full")
 
@@ -306,7 +307,8 @@ def check_method(request: ConvertRequest) -> None:
         check_gptq_mix(spec.type)
 
 
-def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[Plan, Path]], threads: int) -> list:
+def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[Plan, Path]],
+                    threads: int) -> list[GPTQResult]:
     """The GPTQ pass of every output about to be written (one walk over the blocks each: their types differ)."""
     from ..recipe.schema import CalibrateSpec
     from ..stages.calibrate import CalibrateOptions

@@ -4,6 +4,9 @@ Needs the built test models (slow).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,3 +65,14 @@ def test_gptq_refuses_non_k_types_and_missing_text(tmp_path: Path) -> None:
         convert(ConvertRequest(model=model, recipe=recipe_from_type("Q4_K_M"), output=tmp_path / "y.gguf",
                                method="gptq"))
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_cli_refuses_gptq_for_a_legacy_type_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "x.gguf"
+    done = subprocess.run([sys.executable, "-m", "quantcli.cli.app", "convert", str(model_path("tiny-llama")), "--type",
+                           "Q4_0", "--method", "gptq", "--calibrate", "builtin:calibration", "-o", str(out)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "QUANTCLI_NO_PROGRESS": "1", "QUANTCLI_DEBUG": ""})
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "Q4_K_M" in done.stderr and "Q4_0" in done.stderr
+    assert not out.exists()
