@@ -258,6 +258,8 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
         overrides = _gptq_overrides(request, source, writing, threads) if request.method else None
         if overrides is not None:
             result.gptq = [r.manifest() for r in overrides]
+        if overrides:   # the block matrices GPTQ leaves to the quantize stage take the walk's importance weights
+            imatrix = _walk_importance(overrides[0], request)
         digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress,
                               overrides=[r.overrides for r in overrides] if overrides is not None else None)
         spent = (time.perf_counter() - t0) / len(todo)
@@ -321,6 +323,13 @@ def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[P
     data = load_calibration_text(spec.data, field=spec.field)
     options = CalibrateOptions(ctx=spec.ctx, chunks=spec.chunks, threads=threads)
     return [gptq_overrides(source, plan, data, options) for plan, _ in writing]
+
+
+def _walk_importance(result: GPTQResult, request: ConvertRequest) -> ImportanceMatrix:
+    from ..quant.imatrix import ImportanceMatrix
+
+    return ImportanceMatrix(Path(f"gptq:{request.calibrate_data or 'recipe calibrate data'}"), result.importance,
+                            (), result.chunks)
 
 
 def imatrix_targets(plans: list[Plan]) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
-from ..plan import Plan, TensorPlan
+from ..plan import FLOAT_TYPES, Plan, TensorPlan
 from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, DEFAULT_CTX, CalibrateOptions, chunk_tokens, special_ids
@@ -41,6 +41,9 @@ ROW_TRANSFORMS = (PermuteRope, Concat)
 @dataclass
 class GPTQResult:
     overrides: dict[str, np.ndarray]                 # GGUF tensor name -> encoded rows [rows, row_bytes] uint8
+    # GGUF tensor name -> mean square input per column, seen in the same walk (inputs of the quantized earlier
+    # blocks): the importance weights for the block matrices GPTQ does not encode (a mix's Q5_0/Q8_0 fallbacks)
+    importance: dict[str, np.ndarray]
     ctx: int
     chunks: int
     seconds: float
@@ -74,18 +77,25 @@ def gptq_targets(plan: Plan) -> dict[str, TensorPlan]:
 
 
 class _Hessians:
-    """X^T X and the token count per input group of one block, filled by the engine's capture calls."""
+    """X^T X and the token count per input group of one block, filled by the engine's capture calls; also the
+    sum of squares per column for the block's other quantized matrices (`squares`: HF name -> GGUF name)."""
 
-    def __init__(self, wanted: Mapping[str, str]) -> None:
+    def __init__(self, wanted: Mapping[str, str], squares: Mapping[str, str], sums: dict[str, np.ndarray],
+                 counts: dict[str, int]) -> None:
         self.wanted = wanted                     # HF name -> group; only the first name of a group is fed
         self.h: dict[str, np.ndarray] = {}
         self.n: dict[str, int] = {}
+        self.squares, self.sums, self.counts = squares, sums, counts
 
     def __call__(self, name: str, x: np.ndarray) -> None:
+        rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        tensor = self.squares.get(name)
+        if tensor is not None:
+            self.sums[tensor] = self.sums.get(tensor, 0) + np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+            self.counts[tensor] = self.counts.get(tensor, 0) + rows.shape[0]
         group = self.wanted.get(name)
         if group is None:
             return
-        rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         part = (rows.T @ rows).astype(np.float64)   # float32 BLAS per chunk, summed in float64
         if group in self.h:
             self.h[group] += part
@@ -104,6 +114,12 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
     check_gptq_mix(plan.mix)
     started = time.perf_counter()
     targets = gptq_targets(plan)
+    # every other quantized block matrix gets importance weights from the same walk (first source, as calibrate)
+    squares = {t.spec.sources[0]: t.name for t in plan.tensors
+               if t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.spec.sources
+               and t.qtype not in FLOAT_TYPES and t.spec.sources[0] not in targets}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
     engine = Engine.from_hf(Path(source), threads=options.threads)
     backend = get_backend()
     encoded: dict[str, np.ndarray] = {}
@@ -118,7 +134,7 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
         n_layer = None
         for step in engine.blocks(chunks):
             names = [n for n in step.linears if n in targets]
-            if not names:
+            if not names and not any(n in squares for n in step.linears):
                 continue
             wanted: dict[str, str] = {}
             seen: set[str] = set()
@@ -127,7 +143,7 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
                 if group not in seen:
                     wanted[n] = group
                     seen.add(group)
-            hess = _Hessians(wanted)
+            hess = _Hessians(wanted, squares, sums, counts)
             step.forward(capture=hess)
             for n in names:
                 group = SHARED_INPUT.get(step.role(n), n)
@@ -146,7 +162,8 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
     for t in {id(t): t for t in targets.values()}.values():
         if all(s in encoded for s in t.spec.sources):
             overrides[t.name] = encoded_tensor(t, [encoded[s] for s in t.spec.sources])
-    return GPTQResult(overrides, ctx, len(chunks), time.perf_counter() - started, per_type)
+    importance = {name: (total / max(counts[name], 1)).astype(np.float32) for name, total in sums.items()}
+    return GPTQResult(overrides, importance, ctx, len(chunks), time.perf_counter() - started, per_type)
 
 
 def encoded_tensor(t: TensorPlan, parts: list[np.ndarray]) -> np.ndarray:
