@@ -20,6 +20,7 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --type Q8_0 --verify full             # also compare every tensor with the source
   quantcli convert ./model --type Q3_K_M --calibrate calib.txt        # imatrix from calib.txt, then quantize
   quantcli convert ./model --recipe q4_k_m-imatrix                     # built-in text, 100 chunks of 512
+  quantcli convert ./model --type Q4_K_M --method gptq --calibrate calib.txt   # GPTQ on the K-quant blocks
   quantcli convert ./model --format compressed-tensors --scheme W4A16 -o model-W4A16/
   quantcli convert ./model --format compressed-tensors --scheme W4A16_ASYM --group-size 64 --method mse
   quantcli convert ./model --format bnb-nf4 -o model-nf4/
@@ -47,7 +48,7 @@ def convert(
     verify: Annotated[str, typer.Option("--verify", help="After writing: none, structure (reopen and check), or full (also error vs source).")] = "structure",
     format: Annotated[str, typer.Option("--format", help="gguf (default); compressed-tensors (a safetensors folder transformers and vLLM load); bnb-nf4 (bitsandbytes 4-bit); gptq (AutoGPTQ/GPTQModel v1); awq (AutoAWQ GEMM).")] = "gguf",
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="Integer scheme of a folder format: W4A16 (default), W4A16_ASYM, W8A16, W8A8.")] = None,
-    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), the calibrated gptq and awq (they read --calibrate), or splitquant (SplitQuantV2, see docs/splitquant.md).")] = "minmax",
+    method: Annotated[str, typer.Option("--method", help="How integer values are chosen: minmax (RTN), mse (RTN with a clip search), hqq (asymmetric schemes: HQQ zero points and scales), the calibrated gptq and awq (they read --calibrate), or splitquant (SplitQuantV2, see docs/splitquant.md); for GGUF K-quant types, gptq (with --calibrate, docs/gguf-gptq.md).")] = "minmax",
     bits: Annotated[Optional[int], typer.Option("--bits", help="Weight bits of a folder format: 4 or 8 (gptq also 2; awq 4 only); picks W4A16 or W8A16 when --scheme is absent.")] = None,
     group_size: Annotated[Optional[int], typer.Option("--group-size", help="Values per scale: 32, 64, 128, or 0 for one scale per output channel. Default: the scheme's (128).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric codes, or asymmetric with zero points. Default: the scheme's.", show_default=False)] = None,
@@ -99,11 +100,12 @@ def convert(
                                           calibrate=calibrate, ctx=ctx, chunks=chunks, method_options=options),
                         json=json)
             return
-        if (scheme or bits is not None or group_size is not None or sym is not None or ignore or method != "minmax"
-                or not double_quant or ctx is not None or chunks is not None or damp is not None or act_order
-                or method_option):
+        gguf_method = method.lower() if method.lower() == "gptq" else None   # GPTQ on K-quants (docs/gguf-gptq.md)
+        if (scheme or bits is not None or group_size is not None or sym is not None or ignore
+                or method.lower() not in ("minmax", "gptq") or not double_quant or ctx is not None or chunks is not None
+                or damp is not None or act_order or method_option):
             raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore/--ctx/--chunks/--damp/"
-                             "--act-order/--method-option apply to folder formats.",
+                             "--act-order/--method-option apply to folder formats (GGUF takes --method gptq alone).",
                              hint="Add --format compressed-tensors, or use --type for GGUF.")
         if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
             raise InputError("--recipe cannot be combined with --type/--tensor-type/--output-tensor-type/"
@@ -131,7 +133,8 @@ def convert(
                 print_json(records[0] if len(records) == 1 else {"recipe": rec.name, "outputs": records})
             return
         request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
-                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force)
+                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force,
+                                 method=gguf_method)
         execute(request, json=json)
 
     run(body)
@@ -165,6 +168,9 @@ def execute(request, *, json: bool, emit: bool = True) -> dict | None:  # type: 
             c = result.calibration
             out.print(f"{'cached' if c.cached else 'wrote'} {c.path} (imatrix: {c.chunks} chunks of {c.ctx} tokens "
                       f"from {c.data_name})", highlight=False)
+        for g in result.gptq:
+            out.print(f"gptq: {g['tensors']} matrices ({', '.join(f'{n} {t}' for t, n in g['types'].items())}) on "
+                      f"{g['chunks']} chunks of {g['ctx']} tokens in {g['seconds']:.0f} s", highlight=False)
         for o in result.outputs:
             size = human_bytes(o.path.stat().st_size)
             if o.cached:

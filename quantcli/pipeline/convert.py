@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
     from .calibrate import CalibrationOutcome
+    from ..stages.gptq_gguf import GPTQResult
 
 VERIFY_LEVELS = ("none", "structure", "full")
 
@@ -48,6 +49,8 @@ class ConvertRequest:
     imatrix: Path | None = None
     calibrate_data: str | None = None   # compute the imatrix from this text first (the recipe's calibrate section
                                         # gives ctx and chunks; without one, the defaults)
+    method: str | None = None           # "gptq": GPTQ error compensation on the K-quant matrices, calibrated on
+                                        # calibrate_data (stages/gptq_gguf.py) instead of an imatrix
     # The pipeline's services, off by default for library callers; the CLI turns them on.
     cache_dir: Path | None = None       # stage cache root (pipeline.cache); None: no caching
     force: bool = False                 # redo every stage even when the cache holds it
@@ -78,6 +81,7 @@ class ConvertResult:
     snapshot: Snapshot | None = None
     manifest: Path | None = None
     calibration: CalibrationOutcome | None = None
+    gptq: list[dict] = field(default_factory=list)   # per written output, what the GPTQ pass did
 
 
 def recipe_from_type(mix: str | None, *, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
@@ -185,7 +189,9 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
     snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,
                                 local_only=request.local_only)
     ckpt = Checkpoint.open(snapshot.path)
-    calibration = calibrate_first(request, snapshot, warn or _default_warn)
+    if request.method is not None:
+        check_method(request)
+    calibration = None if request.method else calibrate_first(request, snapshot, warn or _default_warn)
     if calibration is not None:
         request = replace(request, imatrix=calibration.path)
     imatrix = load_imatrix(request.imatrix) if request.imatrix else None
@@ -195,7 +201,8 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
 
         check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
     # a dry run computes no imatrix but plans as if it had one: some mix rules depend on it
-    planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run else None)
+    # GPTQ plans as with an imatrix too: its calibration text plays that part, and the mix must be the same
+    planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run or request.method else None)
     plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
              for spec in request.recipe.outputs]
     if imatrix is not None:
@@ -235,7 +242,8 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
     source = snapshot.path
     threads = request.threads or os.cpu_count() or 1
     backend = _backend_name()
-    cache = StageCache(request.cache_dir, warn=warn) if request.cache_dir is not None else None
+    # GPTQ outputs depend on the calibration text and the method, which the quantize key does not hold: not cached
+    cache = StageCache(request.cache_dir, warn=warn) if request.cache_dir is not None and not request.method else None
     fingerprint = fingerprint_folder(source, snapshot.files, snapshot.commit) if cache or request.manifest else {}
     im_sha = imatrix_identity(request.imatrix) if cache or request.manifest else None
     keys = [quantize_key(plan, fingerprint, backend=backend, imatrix_sha256=im_sha) for plan in plans]
@@ -251,7 +259,13 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
         if on_write is not None:
             on_write(writing)
         t0 = time.perf_counter()
-        digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress)
+        overrides = _gptq_overrides(request, source, writing, threads) if request.method else None
+        if overrides is not None:
+            result.gptq = [r.manifest() for r in overrides]
+        if overrides:   # the block matrices GPTQ leaves to the quantize stage take the walk's importance weights
+            imatrix = _walk_importance(overrides[0], request)
+        digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress,
+                              overrides=[r.overrides for r in overrides] if overrides is not None else None)
         spent = (time.perf_counter() - t0) / len(todo)
         for i, digest in zip(todo, digests):
             entries[i].seconds = spent
@@ -277,6 +291,49 @@ def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: Outp
                                           skip=set(broken))
     if failures:
         raise failures[0]
+
+
+METHODS = ("gptq",)
+
+
+def check_method(request: ConvertRequest) -> None:
+    """--method on GGUF output: only gptq, with calibration text, no --imatrix, and K-quant mixes."""
+    from ..stages.gptq_gguf import check_gptq_mix
+
+    if request.method not in METHODS:
+        raise InputError(f"--method {request.method} does not apply to GGUF output.",
+                         hint="Use --method gptq with a K-quant --type, or a folder --format for other methods.")
+    if request.imatrix is not None:
+        raise InputError("--method gptq cannot be combined with --imatrix: it computes its own statistics.",
+                         hint="Give the calibration text with --calibrate instead.")
+    if request.calibrate_data is None and request.recipe.calibrate is None:
+        raise InputError("--method gptq needs calibration text.",
+                         hint="Add --calibrate FILE (or --calibrate builtin:calibration).")
+    for spec in request.recipe.outputs:
+        check_gptq_mix(spec.type)
+
+
+def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[Plan, Path]],
+                    threads: int) -> list[GPTQResult]:
+    """The GPTQ pass of every output about to be written (one walk over the blocks each: their types differ)."""
+    from ..recipe.schema import CalibrateSpec
+    from ..stages.calibrate import CalibrateOptions
+    from ..stages.calibration_data import load_calibration_text
+    from ..stages.gptq_gguf import gptq_overrides
+
+    spec = request.recipe.calibrate or CalibrateSpec()
+    if request.calibrate_data is not None:
+        spec = replace(spec, data=request.calibrate_data)
+    data = load_calibration_text(spec.data, field=spec.field)
+    options = CalibrateOptions(ctx=spec.ctx, chunks=spec.chunks, threads=threads)
+    return [gptq_overrides(source, plan, data, options) for plan, _ in writing]
+
+
+def _walk_importance(result: GPTQResult, request: ConvertRequest) -> ImportanceMatrix:
+    from ..quant.imatrix import ImportanceMatrix
+
+    return ImportanceMatrix(Path(f"gptq:{request.calibrate_data or 'recipe calibrate data'}"), result.importance,
+                            (), result.chunks)
 
 
 def imatrix_targets(plans: list[Plan]) -> list[str]:
@@ -363,6 +420,8 @@ def _write_manifest(request: ConvertRequest, result: ConvertResult, layout: Outp
                               imatrix={"path": str(request.imatrix), "sha256": im_sha} if request.imatrix else None)
     if result.calibration is not None:
         manifest["calibration"] = result.calibration.manifest()
+    if result.gptq:
+        manifest["gptq"] = result.gptq
     return write_manifest(path, manifest)
 
 

@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import ExitStack, closing
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -214,9 +214,21 @@ def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
                               hint="Free disk space or write elsewhere with -o.")
 
 
+def _check_overrides(plan: Plan, given: Mapping[str, np.ndarray]) -> None:
+    """Every override names a planned tensor and has exactly its planned bytes (the header was sized by the plan)."""
+    planned = {t.name: t for t in plan.tensors}
+    for name, data in given.items():
+        t = planned.get(name)
+        if t is None:
+            raise ValueError(f"encoded rows given for {name}, which the plan does not write")
+        if data.dtype != np.uint8 or data.nbytes != t.nbytes:
+            raise ValueError(f"{name}: encoded rows hold {data.nbytes} bytes ({data.dtype}), the plan needs {t.nbytes}")
+
+
 def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threads: int = 1,
                 backend: Backend | None = None, imatrix: ImportanceMatrix | None = None,
-                progress: Progress | None = None) -> list[str]:
+                progress: Progress | None = None,
+                overrides: Sequence[Mapping[str, np.ndarray] | None] | None = None) -> list[str]:
     """Write several planned GGUFs from one read of `ckpt`: each source tensor is read once for all outputs.
     Returns each file's sha256, computed as it was written.
 
@@ -224,6 +236,9 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     temporary files are removed and no final name is touched. Reading runs ahead on one thread and writing
     behind on another (stages/overlap.py), so the calling thread only feeds the kernels; one tensor waits to be
     encoded and one to be written (depth 1 each: every extra slot would hold one more tensor in memory).
+
+    `overrides`, one mapping per output (or None), gives already encoded rows for some tensors by GGUF name (the
+    GPTQ pass, stages/gptq_gguf.py); they are written as they are, in the planned type and size.
     """
     names = [t.name for t in outputs[0][0].tensors]
     for plan, _ in outputs[1:]:
@@ -232,6 +247,9 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     check_free_space(outputs)
     enc = Encoder(backend or get_backend(), threads, imatrix)
     first_plan = outputs[0][0]
+    given = [dict(o or {}) for o in (overrides or [None] * len(outputs))]
+    for (plan, _), o in zip(outputs, given):
+        _check_overrides(plan, o)
 
     def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
         for t in first_plan.tensors:   # every output plans the same sources and transform for a tensor
@@ -250,9 +268,10 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
         # closing(): an error or Ctrl-C stops the reader now, not when the traceback that holds it is freed
         with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
             for i, (raw, stored) in enumerate(sources):
-                for (plan, _), writer in zip(outputs, writers):
+                for (plan, _), writer, done in zip(outputs, writers, given):
                     t = plan.tensors[i]
-                    sink.submit((writer, t, enc.encode(t, raw, stored)))
+                    ready = done.get(t.name)
+                    sink.submit((writer, t, ready if ready is not None else enc.encode(t, raw, stored)))
                 del raw, stored
         for w in writers:
             w.commit()

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
                       make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, make_qp_quants, pack_2bit, per_sub_block, requantize,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, LevelCodes, make_qp_quants, pack_2bit, per_sub_block, requantize,
                       running_max_from_zero, super_block_sigma2, unpack_2bit)
 
 #: Q2_K's quants run 0..NMAX; sub-block scales and mins are 4 bits (0..SCALE_MAX).
@@ -58,13 +58,19 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return block_bytes(rows.shape[0], packed, pack_2bit(L), fp16_field(d), fp16_field(dmin))
 
 
-class Q2_K(QuantType, qtype=GGMLQuantizationType.Q2_K):
+class Q2_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q2_K):
     fp16_offsets = (80, 82)  # byte offsets of the block's fp16 scale fields
+    levels = NMAX + 1
+    quant_span = (16, 16 + QK_K // 4)
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         return _encode(rows, imatrix)
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        return pack_2bit(L)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

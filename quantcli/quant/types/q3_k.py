@@ -16,12 +16,20 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax, fp16_field, fp16_value,
                       imatrix_weights, make_qx_quants, nearest_int, read_fp16, seq_sum, to_columns)
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, SCALE6_OFFSET, make_q3_quants, pack_2bit, pack_q3_scales,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, SCALE6_OFFSET, LevelCodes, make_q3_quants, pack_2bit, pack_q3_scales,
                       per_sub_block, requantize, super_block_sigma2, unpack_2bit, unpack_q3_scales)
 
 #: Q3_K's levels are q + NMAX with q in -NMAX..NMAX-1; sub-block scales are 6-bit signed (-32..31).
 NMAX = 4
 SUB = 16
+
+
+def _pack_quants(L: np.ndarray) -> np.ndarray:
+    """(n_super, 256) levels 0..7 -> (n_super, 96) bytes: the high-bit mask, then the low 2 bits."""
+    high = L > 3
+    hmask = np.bitwise_or.reduce(high.reshape(-1, 8, 32).astype(np.int32) << np.arange(8).reshape(1, 8, 1), axis=1)
+    low = np.where(high, L - 4, L)
+    return np.concatenate([hmask.astype(np.uint8), pack_2bit(low)], axis=1)
 
 
 def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -48,19 +56,22 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
             packed = pack_q3_scales(Ls.T)
         dq = (fp16_value(d)[:, None] * unpack_q3_scales(packed).astype(F32)).reshape(-1)
     L = requantize(xt, L.astype(np.int32), dq, None, -NMAX, NMAX - 1, NMAX).T.reshape(n_super, QK_K)
-    high = L > 3
-    hmask = np.bitwise_or.reduce(high.reshape(-1, 8, 32).astype(np.int32) << np.arange(8).reshape(1, 8, 1), axis=1)
-    low = np.where(high, L - 4, L)
-    return block_bytes(rows.shape[0], hmask.astype(np.uint8), pack_2bit(low), packed, fp16_field(d))
+    return block_bytes(rows.shape[0], _pack_quants(L), packed, fp16_field(d))
 
 
-class Q3_K(QuantType, qtype=GGMLQuantizationType.Q3_K):
+class Q3_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q3_K):
     fp16_offsets = (108,)  # byte offsets of the block's fp16 scale fields
+    levels = 2 * NMAX
+    quant_span = (0, QK_K // 8 + QK_K // 4)
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         return _encode(rows, imatrix)
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        return _pack_quants(L)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

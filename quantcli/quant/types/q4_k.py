@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import block_bytes, fp16_field, read_fp16
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, LevelCodes, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q4_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -22,14 +22,20 @@ NMAX = 15
 REF_SEARCH = (-1.0, 0.1, 20)
 
 
-class Q4_K(QuantType, qtype=GGMLQuantizationType.Q4_K):
+class Q4_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q4_K):
     fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
+    levels = NMAX + 1
+    quant_span = (16, 16 + QK_K // 2)
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod
     def encode_chunk(cls, chunk: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=False)
-        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, pack_4bit_pairs(L))
+        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, cls.pack_levels(L))
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        return pack_4bit_pairs(L)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import block_bytes, fp16_field, read_fp16
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, LevelCodes, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q5_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -25,8 +25,10 @@ def _pack_high_bits(L: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce((hi << shifts).reshape(-1, 8, 32), axis=1).astype(np.uint8)
 
 
-class Q5_K(QuantType, qtype=GGMLQuantizationType.Q5_K):
+class Q5_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q5_K):
     fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
+    levels = NMAX + 1
+    quant_span = (16, 16 + QK_K // 8 + QK_K // 2)
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod
@@ -34,8 +36,11 @@ class Q5_K(QuantType, qtype=GGMLQuantizationType.Q5_K):
         # Q5_K's imatrix path clamps the 6-bit levels to 63 where Q4_K's does not (it only matters for
         # the negative levels a degenerate search could give, which wrap modulo 256).
         d, dmin, scales, L = encode_scale_min_32(chunk, imatrix, NMAX, REF_SEARCH, clamp_qp_levels=True)
-        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, _pack_high_bits(L),
-                           pack_4bit_pairs(L))
+        return block_bytes(chunk.shape[0], fp16_field(d), fp16_field(dmin), scales, cls.pack_levels(L))
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        return np.concatenate([_pack_high_bits(L), pack_4bit_pairs(L)], axis=1)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

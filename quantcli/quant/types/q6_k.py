@@ -18,13 +18,23 @@ from gguf import GGMLQuantizationType
 from ..base import QuantType
 from ._common import (F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
                       fp16_field, fp16_value, make_qx_quants, nearest_int, read_fp16, to_columns)
-from ._kquant import KQUANT_CHUNK_BLOCKS, QK_K, requantize
+from ._kquant import KQUANT_CHUNK_BLOCKS, QK_K, LevelCodes, requantize
 
 #: Q6_K's levels are q + NMAX with q in -NMAX..NMAX-1; the largest scale maps to SCALE_LEVELS (as -128).
 NMAX = 32
 SCALE_LEVELS = 128
 SCALE_CAP = 127
 SUB = 16
+
+
+def _pack_quants(L: np.ndarray) -> np.ndarray:
+    """(n_super, 256) levels 0..63 -> (n_super, 192) bytes: ql then qh (module docstring)."""
+    Lb = L.reshape(-1, 2, 4, 32)
+    ql = np.concatenate([(Lb[:, :, 0] & 0xF) | ((Lb[:, :, 2] & 0xF) << 4),
+                         (Lb[:, :, 1] & 0xF) | ((Lb[:, :, 3] & 0xF) << 4)], axis=2).reshape(-1, QK_K // 2)
+    qh = ((Lb[:, :, 0] >> 4) | ((Lb[:, :, 1] >> 4) << 2) | ((Lb[:, :, 2] >> 4) << 4)
+          | ((Lb[:, :, 3] >> 4) << 6)).reshape(-1, QK_K // 4)
+    return np.concatenate([(ql & 0xFF).astype(np.uint8), (qh & 0xFF).astype(np.uint8)], axis=1)
 
 
 def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -42,24 +52,24 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         q8 = c_low_byte(np.minimum(SCALE_CAP, nearest_int(iscale[:, None] * sc)), signed=True)
         dq = (fp16_value(d)[:, None] * q8.astype(F32)).reshape(-1)
     L = requantize(xt, L.astype(np.int32), dq, None, -NMAX, NMAX - 1, NMAX).T.reshape(n_super, QK_K)
-    Lb = L.reshape(-1, 2, 4, 32)
-    ql = np.concatenate([(Lb[:, :, 0] & 0xF) | ((Lb[:, :, 2] & 0xF) << 4),
-                         (Lb[:, :, 1] & 0xF) | ((Lb[:, :, 3] & 0xF) << 4)], axis=2).reshape(-1, QK_K // 2)
-    qh = ((Lb[:, :, 0] >> 4) | ((Lb[:, :, 1] >> 4) << 2) | ((Lb[:, :, 2] >> 4) << 4)
-          | ((Lb[:, :, 3] >> 4) << 6)).reshape(-1, QK_K // 4)
-    blocks = block_bytes(n_super, (ql & 0xFF).astype(np.uint8), (qh & 0xFF).astype(np.uint8),
-                         (q8 & 0xFF).astype(np.uint8), fp16_field(d))
+    blocks = block_bytes(n_super, _pack_quants(L), (q8 & 0xFF).astype(np.uint8), fp16_field(d))
     blocks[empty] = 0                        # ggml writes an all-zero block when every scale is ~0
     return blocks.reshape(rows.shape[0], -1)
 
 
-class Q6_K(QuantType, qtype=GGMLQuantizationType.Q6_K):
+class Q6_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q6_K):
     fp16_offsets = (208,)  # byte offsets of the block's fp16 scale fields
+    levels = 2 * NMAX
+    quant_span = (0, QK_K // 2 + QK_K // 4)
     chunk_blocks = KQUANT_CHUNK_BLOCKS
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         return _encode(rows, imatrix)
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        return _pack_quants(L)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:
