@@ -5,8 +5,9 @@ into model-0000i-of-0000n.safetensors shards with a model.safetensors.index.json
 Every file goes through io.atomic; the folder writer builds the whole folder under a hidden name and renames it
 into place at the end, so a reader never sees half a model.
 
+    >>> import tempfile
     >>> entries = [TensorEntry("w", "I32", (4, 2))]
-    >>> with SafetensorsWriter(Path("x.safetensors"), entries) as w:
+    >>> with SafetensorsWriter(Path(tempfile.mkdtemp()) / "x.safetensors", entries) as w:
     ...     w.write("w", np.zeros((4, 2), np.int32))
 """
 from __future__ import annotations
