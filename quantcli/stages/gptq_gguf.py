@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
 from ..plan import FLOAT_TYPES, Plan, TensorPlan
 from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
 from ..quant.backend import get_backend
-from .calibrate import BLOCK_PREFIX, DEFAULT_CTX, CalibrateOptions, chunk_tokens, special_ids
+from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
 from .calibration_data import CalibrationText
+from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
 
 #: Mixes whose block matrices are K-quants (a few may be Q8_0/F16, which the quantize stage encodes as usual).
 GPTQ_MIXES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
@@ -130,7 +132,9 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
             raise InputError(f"--ctx {ctx} is longer than the model's context of {engine.n_ctx_train} tokens.",
                              hint=f"Use --ctx {min(DEFAULT_CTX, engine.n_ctx_train)} or less.")
         special = special_ids(plan.metadata)
-        chunks = chunk_tokens(text_tokens(Path(source), data.text, special), ctx, options.chunks, special.bos)
+        tokens = text_tokens(Path(source), data.text, special)
+        require_chunks(len(tokens), ctx, "the calibration text")
+        chunks = with_bos(chunk_tokens(tokens, ctx, options.chunks), special.bos)
         n_layer = None
         for step in engine.blocks(chunks):
             names = [n for n in step.linears if n in targets]
