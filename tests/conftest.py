@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 from collections.abc import Iterator
 from typing import Callable
 
@@ -30,6 +31,29 @@ def models_only_in_slow_tests(request: pytest.FixtureRequest, tmp_path_factory: 
     folder below) the day it starts to need a model without saying so."""
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv(MODELS_ENV, str(tmp_path_factory.getbasetemp() / "no-models-outside-slow-tests"))
+
+
+# Where huggingface_hub and transformers look for the hub cache, as the suite was started. Some libraries the
+# interop tests import change these for the whole process (tokenicer, which gptqmodel imports, even at collection,
+# sets HF_HOME and HF_HUB_CACHE), and a later test's subprocess would inherit them: a test's own HF_HOME would
+# then point nowhere.
+HUB_CACHE_KEYS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE")
+HUB_CACHE_AT_START = {key: os.environ.get(key) for key in HUB_CACHE_KEYS}
+
+
+def _restore_hub_cache_keys() -> None:
+    for key, value in HUB_CACHE_AT_START.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def hub_cache_as_started() -> Iterator[None]:
+    _restore_hub_cache_keys()
+    yield
+    _restore_hub_cache_keys()
 
 
 @pytest.fixture(scope="session", autouse=True)
