@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import InputError, UnsupportedError
 from ..io.imatrix import ImatrixStats, MatrixStats
 from .calibration_data import CalibrationText
-from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
+from .chunks import calibration_chunks, resolve_ctx
 
 if TYPE_CHECKING:
     from .eval_text import SpecialIds
@@ -164,14 +164,10 @@ def calibrate(source: Path, data: CalibrationText, options: CalibrateOptions,
     model = SourceModel.open(Checkpoint.open(Path(source)))
     engine = Engine.from_hf(Path(source), threads=options.threads)
     try:
-        ctx = min(DEFAULT_CTX, engine.n_ctx_train) if options.ctx is None else options.ctx
-        if ctx > engine.n_ctx_train:
-            raise InputError(f"--ctx {ctx} is longer than the model's context of {engine.n_ctx_train} tokens.",
-                             hint=f"Use --ctx {min(DEFAULT_CTX, engine.n_ctx_train)} or less.")
+        ctx = resolve_ctx(options.ctx, engine.n_ctx_train)
         special = special_ids(model.tokenizer(None))
         tokens = text_tokens(Path(source), data.text, special)
-        require_chunks(len(tokens), ctx, "the calibration text")
-        chunks = with_bos(chunk_tokens(tokens, ctx, options.chunks), special.bos)
+        chunks = calibration_chunks(tokens, ctx, options.chunks, special.bos)
         routes = routes_for(model.specs, process_output=options.process_output)
         entries = collect(engine.run, chunks, routes, progress)
     finally:

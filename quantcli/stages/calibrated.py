@@ -35,7 +35,7 @@ from ..quant.int.encode import encode_weight
 from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
 from ..quant.int.scheme import IntScheme
 from ..safetensors_plan import IntPlan, ModulePlan
-from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
+from .chunks import calibration_chunks, resolve_ctx
 from .calibration_data import CalibrationText
 from .pack_safetensors import scale_dtype
 from .spool import ChoiceSpool
@@ -85,14 +85,10 @@ def calibration_tokens(source: Path, data: CalibrationText, options: CalibratedO
     from .calibrate import special_ids
     from .eval_text import text_tokens
 
-    ctx = min(DEFAULT_CTX, n_ctx_train) if options.ctx is None else options.ctx
-    if ctx > n_ctx_train:
-        raise InputError(f"--ctx {ctx} is longer than the model's context of {n_ctx_train} tokens.",
-                         hint=f"Use --ctx {min(DEFAULT_CTX, n_ctx_train)} or less.")
+    ctx = resolve_ctx(options.ctx, n_ctx_train)
     special = special_ids(SourceModel.open(Checkpoint.open(Path(source))).tokenizer(None))
     tokens = text_tokens(Path(source), data.text, special)
-    require_chunks(len(tokens), ctx, "the calibration text")
-    return with_bos(chunk_tokens(tokens, ctx, DEFAULT_CHUNKS if options.chunks is None else options.chunks), special.bos)
+    return calibration_chunks(tokens, ctx, DEFAULT_CHUNKS if options.chunks is None else options.chunks, special.bos)
 
 
 def dequantize(codes: IntCodes, scheme: IntScheme, dtype: str, g_idx: np.ndarray | None) -> np.ndarray:

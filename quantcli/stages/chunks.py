@@ -54,3 +54,20 @@ def with_bos(chunks: np.ndarray, bos: int | None) -> np.ndarray:
     given = chunks.copy()
     given[:, 0] = bos
     return given
+
+
+def resolve_ctx(ctx: int | None, n_ctx_train: int) -> int:
+    """--ctx as given, or DEFAULT_CTX capped at the model's context; longer than the model's context is refused."""
+    if ctx is None:
+        return min(DEFAULT_CTX, n_ctx_train)
+    if ctx > n_ctx_train:
+        raise InputError(f"--ctx {ctx} is longer than the model's context of {n_ctx_train} tokens.",
+                         hint=f"Use --ctx {min(DEFAULT_CTX, n_ctx_train)} or less.")
+    return ctx
+
+
+def calibration_chunks(tokens: np.ndarray, ctx: int, n_chunks: int | None, bos: int | None) -> np.ndarray:
+    """What a calibration pass (imatrix, GPTQ, AWQ) gives the model: at least MIN_CHUNKS chunks of the text, the
+    first `n_chunks` of them (None: all), each starting with BOS when the vocabulary adds one."""
+    require_chunks(len(tokens), ctx, "the calibration text")
+    return with_bos(chunk_tokens(tokens, ctx, n_chunks), bos)

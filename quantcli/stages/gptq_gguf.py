@@ -28,7 +28,7 @@ from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kqua
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
 from .calibration_data import CalibrationText
-from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
+from .chunks import calibration_chunks, resolve_ctx
 
 #: Mixes whose block matrices are K-quants (a few may be Q8_0/F16, which the quantize stage encodes as usual).
 GPTQ_MIXES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
@@ -127,14 +127,9 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
     encoded: dict[str, np.ndarray] = {}
     per_type: dict[str, int] = {}
     try:
-        ctx = min(DEFAULT_CTX, engine.n_ctx_train) if options.ctx is None else options.ctx
-        if ctx > engine.n_ctx_train:
-            raise InputError(f"--ctx {ctx} is longer than the model's context of {engine.n_ctx_train} tokens.",
-                             hint=f"Use --ctx {min(DEFAULT_CTX, engine.n_ctx_train)} or less.")
+        ctx = resolve_ctx(options.ctx, engine.n_ctx_train)
         special = special_ids(plan.metadata)
-        tokens = text_tokens(Path(source), data.text, special)
-        require_chunks(len(tokens), ctx, "the calibration text")
-        chunks = with_bos(chunk_tokens(tokens, ctx, options.chunks), special.bos)
+        chunks = calibration_chunks(text_tokens(Path(source), data.text, special), ctx, options.chunks, special.bos)
         n_layer = None
         for step in engine.blocks(chunks):
             names = [n for n in step.linears if n in targets]
