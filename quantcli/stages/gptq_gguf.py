@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
 from ..plan import FLOAT_TYPES, Plan, TensorPlan
 from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
+from ..quant.algorithms.hessian import Hessians
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
 from .calibration_data import CalibrationText
@@ -33,9 +34,6 @@ from .chunks import calibration_chunks, resolve_ctx
 #: Mixes whose block matrices are K-quants (a few may be Q8_0/F16, which the quantize stage encodes as usual).
 GPTQ_MIXES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
               "Q3_K", "Q4_K", "Q5_K")
-#: Roles that read the same input inside a block: their Hessian is computed once.
-SHARED_INPUT = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in", "attn_qkv": "attn_in",
-                "ffn_gate": "ffn_in", "ffn_up": "ffn_in", "ffn_gate_up": "ffn_in"}
 #: Transforms that only move or stack whole rows: they commute with a row-wise encoding and apply to its bytes.
 ROW_TRANSFORMS = (PermuteRope, Concat)
 
@@ -78,32 +76,22 @@ def gptq_targets(plan: Plan) -> dict[str, TensorPlan]:
     return out
 
 
-class _Hessians:
-    """X^T X and the token count per input group of one block, filled by the engine's capture calls; also the
-    sum of squares per column for the block's other quantized matrices (`squares`: HF name -> GGUF name)."""
+class _Capture:
+    """The walk's capture callback: X^T X of the GPTQ targets (quant.algorithms.hessian.Hessians), and the
+    per-column sum of squares an imatrix would hold for the block's other quantized matrices (`squares`: HF name
+    -> GGUF name), so those get importance weights from the same pass."""
 
-    def __init__(self, wanted: Mapping[str, str], squares: Mapping[str, str], sums: dict[str, np.ndarray],
+    def __init__(self, hessians: Hessians, squares: Mapping[str, str], sums: dict[str, np.ndarray],
                  counts: dict[str, int]) -> None:
-        self.wanted = wanted                     # HF name -> group; only the first name of a group is fed
-        self.h: dict[str, np.ndarray] = {}
-        self.n: dict[str, int] = {}
-        self.squares, self.sums, self.counts = squares, sums, counts
+        self.hessians, self.squares, self.sums, self.counts = hessians, squares, sums, counts
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         tensor = self.squares.get(name)
         if tensor is not None:
+            rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
             self.sums[tensor] = self.sums.get(tensor, 0) + np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
             self.counts[tensor] = self.counts.get(tensor, 0) + rows.shape[0]
-        group = self.wanted.get(name)
-        if group is None:
-            return
-        part = (rows.T @ rows).astype(np.float64)   # float32 BLAS per chunk, summed in float64
-        if group in self.h:
-            self.h[group] += part
-        else:
-            self.h[group] = part
-        self.n[group] = self.n.get(group, 0) + rows.shape[0]
+        self.hessians.capture(name, x)
 
 
 def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: CalibrateOptions, *,
@@ -135,19 +123,11 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
             names = [n for n in step.linears if n in targets]
             if not names and not any(n in squares for n in step.linears):
                 continue
-            wanted: dict[str, str] = {}
-            seen: set[str] = set()
+            hess = Hessians(names)     # q/k/v (gate/up) share one input: its X^T X is computed once
+            step.forward(capture=_Capture(hess, squares, sums, counts))
             for n in names:
-                group = SHARED_INPUT.get(step.role(n), n)
-                if group not in seen:
-                    wanted[n] = group
-                    seen.add(group)
-            hess = _Hessians(wanted, squares, sums, counts)
-            step.forward(capture=hess)
-            for n in names:
-                group = SHARED_INPUT.get(step.role(n), n)
                 qtype = targets[n].qtype
-                rows, deq = gptq_kquant(step.weight(n), hess.h[group], qtype, count=hess.n[group], options=method,
+                rows, deq = gptq_kquant(step.weight(n), hess.gram(n), qtype, count=hess.count(n), options=method,
                                         backend=backend, threads=max(1, options.threads))
                 step.set_weight(n, deq)
                 encoded[n] = rows

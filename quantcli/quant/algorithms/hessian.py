@@ -58,6 +58,12 @@ class Hessians:
         """Tokens accumulated for `name`."""
         return self._count[name]
 
+    def gram(self, name: str) -> np.ndarray:
+        """float64 [cols, cols]: sum x x^T over the captured tokens, unscaled (GPTQ on K-quants scales it itself)."""
+        if self._count[name] == 0:
+            raise ValueError(f"{name}: no inputs were captured")
+        return self._sum[name]
+
     def hessian(self, name: str) -> np.ndarray:
         """float64 [cols, cols]: 2/n * sum x x^T over the n captured tokens."""
         n = self._count[name]
