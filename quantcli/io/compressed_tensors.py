@@ -97,48 +97,10 @@ def quantization_config(scheme: IntScheme, ignore: list[str], actorder: str | No
 
 # ---- reading a folder back (verify, inspect, tests) ---------------------------------------------------------
 
-def folder_scheme(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The weights block of a compressed-tensors config (one config group), or None for an unquantized folder."""
-    qc = config.get("quantization_config")
-    if not isinstance(qc, dict) or qc.get("quant_method") != "compressed-tensors":
-        return None
-    groups = qc.get("config_groups") or {}
-    if len(groups) != 1:
-        raise ValueError(f"quantization_config has {len(groups)} config groups; quantcli reads folders with one")
-    group = next(iter(groups.values()))
-    return {**group["weights"], "format": group.get("format") or qc.get("format"),
-            "input_activations": group.get("input_activations"), "ignore": qc.get("ignore", [])}
-
-
 def quantized_modules(names: list[str] | dict[str, Any]) -> list[str]:
     """Modules stored quantized in a folder: those with a weight_scale."""
     return [n[: -len(".weight_scale")] for n in names if n.endswith(".weight_scale")]
 
-
-def dequantize_module(read: Any, names: dict[str, Any], module: str, weights: dict[str, Any],
-                      dense_dtype: str | None = None) -> np.ndarray:
-    """A quantized module's dense weight as a loader rebuilds it: (code - zero) * scale rounded to the scale's
-    stored dtype (or to dense_dtype, e.g. "F32" for a loader that widens the scales first), as float32.
-
-    `read(name)` returns a stored tensor (BF16 as uint16 bits); `names` is the folder's tensor table."""
-    from ..quant.int.packing import unpack_int32
-    from ..quant.int.rtn import IntCodes
-
-    bits, group = int(weights["num_bits"]), weights.get("group_size")
-    scale = read(f"{module}.weight_scale")
-    zp = None
-    if f"{module}.weight_packed" in names:
-        out, n = (int(v) for v in read(f"{module}.weight_shape"))
-        codes = unpack_int32(read(f"{module}.weight_packed"), bits, n)
-        if f"{module}.weight_zero_point" in names:
-            zp = unpack_int32(np.ascontiguousarray(read(f"{module}.weight_zero_point").T), bits, out).T
-    else:
-        codes = read(f"{module}.weight")
-        if f"{module}.weight_zero_point" in names:
-            zp = read(f"{module}.weight_zero_point")
-    dtype = dense_dtype or names[f"{module}.weight_scale"].dtype
-    return IntCodes(codes, scale, None if zp is None else np.ascontiguousarray(zp)).dequantize(
-        dtype, None if weights.get("strategy") == "channel" else group)
 
 
 # ---- the folder reader (io/quantized_folder.py's table) --------------------------------------------------
@@ -274,7 +236,9 @@ class CompressedTensorsReader(FolderReader):
                              hint="The folder is incomplete; re-create or re-download it.")
         return (int(out), int(n)), tuple(names)
 
-    def dense(self, module: str) -> np.ndarray:
+    def dense(self, module: str, dtype: str | None = None) -> np.ndarray:
+        """As the FolderReader; `dtype` rounds to another dtype than the scale's (e.g. "F32" for a loader that
+        widens the scales before multiplying)."""
         from ..quant.int.packing import unpack_int32
         from ..quant.int.rtn import round_to, scale_to_f32
 
@@ -300,7 +264,7 @@ class CompressedTensorsReader(FolderReader):
                 zp = unpack_int32(np.ascontiguousarray(zp.T), a.bits, out).T
             q = q - zp.astype(np.float32)[:, col_group]
         dense = q * scale[:, col_group]
-        return round_to(dense, t[f"{module}.weight_scale"].dtype)[1]
+        return round_to(dense, dtype or t[f"{module}.weight_scale"].dtype)[1]
 
 
 def open_reader(ckpt: Checkpoint) -> CompressedTensorsReader:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantcli.io import compressed_tensors as ct
+from quantcli.io.quantized_folder import open_folder_reader
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
 from tests.fixtures.paths import model_path
@@ -31,12 +31,13 @@ def test_hqq_folder_decompresses_to_our_weights(model: str, group: int, tmp_path
                                   output=out, threads=2, verify="none"))
     ckpt = Checkpoint.open(out)
     scheme = QuantizationScheme.model_validate(ckpt.config["quantization_config"]["config_groups"]["group_0"])
-    weights = ct.folder_scheme(ckpt.config)
+    reader = open_folder_reader(ckpt)
+    assert reader is not None
     tensors = load_file(str(out / "model.safetensors"))
-    modules = ct.quantized_modules(list(ckpt.tensors))
+    modules = list(reader.modules)
     assert modules
     for module in modules[:12]:
-        ours = ct.dequantize_module(ckpt.read_raw, ckpt.tensors, module, weights, None)
+        ours = reader.dense(module)
         local = {k[len(module) + 1:]: v for k, v in tensors.items() if k.startswith(module + ".weight_")}
         dense = PackedQuantizationCompressor.decompress(local, scheme)["weight"]
         assert np.array_equal(dense.float().numpy(), ours), module

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantcli.io import compressed_tensors as ct
+from quantcli.io.compressed_tensors import CompressedTensorsReader
 from quantcli.io.checkpoint import Checkpoint
+from quantcli.io.quantized_folder import open_folder_reader
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
 from tests.fixtures.paths import model_path
 
@@ -46,10 +47,9 @@ def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def _ours(out: object, dense_dtype: str | None = None) -> dict[str, np.ndarray]:
     """Our dequantization of every quantized weight, rounded to the stored scale dtype (or to dense_dtype)."""
-    ckpt = Checkpoint.open(out)
-    weights = ct.folder_scheme(ckpt.config)
-    return {f"{m}.weight": ct.dequantize_module(ckpt.read_raw, ckpt.tensors, m, weights, dense_dtype)
-            for m in ct.quantized_modules(list(ckpt.tensors))}
+    reader = open_folder_reader(Checkpoint.open(out))
+    assert isinstance(reader, CompressedTensorsReader)
+    return {f"{m}.weight": reader.dense(m, dense_dtype) for m in reader.modules}
 
 
 def _reference(model: str, dense: dict[str, np.ndarray]) -> object:

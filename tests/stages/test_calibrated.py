@@ -17,9 +17,8 @@ from safetensors.numpy import load_file, save_file
 
 from quantcli.engine import Engine
 from quantcli.errors import InputError
-from quantcli.io import compressed_tensors as ct
 from quantcli.io.checkpoint import Checkpoint
-from quantcli.io.quantized_folder import METHOD_KEY
+from quantcli.io.quantized_folder import METHOD_KEY, open_folder_reader
 from quantcli.io.safetensors import SafetensorsFile
 from quantcli.io.safetensors_writer import TensorEntry, write_tensors
 from quantcli.pipeline.convert_int import IntConvertRequest, IntConvertResult, convert_int
@@ -68,11 +67,10 @@ def dense_from_folder(folder: Path, dst: Path) -> Path:
     """A float32 checkpoint holding what a loader rebuilds from `folder` (quantized weights dequantized in the
     scale's dtype), so an engine walk over it sees the weights the calibrated walk put on its steps."""
     ckpt = Checkpoint.open(folder)
-    scheme = ct.folder_scheme(ckpt.config)
-    quantized = ct.quantized_modules(list(ckpt.tensors))
-    tensors = {f"{m}.weight": ct.dequantize_module(ckpt.read_raw, ckpt.tensors, m, scheme) for m in quantized}
-    parts = {f"{m}.{suffix}" for m in quantized for suffix in ("weight_packed", "weight_scale", "weight_shape",
-                                                                  "weight_zero_point")}
+    reader = open_folder_reader(ckpt)
+    assert reader is not None
+    tensors = {f"{m}.weight": reader.dense(m) for m in reader.modules}
+    parts = reader.stored_names()
     for name in ckpt.tensors:
         if name not in parts:
             tensors[name] = ckpt.read_f32(name)
@@ -146,7 +144,8 @@ def test_dense_choices_are_rtn_encoded_and_folded_norms_kept(tmp_path: Path, met
     source = Checkpoint.open(src)
     folder = Checkpoint.open(tmp_path / "out")
     scheme = SCHEMES["W4A16"].with_options(group_size=32)
-    weights = ct.folder_scheme(folder.config)
+    reader = open_folder_reader(folder)
+    assert reader is not None
     for i in range(2):
         norm = f"model.layers.{i}.input_layernorm.weight"
         np.testing.assert_array_equal(folder.read_raw(norm), source.read_f32(norm) * np.float32(1.25))
@@ -155,7 +154,7 @@ def test_dense_choices_are_rtn_encoded_and_folded_norms_kept(tmp_path: Path, met
         for proj, factor in (("self_attn.q_proj", 0.9), ("mlp.up_proj", 0.9), ("mlp.down_proj", 1.0)):
             module = f"model.layers.{i}.{proj}"
             want = encode(source.read_f32(module + ".weight") * np.float32(factor), scheme, "F32").dequantize("F32", 32)
-            got = ct.dequantize_module(folder.read_raw, folder.tensors, module, weights)
+            got = reader.dense(module)
             np.testing.assert_array_equal(got, want)
     for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
         np.testing.assert_array_equal(folder.read_raw(name), source.read_raw(name))
