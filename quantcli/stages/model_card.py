@@ -186,7 +186,7 @@ def scheme_name(scheme: dict) -> str:
 def folder_front_matter(info: FolderCardInfo) -> str:
     from huggingface_hub import ModelCardData
 
-    fmt = "bitsandbytes" if info.scheme.get("quant_method") == "bitsandbytes" else "compressed-tensors"
+    fmt = str(info.scheme.get("quant_method") or "compressed-tensors")     # the hub's tag for the format
     tags = ["quantized", "quantcli", fmt, f"{info.scheme.get('num_bits')}-bit"]
     if info.scheme.get("quant_method") == "bitsandbytes":
         tags.append("nf4")
@@ -196,14 +196,42 @@ def folder_front_matter(info: FolderCardInfo) -> str:
     return "---\n" + data.to_yaml() + "\n---\n"
 
 
+@dataclass(frozen=True)
+class FolderLoader:
+    """What a card says about loading one folder format: its name, the pip packages, vLLM's flags, a note."""
+
+    label: str          # may name {format}, the folder's own format field
+    packages: str
+    vllm_flags: str
+    note: str
+
+
+# quant_method -> how that folder is loaded (the formats quantcli writes, docs/int-formats.md)
+FOLDER_LOADERS: dict[str, FolderLoader] = {
+    "compressed-tensors": FolderLoader(
+        "compressed-tensors ({format})", "transformers compressed-tensors", "",
+        "vLLM picks the compressed-tensors kernels from config.json; transformers decompresses on load."),
+    "bitsandbytes": FolderLoader(
+        "bitsandbytes 4-bit (NF4)", "transformers accelerate bitsandbytes", " --quantization bitsandbytes",
+        "quantcli's tests load such folders on a CPU with bitsandbytes 0.50; GPUs need a CUDA build of it."),
+    "gptq": FolderLoader(
+        "GPTQ (checkpoint_format {format})", "transformers optimum gptqmodel", "",
+        "transformers loads GPTQ folders through optimum and gptqmodel; vLLM reads quantization_config."),
+    "awq": FolderLoader(
+        "AWQ ({format})", "transformers optimum gptqmodel", "",
+        "transformers loads AWQ GEMM folders through gptqmodel; vLLM reads quantization_config."),
+}
+
+
 def render_folder_card(info: FolderCardInfo) -> str:
     """The README.md of a quantized folder: scheme, how to load it, verify figures, provenance."""
     s = info.scheme
     title = info.repo_id.split("/")[-1]
     src = f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "the source model"
     made = f"[quantcli]({QUANTCLI_URL})" + (f" {info.quantcli_version}" if info.quantcli_version else "")
+    loader = FOLDER_LOADERS.get(str(s.get("quant_method")), FOLDER_LOADERS["compressed-tensors"])
     bnb = s.get("quant_method") == "bitsandbytes"
-    fmt = "bitsandbytes 4-bit (NF4)" if bnb else f"compressed-tensors ({s.get('format')})"
+    fmt = loader.label.format(format=s.get("format"))
     lines = [folder_front_matter(info), f"# {title}", "",
              f"{scheme_name(s)} weights of {src} in the {fmt} format, made with {made}. "
              "transformers and vLLM load the folder as it is; the quantization is described in config.json's "
@@ -223,7 +251,7 @@ def render_folder_card(info: FolderCardInfo) -> str:
              ("Size", _size(info.total_bytes))]
     lines += ["## Quantization", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     lines += _folder_quality(info.quality)
-    lines += _how_to_load(info.repo_id, bnb)
+    lines += _how_to_load(info.repo_id, loader)
     lines += ["## Provenance", ""]
     if info.base_model:
         lines.append(f"- Source: `{info.base_model}`")
@@ -248,13 +276,8 @@ def _folder_quality(q: dict | None) -> list[str]:
             f"{_figure(None if q.get('same_top1') is None else 100 * q['same_top1'], '.2f')} % |", ""]
 
 
-def _how_to_load(repo_id: str, bnb: bool) -> list[str]:
-    if bnb:
-        packages, vllm = "transformers accelerate bitsandbytes", f"vllm serve {repo_id} --quantization bitsandbytes"
-        note = "quantcli's tests load such folders on a CPU with bitsandbytes 0.50; GPUs need a CUDA build of it."
-    else:
-        packages, vllm = "transformers compressed-tensors", f"vllm serve {repo_id}"
-        note = "vLLM picks the compressed-tensors kernels from config.json; transformers decompresses on load."
+def _how_to_load(repo_id: str, loader: FolderLoader) -> list[str]:
+    packages, vllm, note = loader.packages, f"vllm serve {repo_id}" + loader.vllm_flags, loader.note
     return ["## Load it", "", "### transformers", "", "```sh", f"pip install {packages}", "```", "", "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",

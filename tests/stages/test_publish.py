@@ -284,6 +284,14 @@ def test_an_nf4_folder_card_names_bitsandbytes(tmp_path: Path) -> None:
     assert "## Quality" not in card                          # no verify record, no figures
 
 
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_gptq_and_awq_folder_cards_name_their_own_loader(tmp_path: Path, fmt: str) -> None:
+    card = plan_publish(int_folder(tmp_path, format=fmt, group_size=32), f"me/tiny-{fmt}").card
+    assert fmt in front_matter(card)["tags"] and "compressed-tensors" not in front_matter(card)["tags"]
+    assert "pip install transformers optimum gptqmodel" in card and "compressed-tensors" not in card
+    assert f"vllm serve me/tiny-{fmt}" in card
+
+
 def test_a_folder_that_missed_its_thresholds_or_is_not_quantized_is_refused(tmp_path: Path) -> None:
     folder = int_folder(tmp_path, scheme="W8A16", group_size=32)
     (folder / "quantcli-verify.json").write_text(json.dumps({"ok": False, "failure": "mean KL divergence 0.3"}))
