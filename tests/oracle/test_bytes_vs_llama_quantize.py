@@ -80,12 +80,37 @@ def write_imatrix(source: Path, path: Path, seed: int = 0) -> dict[str, np.ndarr
     return weights
 
 
+# The mixes whose SmolLM2 files llama.cpp also scores (test_perplexity_equals_the_peer_file): the byte test's pair
+# of files is kept for the session so the perplexity test does not quantize them a second time.
+PPL_MODEL = "SmolLM2-135M-Instruct"
+PPL_MIXES = ("Q8_0", "Q4_K_M", "Q2_K", "IQ4_XS")
+
+
+@pytest.fixture(scope="session")
+def plain_pair(f32_input, tmp_path_factory: pytest.TempPathFactory):
+    kept: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(model: str, mix: str, folder: Path) -> tuple[Path, Path]:
+        """(ours, llama.cpp's) files of `mix` without an imatrix; kept across tests for the perplexity mixes."""
+        key = (model, mix)
+        if key in kept:
+            return kept[key]
+        if model == PPL_MODEL and mix in PPL_MIXES:
+            folder = tmp_path_factory.mktemp(f"pair-{mix}")
+        peer = folder / "peer.gguf"
+        assert llama_quantize(f32_input(model), peer, QuantizeRun(MIXES[mix].ftype)) == 0
+        pair = (ours(model, mix, folder / "ours.gguf"), peer)
+        if model == PPL_MODEL and mix in PPL_MIXES:
+            kept[key] = pair
+        return pair
+
+    return get
+
+
 @pytest.mark.parametrize("mix", MIX_NAMES)
 @pytest.mark.parametrize("model", MODELS)
-def test_same_bytes_as_llama_quantize(f32_input, tmp_path: Path, model: str, mix: str) -> None:
-    peer = tmp_path / "peer.gguf"
-    assert llama_quantize(f32_input(model), peer, QuantizeRun(MIXES[mix].ftype)) == 0
-    assert_same_tensors(ours(model, mix, tmp_path / "ours.gguf"), peer)
+def test_same_bytes_as_llama_quantize(plain_pair, tmp_path: Path, model: str, mix: str) -> None:
+    assert_same_tensors(*plain_pair(model, mix, tmp_path))
 
 
 def test_mixes_that_need_an_imatrix_are_refused_without_one(f32_input, tmp_path: Path) -> None:
@@ -146,12 +171,9 @@ def perplexity(path: Path, tokens: list[int]) -> float:
     return math.exp(nll)
 
 
-@pytest.mark.parametrize("mix", ("Q8_0", "Q4_K_M", "Q2_K", "IQ4_XS"))
-def test_perplexity_equals_the_peer_file(f32_input, tmp_path: Path, mix: str) -> None:
-    model = "SmolLM2-135M-Instruct"
-    peer = tmp_path / "peer.gguf"
-    assert llama_quantize(f32_input(model), peer, QuantizeRun(MIXES[mix].ftype)) == 0
-    mine = ours(model, mix, tmp_path / "ours.gguf")
+@pytest.mark.parametrize("mix", PPL_MIXES)
+def test_perplexity_equals_the_peer_file(plain_pair, tmp_path: Path, mix: str) -> None:
+    mine, peer = plain_pair(PPL_MODEL, mix, tmp_path)
     text = ENGLISH.read_text()[:1500]
     tokens = llama_cpp.Llama(model_path=str(mine), vocab_only=True, verbose=False).tokenize(text.encode(), add_bos=False)[:192]
     ppl_ours, ppl_peer = perplexity(mine, tokens), perplexity(peer, tokens)
