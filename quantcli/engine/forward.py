@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +47,26 @@ class _Block:
         return self.w.get(role)
 
 
+@cache
+def _blas():  # type: ignore[no-untyped-def]
+    """threadpoolctl's view of the loaded BLAS, inspected once (each fresh inspection scans the loaded libraries)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def _threads_limit(threads: int):  # type: ignore[no-untyped-def]
     """A context that holds BLAS to `threads` threads (0: leave BLAS as configured)."""
     import contextlib
 
     if threads <= 0:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency; a bare install still runs
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
+    return _blas().limit(limits=threads, user_api="blas")
+
+
+def _blas_threads() -> int:
+    """The BLAS's current thread count (1 when no BLAS reports one)."""
+    return max([int(lib.get("num_threads", 1)) for lib in _blas().info() if lib.get("user_api") == "blas"] or [1])
 
 
 class Engine:
@@ -67,6 +78,7 @@ class Engine:
         self.threads = threads
         self._rope_cache: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._mask_cache: dict[tuple[int, bool], np.ndarray] = {}
+        self._pool: ThreadPoolExecutor | None = None     # attention's workers, made on first use
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -90,7 +102,16 @@ class Engine:
         return self.spec.is_encoder
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self.source.close()
+
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            n = self.threads if self.threads > 0 else _blas_threads()
+            self._pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="quantcli-attn")
+        return self._pool
 
     # -- public passes ----------------------------------------------------------------------------------
     def run(self, tokens: np.ndarray, *, capture: Capture | None = None, logits: bool = True,
@@ -286,25 +307,35 @@ class Engine:
         # causal models take query rows in blocks and skip the key columns a block cannot see (those after its
         # last row, and before its first row's window), which halves the work at long contexts
         rows = min(QUERY_BLOCK if causal else ctx, max(1, SCORE_ROWS // max(1, nh)))
-        for s in range(n_seq):
-            ks, vs = np.ascontiguousarray(kt[s]), np.ascontiguousarray(vv[s])
+        scale = F32(spec.attn_scale)
+
+        def one(s: int, r0: int) -> None:
+            """Query rows r0.. of sequence s, every head: out[s, r0:r1] (tasks write disjoint rows)."""
             # additive mask: 0 where attending is allowed, -inf elsewhere (every row keeps its own position)
-            seq_bias = allowed if key_mask is None else allowed + np.where(key_mask[s], F32(0), F32(-np.inf))[None, :]
-            for r0 in range(0, ctx, rows):
-                r1 = min(ctx, r0 + rows)
-                n = r1 - r0
-                k0 = max(0, r0 - window + 1) if window is not None else 0
-                k1 = r1 if causal else ctx
-                # (kv, group * rows, hd) @ (kv, hd, keys): equal batch dims, so numpy hands each slice to BLAS
-                qs = np.ascontiguousarray(qg[s, :, :, r0:r1]).reshape(nkv, group * n, hd)
-                scores = (qs @ ks[:, :, k0:k1]).reshape(nkv, group, n, k1 - k0)
-                scores *= F32(spec.attn_scale)
-                if spec.attn_softcap is not None:
-                    scores = ops.softcap(scores, spec.attn_softcap)
-                scores += seq_bias[r0:r1, k0:k1]
-                ops.softmax_inplace(scores)
-                o = scores.reshape(nkv, group * n, k1 - k0) @ vs[:, k0:k1]          # kv, group * rows, hd
-                out[s, r0:r1] = o.reshape(nkv, group, n, hd).transpose(2, 0, 1, 3)
+            bias = allowed if key_mask is None else allowed + np.where(key_mask[s], F32(0), F32(-np.inf))[None, :]
+            r1 = min(ctx, r0 + rows)
+            n = r1 - r0
+            k0 = max(0, r0 - window + 1) if window is not None else 0
+            k1 = r1 if causal else ctx
+            # (kv, group * rows, hd) @ (kv, hd, keys): equal batch dims, so numpy hands each slice to BLAS
+            qs = np.ascontiguousarray(qg[s, :, :, r0:r1]).reshape(nkv, group * n, hd)
+            scores = (qs @ kt[s, :, :, k0:k1]).reshape(nkv, group, n, k1 - k0)
+            scores *= scale
+            if spec.attn_softcap is not None:
+                scores = ops.softcap(scores, spec.attn_softcap)
+            scores += bias[r0:r1, k0:k1]
+            ops.softmax_inplace(scores)
+            o = scores.reshape(nkv, group * n, k1 - k0) @ vv[s, :, k0:k1]          # kv, group * rows, hd
+            out[s, r0:r1] = o.reshape(nkv, group, n, hd).transpose(2, 0, 1, 3)
+
+        # Each task's matmuls are small (a head's rows x keys): BLAS's own threads cost more in hand-offs than they
+        # gain, and slow down by orders of magnitude when the machine is busy. So BLAS runs them on one thread and
+        # the tasks (sequence, query block) share the engine's workers; numpy releases the GIL inside them.
+        kt, vv = np.ascontiguousarray(kt), np.ascontiguousarray(vv)
+        tasks = [(s, r0) for s in range(n_seq) for r0 in range(0, ctx, rows)]
+        with _threads_limit(1):
+            for _ in self._workers().map(lambda t: one(*t), tasks):
+                pass
         return out.reshape(n_seq * ctx, nh * hd)
 
     def _allowed(self, i: int, ctx: int) -> np.ndarray:
