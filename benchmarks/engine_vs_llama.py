@@ -1,9 +1,10 @@
 """quantcli's engine against llama.cpp's own tools: speed of calibrate and verify, and agreement of the figures.
 
-    python -m benchmarks.engine_vs_llama --models models [--chunks 20] [--threads 2,1]
-        [--bench-out docs/benchmarks.md] [--quality-out docs/quality.md] [--work DIR]
+    python -m benchmarks.engine_vs_llama --models models [--model SmolLM2-135M-Instruct] [--chunks 20]
+        [--threads 2,1] [--bench-out docs/benchmarks.md] [--quality-out docs/quality.md] [--work DIR]
 
-On SmolLM2-135M-Instruct, ctx 512, the same text and the same number of chunks for both sides:
+On one model (SmolLM2-135M-Instruct by default; `make bench` also runs the 168M bench Llama), ctx 512, the same
+text and the same number of chunks for both sides:
 
 - speed, per thread count, each pair run back to back (llama.cpp first, then quantcli):
   `quantcli calibrate` (HF folder) against `llama-imatrix --no-ppl` (the F32 GGUF of the same weights);
@@ -16,8 +17,8 @@ On SmolLM2-135M-Instruct, ctx 512, the same text and the same number of chunks f
   Q4_K_M from both runs above; the importance matrices of both calibrate runs per tensor, and the KL divergence of
   Q4_K_M quantized by quantcli with each of them (the same quantizer, so only the imatrix differs).
 
-The speed rows go into --bench-out, the agreement into --quality-out, each between its own marker lines (the
-rest of the file is kept; `make bench` runs this after benchmarks.run has rewritten docs/benchmarks.md). Both files
+The speed rows go into --bench-out, the agreement into --quality-out, each between its own marker lines, one pair
+per model (the rest of the file is kept; `make bench` runs this after benchmarks.run has rewritten docs/benchmarks.md). Both files
 are rewritten after every step, so an interrupted run leaves what it measured.
 """
 from __future__ import annotations
@@ -38,12 +39,18 @@ from typing import Any, Sequence
 from .llama_tools import tool
 from .run import machine
 
-MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 CTX = 512
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_K_M")
 PPL_TYPES = ("F16", "Q8_0", "Q4_K_M")
-BENCH_MARKERS = ("<!-- engine-vs-llama:begin (benchmarks/engine_vs_llama.py) -->", "<!-- engine-vs-llama:end -->")
-QUALITY_MARKERS = ("<!-- tools-agreement:begin (benchmarks/engine_vs_llama.py) -->", "<!-- tools-agreement:end -->")
+
+
+def markers(kind: str, model: str) -> tuple[str, str]:
+    """The lines around one model's section; the default model keeps the unsuffixed markers of earlier runs."""
+    tag = "" if model == DEFAULT_MODEL else f" {model}"
+    return f"<!-- {kind}:begin (benchmarks/engine_vs_llama.py){tag} -->", f"<!-- {kind}:end{tag} -->"
+
+
 QUANTCLI_ENV = {"QUANTCLI_NO_PROGRESS": "1"}
 RESULTS = "results.json"
 STEPS = ("calibrate", "ppl", "kld", "more-threads", "agreement")
@@ -134,7 +141,7 @@ def our_ppl(path: Path, source: Path, text: Path, chunks: int, threads: int) -> 
     from quantcli.engine import Engine
     from quantcli.stages.eval_text import SpecialIds, text_tokens
     from quantcli.stages.chunks import chunk_tokens, with_bos
-    from quantcli.stages.perplexity import PerplexityScorer
+    from quantcli.stages.perplexity import PerplexityScorer, first_scored
     from quantcli.stages.verify import open_layout
 
     special = SpecialIds.from_metadata(open_layout(path).values)
@@ -143,7 +150,8 @@ def our_ppl(path: Path, source: Path, text: Path, chunks: int, threads: int) -> 
     engine = Engine.from_gguf(path, source=source, threads=threads)
     scorer = PerplexityScorer(CTX)
     try:
-        for chunk, logits in zip(cut, engine.run(with_bos(cut, special.bos)), strict=True):
+        for chunk, logits in zip(cut, engine.run(with_bos(cut, special.bos), logits_from=first_scored(CTX)),
+                                 strict=True):
             scorer.add(chunk, logits)
     finally:
         engine.close()
@@ -151,7 +159,7 @@ def our_ppl(path: Path, source: Path, text: Path, chunks: int, threads: int) -> 
     return {"ppl": r.ppl, "n_scored": r.n_scored, "n_chunks": r.n_chunks}
 
 
-def same_tokens(base: Path, source: Path, text: Path, chunks: int) -> bool:
+def same_tokens(base: Path, source: Path, text: Path, chunks: int, gguf: Path) -> bool:
     """Whether llama-perplexity evaluated the tokens our chunker cuts: its --kl-divergence-base file starts with
     "_logits_", n_ctx (u32), n_vocab and n_chunk (i32), then the chunks' original tokens (int32)."""
     import numpy as np
@@ -164,7 +172,7 @@ def same_tokens(base: Path, source: Path, text: Path, chunks: int) -> bool:
         head = f.read(20)
         n_ctx, _, n_chunk = np.frombuffer(head[8:20], dtype="<i4")
         theirs = np.frombuffer(f.read(4 * int(n_ctx) * int(n_chunk)), dtype="<i4").reshape(n_chunk, n_ctx)
-    special = SpecialIds.from_metadata(open_layout(base.with_name("smol-F32.gguf")).values)
+    special = SpecialIds.from_metadata(open_layout(gguf).values)
     ours = chunk_tokens(text_tokens(source, text.read_text(encoding="utf-8"), special), CTX, chunks)
     return ours.shape == theirs.shape and bool((ours == theirs).all())
 
@@ -174,10 +182,34 @@ def last_json(text: str) -> Any:
     return json.loads(text[start + 1 if start >= 0 else text.index("{"):])
 
 
+def with_fast_tokenizer(source: Path, work: Path) -> Path:
+    """`source`, or a copy in `work` with a tokenizer.json when it ships only a SentencePiece tokenizer.model.
+
+    The 168M bench Llama carries tokenizer.model alone, so that llama.cpp's own converter (the benchmarks' other
+    peer) reads it; quantcli tokenizes text with a fast tokenizer. transformers converts the same SentencePiece
+    model into one, the weights are linked, and the GGUF files are still made from `source` (its SPM vocabulary),
+    so both sides tokenize with the same model; same_tokens() checks that they cut the same chunks.
+    """
+    if (source / "tokenizer.json").is_file():
+        return source
+    copy = work / f"{source.name}-fast-tokenizer"
+    if not (copy / "tokenizer.json").is_file():
+        copy.mkdir(parents=True, exist_ok=True)
+        for item in source.iterdir():
+            if not (copy / item.name).exists():
+                (copy / item.name).symlink_to(item.resolve())
+        # in a child: transformers in this process would raise the peak RSS every later child inherits
+        run([sys.executable, "-c", "import sys; from transformers import AutoTokenizer; "
+             "AutoTokenizer.from_pretrained(sys.argv[1], use_fast=True).save_pretrained(sys.argv[2])",
+             str(source), str(copy)], work / "fast-tokenizer.log")
+    return copy
+
+
 # -- the measurements -----------------------------------------------------------------------------------------------
 @dataclass
 class Results:
     chunks: int
+    model: str = DEFAULT_MODEL
     speed: list[dict[str, Any]] = field(default_factory=list)
     ppl: dict[str, tuple[float, float]] = field(default_factory=dict)          # type -> (ours, llama.cpp)
     kld: dict[str, dict[str, float]] = field(default_factory=dict)             # "ours" / "llama.cpp" -> figures
@@ -196,18 +228,19 @@ def speed_row(task: str, threads: int, tokens: int, peer: Run, ours: Run) -> dic
 
 
 class Bench:
-    def __init__(self, models: Path, work: Path, chunks: int, bench_out: Path | None, quality_out: Path | None) -> None:
-        self.source = models / MODEL
+    def __init__(self, models: Path, model: str, work: Path, chunks: int, bench_out: Path | None,
+                 quality_out: Path | None) -> None:
+        self.origin = self.source = models / model
         self.work = work
-        self.res = Results(chunks)
+        self.res = Results(chunks, model)
         self.bench_out, self.quality_out = bench_out, quality_out
         self.calib, self.eval = work / "calibration.txt", work / "eval.txt"
-        self.files = {t: work / f"smol-{t}.gguf" for t in GGUF_TYPES}
+        self.files = {t: work / f"{model}-{t}.gguf" for t in GGUF_TYPES}
         self.imatrices = {"llama.cpp": work / "imatrix-llama.gguf", "quantcli": work / "imatrix-ours.gguf"}
         saved = work / RESULTS
         if saved.is_file():
             data = json.loads(saved.read_text(encoding="utf-8"))
-            if data.get("chunks") == chunks:
+            if data.get("chunks") == chunks and data.get("model", DEFAULT_MODEL) == model:
                 data["ppl"] = {k: tuple(v) for k, v in data["ppl"].items()}
                 self.res = Results(**data)
 
@@ -218,13 +251,16 @@ class Bench:
     def prepare(self) -> None:
         from quantcli.stages.calibration_data import builtin_text
 
+        # the GGUF files come from the model's own folder; the text is tokenized through the fast tokenizer
+        self.source = with_fast_tokenizer(self.origin, self.work)
+
         # the shipped texts as plain files, so both sides read the same bytes
         for path, name in ((self.calib, "calibration"), (self.eval, "eval")):
             if not path.is_file():
                 path.write_text(builtin_text(name).text, encoding="utf-8")
         for qtype, path in self.files.items():
             if not path.is_file():
-                run(quantcli("convert", str(self.source), "--type", qtype, "-o", str(path), "--verify", "none"),
+                run(quantcli("convert", str(self.origin), "--type", qtype, "-o", str(path), "--verify", "none"),
                     self.work / f"convert-{qtype}.log", QUANTCLI_ENV)
 
     def calibrate(self, threads: int) -> None:
@@ -293,7 +329,8 @@ class Bench:
 
         base = self.work / "llama-base.kld"
         if base.is_file():
-            self.res.kld["tokens"] = {"identical": float(same_tokens(base, self.source, self.eval, self.res.chunks))}
+            self.res.kld["tokens"] = {"identical": float(same_tokens(base, self.source, self.eval, self.res.chunks,
+                                                                     self.files["F32"]))}
             base.unlink()   # n_chunks x ctx/2 x vocab 16-bit log-probabilities: hundreds of MB
         peer, ours = (load_imatrix(self.imatrices[k]).weights for k in ("llama.cpp", "quantcli"))
         common = sorted(set(peer) & set(ours))
@@ -306,8 +343,8 @@ class Bench:
                             "rel_mean": float(np.mean(list(rel.values())))}
         files = {}
         for who, im in self.imatrices.items():
-            files[who] = self.work / f"smol-Q4_K_M-imatrix-{who}.gguf"
-            run(quantcli("convert", str(self.source), "--type", "Q4_K_M", "--imatrix", str(im), "-o", str(files[who]),
+            files[who] = self.work / f"{self.res.model}-Q4_K_M-imatrix-{who}.gguf"
+            run(quantcli("convert", str(self.origin), "--type", "Q4_K_M", "--imatrix", str(im), "-o", str(files[who]),
                          "--verify", "none"), self.work / f"convert-imatrix-{who}.log", QUANTCLI_ENV)
         special = SpecialIds.from_metadata(open_layout(files["quantcli"]).values)
         tokens = text_tokens(self.source, self.eval.read_text(encoding="utf-8"), special)
@@ -338,9 +375,9 @@ class Bench:
         # kept beside the logs, so a run resumed with --steps renders the figures of the earlier steps too
         (self.work / RESULTS).write_text(json.dumps(asdict(self.res), indent=1), encoding="utf-8")
         if self.bench_out:
-            write_section(self.bench_out, BENCH_MARKERS, render_speed(self.res))
+            write_section(self.bench_out, markers("engine-vs-llama", self.res.model), render_speed(self.res))
         if self.quality_out:
-            write_section(self.quality_out, QUALITY_MARKERS, render_agreement(self.res))
+            write_section(self.quality_out, markers("tools-agreement", self.res.model), render_agreement(self.res))
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -355,8 +392,10 @@ def _when(res: Results) -> list[str]:
 
 
 def render_speed(res: Results) -> str:
-    lines = [BENCH_MARKERS[0], "", "## The engine against llama.cpp's tools: calibrate and verify", "",
-             f"SmolLM2-135M-Instruct, ctx {CTX}, {res.chunks} chunks ({res.chunks * CTX} tokens) of the same text on "
+    begin, end = markers("engine-vs-llama", res.model)
+    title = "" if res.model == DEFAULT_MODEL else f" ({res.model})"
+    lines = [begin, "", f"## The engine against llama.cpp's tools: calibrate and verify{title}", "",
+             f"{res.model}, ctx {CTX}, {res.chunks} chunks ({res.chunks * CTX} tokens) of the same text on "
              "both sides (`builtin:calibration` for calibrate, `builtin:eval` for perplexity), llama.cpp's tools "
              "built from the pinned sdist (`make llama-tools`). Each pair ran back to back, llama.cpp first. "
              "'speed ratio' is llama.cpp's time over quantcli's: above 1, quantcli is faster. Times are one run of "
@@ -366,13 +405,15 @@ def render_speed(res: Results) -> str:
              "norms; one chunk profiled at 1 and 2 threads): docs/engine.md, 'Where the time goes'.", ""]
     if res.speed:
         lines += _table(res.speed)
-    lines += ["", *_when(res), "", BENCH_MARKERS[1]]
+    lines += ["", *_when(res), "", end]
     return "\n".join(lines)
 
 
 def render_agreement(res: Results) -> str:
-    lines = [QUALITY_MARKERS[0], "", "### Against llama.cpp's own tools (llama-perplexity, llama-imatrix)", "",
-             f"SmolLM2-135M-Instruct, ctx {CTX}, the first {res.chunks} chunks of the same text on both sides; "
+    begin, end = markers("tools-agreement", res.model)
+    title = "" if res.model == DEFAULT_MODEL else f" ({res.model})"
+    lines = [begin, "", f"### Against llama.cpp's own tools (llama-perplexity, llama-imatrix){title}", "",
+             f"{res.model}, ctx {CTX}, the first {res.chunks} chunks of the same text on both sides; "
              "llama.cpp's command-line tools built from the pinned sdist (benchmarks/engine_vs_llama.py, part of "
              "`make bench`). Both score the second half of each chunk (the logits at positions 256..510 predict "
              f"tokens 257..511: {res.chunks * (CTX - 1 - CTX // 2)} scored tokens).", ""]
@@ -415,7 +456,7 @@ def render_agreement(res: Results) -> str:
                       f"| quantcli calibrate | {im['ppl_quantcli']:.4f} | {im['kld_quantcli']:.5f} |",
                       f"| llama-imatrix | {im['ppl_llama.cpp']:.4f} | {im['kld_llama.cpp']:.5f} |",
                       "", f"KLD difference: {100 * (im['kld_quantcli'] / im['kld_llama.cpp'] - 1):+.2f} %.", ""]
-    lines += [*_when(res), "", QUALITY_MARKERS[1]]
+    lines += [*_when(res), "", end]
     return "\n".join(lines)
 
 
@@ -432,6 +473,7 @@ def write_section(path: Path, markers: tuple[str, str], section: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="A model folder under --models.")
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--threads", default="2,1", help="Thread counts of the speed rows, first one also for agreement.")
     ap.add_argument("--bench-out", type=Path)
@@ -445,7 +487,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="engine-vs-llama-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bench = Bench(args.models, work, args.chunks, args.bench_out, args.quality_out)
+        bench = Bench(args.models, args.model, work, args.chunks, args.bench_out, args.quality_out)
         bench.prepare()
         first = threads[0]
         # the rows at the first thread count, which also give the agreement figures

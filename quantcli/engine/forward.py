@@ -114,7 +114,7 @@ class Engine:
         return self._pool
 
     # -- public passes ----------------------------------------------------------------------------------
-    def run(self, tokens: np.ndarray, *, capture: Capture | None = None, logits: bool = True,
+    def run(self, tokens: np.ndarray, *, capture: Capture | None = None, logits: bool = True, logits_from: int = 0,
             attention_mask: np.ndarray | None = None, token_types: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Run every block over all sequences now; return an iterator of per-sequence outputs.
 
@@ -122,8 +122,13 @@ class Engine:
         and in order, float32 logits [ctx, vocab] for a decoder, or the last hidden states [ctx, hidden] for an
         encoder or a bare transformer without an LM head (Qwen2Model; after its final norm). The output head's input is captured as each sequence's logits are produced; with logits=False
         it is captured here and the iterator is empty.
+
+        logits_from=p yields the logits of positions p..ctx-1 only ([ctx - p, vocab]): perplexity scores the second
+        half of each chunk, and the LM head is a large share of a pass (a 32k or 49k vocabulary).
         """
         tokens = self._check_tokens(tokens)
+        if not 0 <= logits_from < tokens.shape[1]:
+            raise ValueError(f"logits_from={logits_from} is outside the {tokens.shape[1]} positions")
         mask = self._check_mask(attention_mask, tokens.shape)
         with _threads_limit(self.threads):
             x = self._forward(tokens, capture, mask, token_types)
@@ -140,7 +145,7 @@ class Engine:
                 for s in range(x.shape[0]):
                     capture(name, ops.rms_norm(x[s], norm, self.spec.norm_eps))
             return iter(())
-        return self._logits(x, head, name, capture)
+        return self._logits(x[:, logits_from:], head, name, capture)
 
     def embed(self, tokens: np.ndarray, attention_mask: np.ndarray | None = None,
               token_types: np.ndarray | None = None) -> np.ndarray:

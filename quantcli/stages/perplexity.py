@@ -105,34 +105,37 @@ class PerplexityScorer:
         self._same_top = 0
 
     def add(self, chunk: np.ndarray, logits: np.ndarray, base_logits: np.ndarray | None = None) -> None:
-        """Score one chunk: its original tokens [ctx], the model's logits [ctx, vocab] and optionally the base
-        model's logits for the same input. Either every chunk has base logits or none has."""
+        """Score one chunk: its original tokens [ctx], the model's logits and optionally the base model's logits
+        for the same input. Either every chunk has base logits or none has. Logits are [ctx, vocab], or only the
+        scored half's [ctx - first_scored(ctx), vocab] (Engine.run's logits_from)."""
         ctx = self.ctx
-        if chunk.shape != (ctx,) or logits.ndim != 2 or logits.shape[0] != ctx:
-            raise ValueError(f"expected tokens [{ctx}] and logits [{ctx}, vocab], got {chunk.shape} and {logits.shape}")
+        first = first_scored(ctx)
+        if chunk.shape != (ctx,) or logits.ndim != 2 or logits.shape[0] not in (ctx, ctx - first):
+            raise ValueError(f"expected tokens [{ctx}] and logits [{ctx} or {ctx - first}, vocab], got {chunk.shape} "
+                             f"and {logits.shape}")
         if base_logits is not None and base_logits.shape != logits.shape:
             raise ValueError(f"base logits {base_logits.shape} differ from logits {logits.shape}")
         if self.n_chunks and (base_logits is None) != (not self._kld):
             raise ValueError("every chunk needs base logits, or none")
-        first = first_scored(ctx)
+        off = ctx - logits.shape[0]      # the position of logits' row 0
         targets = np.asarray(chunk[first + 1:], dtype=np.int64)
         for lo in range(first, ctx - 1, ROW_BLOCK):
             hi = min(lo + ROW_BLOCK, ctx - 1)
             tgt = targets[lo - first: hi - first]
             rows = np.arange(hi - lo)
-            logp = _log_softmax(logits[lo:hi])
+            logp = _log_softmax(logits[lo - off:hi - off])
             nll = -logp[rows, tgt]
             self._nll.append(nll)
             if base_logits is None:
                 continue
-            base_rows = base_logits[lo:hi]
+            base_rows = base_logits[lo - off:hi - off]
             logq = _log_softmax(base_rows)
             nll_base = -logq[rows, tgt]
             self._nll_base.append(nll_base)
             # KL(base || model) = sum_v q_v (log q_v - log p_v); exp of -inf (q_v == 0) gives 0, and 0 * finite is 0.
             self._kld.append(np.einsum("rv,rv->r", np.exp(logq), logq - logp))
             self._dp.append(np.exp(-nll) - np.exp(-nll_base))
-            self._same_top += int(np.count_nonzero(np.argmax(logits[lo:hi], axis=1) == np.argmax(base_rows, axis=1)))
+            self._same_top += int(np.count_nonzero(np.argmax(logits[lo - off:hi - off], axis=1) == np.argmax(base_rows, axis=1)))
         self.n_chunks += 1
 
     def result(self) -> PerplexityResult:

@@ -23,7 +23,7 @@ from ..errors import InputError, VerifyError
 from .calibration_data import load_calibration_text
 from .chunks import DEFAULT_CTX, chunk_tokens, require_chunks, with_bos
 from .eval_text import SpecialIds, text_tokens
-from .perplexity import PerplexityResult, PerplexityScorer
+from .perplexity import PerplexityResult, PerplexityScorer, first_scored
 
 # Chunks per engine pass: the engine runs all sequences of a pass layer by layer (one block's weights decoded
 # once per pass), holding their activations; 8 x 512 tokens keeps that to tens of MB on a 135M model.
@@ -37,7 +37,8 @@ class ForwardEngine(Protocol):
     n_ctx_train: int
     is_encoder: bool
 
-    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True) -> Iterator[np.ndarray]: ...
+    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True,
+            logits_from: int = 0) -> Iterator[np.ndarray]: ...
 
     def embed(self, tokens: np.ndarray) -> np.ndarray: ...
 
@@ -167,12 +168,14 @@ def score_outputs(src: ForwardEngine, outs: Sequence[ForwardEngine], chunks: np.
     several, the source's logits of one batch are kept while each output runs that batch.
     """
     scorers = [PerplexityScorer(chunks.shape[1]) for _ in outs]
+    first = first_scored(chunks.shape[1])   # only the scored half's logits are computed
     for lo in range(0, len(chunks), batch):
         part = chunks[lo: lo + batch]
         given = with_bos(part, bos)
-        base: Iterable[np.ndarray] = src.run(given) if len(outs) == 1 else list(src.run(given))
+        base: Iterable[np.ndarray] = (src.run(given, logits_from=first) if len(outs) == 1
+                                      else list(src.run(given, logits_from=first)))
         for scorer, out in zip(scorers, outs):
-            for chunk, base_logits, logits in zip(part, base, out.run(given), strict=True):
+            for chunk, base_logits, logits in zip(part, base, out.run(given, logits_from=first), strict=True):
                 scorer.add(chunk, logits, base_logits)
         if progress is not None:
             progress(min(lo + batch, len(chunks)), len(chunks))

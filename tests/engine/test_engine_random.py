@@ -44,6 +44,27 @@ def test_sequences_are_independent_of_batching(random_model: Callable[..., Path]
     np.testing.assert_allclose(together, sliced, rtol=0, atol=1e-5)
 
 
+def test_logits_from_gives_the_later_positions_and_the_same_values(random_model: Callable[..., Path]) -> None:
+    eng = Engine.from_hf(random_model())
+    ids = tokens(2, 12)
+    full = logits(eng, ids)
+    later = np.stack(list(eng.run(ids, logits_from=6)))
+    assert later.shape == (2, 6, 97)
+    np.testing.assert_allclose(later, full[:, 6:], rtol=0, atol=1e-5)   # BLAS may block fewer rows differently
+    with pytest.raises(ValueError, match="logits_from"):
+        eng.run(ids, logits_from=12)
+
+
+def test_attention_workers_do_not_change_the_result(random_model: Callable[..., Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # the attention's (sequence, query block) tasks run on `threads` workers, each writing its own rows
+    monkeypatch.setattr(forward, "QUERY_BLOCK", 4)
+    ids = tokens(3, 20)
+    one = logits(Engine.from_hf(random_model(), threads=1), ids)
+    three = logits(Engine.from_hf(random_model(), threads=3), ids)
+    np.testing.assert_array_equal(one, three)
+
+
 def test_decoder_is_causal(random_model: Callable[..., Path]) -> None:
     eng = Engine.from_hf(random_model())
     ids = tokens(1, 16)

@@ -53,11 +53,12 @@ class Recorder:
     def __init__(self, seen: list[np.ndarray], vocab: int) -> None:
         self.seen, self.vocab_size = seen, vocab
 
-    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True) -> Iterator[np.ndarray]:
+    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True,
+            logits_from: int = 0) -> Iterator[np.ndarray]:
         self.seen.append(np.array(tokens))
         if not logits:
             return iter(())
-        return iter([np.zeros((tokens.shape[1], self.vocab_size), np.float32) for _ in range(len(tokens))])
+        return iter([np.zeros((tokens.shape[1] - logits_from, self.vocab_size), np.float32) for _ in range(len(tokens))])
 
     def close(self) -> None:
         pass

@@ -86,6 +86,18 @@ def test_figures_match_a_per_token_reference() -> None:
     assert 0 < got.same_top1 < 1 and got.kld_mean > 0
 
 
+def test_the_scored_half_alone_gives_the_same_figures() -> None:
+    # Engine.run(logits_from=ctx // 2) hands over only the rows the scorer reads: the figures are identical
+    chunks, logits, base = _random_case()
+    whole, half = PerplexityScorer(16), PerplexityScorer(16)
+    for c, lg, bl in zip(chunks, logits, base):
+        whole.add(c, lg, bl)
+        half.add(c, lg[8:], bl[8:])
+    assert half.result() == whole.result()
+    with pytest.raises(ValueError, match="logits"):
+        PerplexityScorer(16).add(chunks[0], logits[0][5:])
+
+
 def test_uniform_logits_give_the_vocabulary_size() -> None:
     scorer = PerplexityScorer(8)
     scorer.add(np.arange(8), np.zeros((8, 50), np.float32))
@@ -162,11 +174,12 @@ class FakeEngine:
         self.vocab_size = vocab
         self.inputs: list[np.ndarray] = []
 
-    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True) -> Iterator[np.ndarray]:
+    def run(self, tokens: np.ndarray, *, capture: Any = None, logits: bool = True,
+            logits_from: int = 0) -> Iterator[np.ndarray]:
         self.inputs.append(tokens.copy())
         for seq in tokens:
             prev = np.concatenate([[seq[0]], seq[:-1]])
-            yield (self.table[seq] + 0.5 * self.table2[prev]).astype(np.float32)
+            yield (self.table[seq] + 0.5 * self.table2[prev]).astype(np.float32)[logits_from:]
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         self.inputs.append(tokens.copy())
