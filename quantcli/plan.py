@@ -31,7 +31,7 @@ from .io.gguf_writer import TensorInfo as GGUFTensorInfo
 from .io.gguf_writer import planned_size
 from .io.safetensors import TensorInfo
 from .models.base import Architecture, TensorSpec, adapter_for, tensor_order
-from .models.metadata import MetaKV, check_text, kv_f32, kv_str, kv_u32
+from .io.gguf_metadata import MetaKV, check_text, kv_f32, kv_str, kv_u32
 from .models.spec import ModelSpec, checkpoint_names, spec_from_adapter
 from .quant.mixes import MIXES, MixContext, MixOptions, MixTensor, choose_types
 

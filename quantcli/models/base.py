@@ -22,7 +22,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_ARCH_NAMES
 from ..errors import InputError, UnsupportedError
 from ..io.safetensors import TensorInfo
 from .layout import LLAMA_LAYOUT, HFLayout
-from .metadata import MetaKV, kv_f32, kv_str, kv_u32
+from ..io.gguf_metadata import MetaKV, kv_f32, kv_str, kv_u32
 from .pooling import sentence_transformers_pooling
 from .transforms import Transform
 

@@ -17,7 +17,7 @@ from gguf import GGUFValueType, PoolingType
 from quantcli.errors import UnsupportedError
 from quantcli.io.safetensors import TensorInfo
 from quantcli.models.base import Architecture, Numerics, TensorSpec, adapter_for, supported_architectures
-from quantcli.models.metadata import MetaKV
+from quantcli.io.gguf_metadata import MetaKV
 from quantcli.models.spec import spec_from_adapter
 from quantcli.models.transforms import AddOne, Constant, Llama3RopeFactors, PermuteRope
 from quantcli.plan import gguf_tensors, hparams_metadata
