@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from quantcli.errors import InputError
+from quantcli.errors import InputError, UnsupportedError
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.models.base import adapter_for
 from quantcli.models.spec import spec_from_config
@@ -85,6 +85,12 @@ def test_a_tensor_the_config_implies_must_be_in_the_checkpoint() -> None:
     extra["model.layers.0.self_attn.q_proj.bias"] = extra["model.norm.weight"]
     names = {s.name: s for s in gguf_specs(adapter_for(LLAMA_CONFIG), extra)}
     assert names["blk.0.attn_q.bias"].role is None and names["blk.0.attn_q.bias"].transform.describe()
+
+
+def test_a_rope_scaling_the_description_does_not_know_is_refused_for_gguf_too() -> None:
+    config = {**LLAMA_CONFIG, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}
+    with pytest.raises(UnsupportedError, match="dynamic"):
+        gguf_specs(adapter_for(config), llama_tensors())
 
 
 @pytest.mark.slow
