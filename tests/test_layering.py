@@ -32,19 +32,17 @@ RANKS: dict[str, int] = {
 
 # (importing module, imported module) pairs that break the order today, with why they are not fixed here.
 KNOWN: dict[tuple[str, str], str] = {
-    # The quantized-folder formats in io/ encode INT codes with quant/int's schemes, code containers and packing;
-    # the fix (the byte-level packing and format constants moving into io/, or these writers above quant/) is a
-    # refactor of quant/int and the folder writers of its own.
+    # The quantized-folder formats in io/ take INT schemes and code containers from quant/int (the bit packing
+    # is already in io/int_packing.py); the fix (the NF4 code book and the code container moving into io/, or
+    # these writers above quant/) is a refactor of quant/int and the folder writers of its own.
     ("quantcli.io.awq", "quantcli.quant.int.rtn"): "INT codes",
     ("quantcli.io.awq", "quantcli.quant.int.scheme"): "INT scheme",
     ("quantcli.io.bnb", "quantcli.quant.int.nf4"): "NF4 code book",
     ("quantcli.io.bnb", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.compressed_tensors", "quantcli.quant.int.packing"): "bit packing",
     ("quantcli.io.compressed_tensors", "quantcli.quant.int.rtn"): "INT codes",
     ("quantcli.io.compressed_tensors", "quantcli.quant.int.scheme"): "INT scheme",
     ("quantcli.io.gptq", "quantcli.quant.int.rtn"): "INT codes",
     ("quantcli.io.gptq", "quantcli.quant.int.scheme"): "INT scheme",
-    ("quantcli.io.splitquant", "quantcli.quant.int.packing"): "bit packing",
     ("quantcli.io.splitquant", "quantcli.quant.int.rtn"): "INT codes",
     ("quantcli.io.splitquant", "quantcli.quant.int.scheme"): "INT scheme",
     # Calibrated methods name the engine's BlockStep in their signatures (under TYPE_CHECKING only); the
