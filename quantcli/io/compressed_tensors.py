@@ -2,7 +2,7 @@
 shapes and the quantization_config block of config.json. formats/compressed-tensors.md describes the same bytes.
 
 pack-quantized (W4A16, W4A16_ASYM, W8A16), per Linear module M with weight (out, in), g groups per row:
-  M.weight_packed      I32  (out, ceil(in * bits / 32))   codes + 2^(bits-1), bit stream per row (quant/int/packing)
+  M.weight_packed      I32  (out, ceil(in * bits / 32))   codes + 2^(bits-1), bit stream per row (io/int_packing.py)
   M.weight_scale       the model's float dtype (out, g)
   M.weight_shape       I64  (2,)                          [out, in]
   M.weight_zero_point  I32  (ceil(out * bits / 32), g)    asymmetric only; signed zero points packed down columns
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from ..quant.int.packing import pack_int32, packed_words
+from .int_packing import pack_int32, packed_words
 from ..quant.int.rtn import IntCodes
 from ..quant.int.scheme import INT_QUANTIZED, PACK_QUANTIZED, IntScheme
 from .checkpoint import Checkpoint
@@ -239,7 +239,7 @@ class CompressedTensorsReader(FolderReader):
     def dense(self, module: str, dtype: str | None = None) -> np.ndarray:
         """As the FolderReader; `dtype` rounds to another dtype than the scale's (e.g. "F32" for a loader that
         widens the scales before multiplying)."""
-        from ..quant.int.packing import unpack_int32
+        from .int_packing import unpack_int32
         from ..quant.int.rtn import round_to, scale_to_f32
 
         a, (out, n), read, t = self.args[module], self.modules[module].shape, self.ckpt.read_raw, self.ckpt.tensors

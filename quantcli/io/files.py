@@ -10,6 +10,7 @@ can be unusable into an InputError naming the file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+
+HASH_CHUNK = 1 << 22        # bytes per read when hashing files
 
 def require_regular(path: Path, what: str = "file") -> os.stat_result:
     """stat() the path and insist on a regular file (symlinks to one are fine)."""
@@ -58,3 +61,16 @@ def parse_json(text: str, source: str, hint: str = "Fix or re-download the file.
 
 def load_json(path: Path, what: str = "file") -> Any:
     return parse_json(read_text(path, what), str(path))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks.
+
+    >>> file_sha256(Path("/dev/null"))
+    'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while chunk := fp.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ from typing import BinaryIO, Sequence
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGUFValueType, Keys
 
 from ..errors import InputError, OutputError
-from ..models.metadata import MetaKV
+from .gguf_metadata import MetaKV
 from .atomic import atomic_file
 from .gguf_writer import encode_metadata
 

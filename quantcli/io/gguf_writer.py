@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError
-from ..models.metadata import MetaKV
+from .gguf_metadata import MetaKV
 from .atomic import partial_name
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {

@@ -30,7 +30,7 @@ import numpy as np
 from gguf import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError
-from ..models.metadata import MetaKV, kv_array, kv_str, kv_u32
+from .gguf_metadata import MetaKV, kv_array, kv_str, kv_u32
 from .atomic import atomic_file
 from .gguf_writer import encode_metadata
 

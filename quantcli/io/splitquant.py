@@ -7,7 +7,7 @@ Per split Linear module M (its source weight M.weight is absent from the folder)
     M.split_ids              uint8 (rows, ceil(n / 4))   cluster id 0/1/2 of each weight, 2 bits each, weight j of a
                                                          row in bits 2*(j%4)..2*(j%4)+1 of byte j//4 (low bits first)
     M.branch{k}.qweight      int32 (rows, ceil(n*bits/32)) branch k's codes, compressed-tensors' bit stream
-                                                         (quant/int/packing.py), k = 0 lower, 1 middle, 2 upper
+                                                         (io/int_packing.py), k = 0 lower, 1 middle, 2 upper
     M.branch{k}.scales       scale dtype (rows, groups)  one scale per row (per channel) or per group
     M.branch{k}.zeros        int8 (rows, groups)         asymmetric schemes only: integer zero points
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..quant.int.packing import pack_int32, packed_words, unpack_int32
+from .int_packing import pack_int32, packed_words, unpack_int32
 from ..quant.int.rtn import IntCodes, scale_to_f32
 from ..quant.int.scheme import IntScheme
 from .safetensors_writer import TensorEntry

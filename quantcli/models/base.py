@@ -1,8 +1,11 @@
 """The architecture adapter: the one place that knows a model family.
 
-An adapter turns an HF config into GGUF metadata and maps each HF tensor to its GGUF name and transform. It
-works from metadata only (config + tensor names and shapes), so a plan exists before any weight is read.
-Subclasses set class attributes (the data) and override a hook only where the family really differs.
+An adapter reads an HF config for its family. quantcli.models.spec asks it for the model description (roles,
+numerics, which optional tensors exist); the GGUF plan asks it only what is GGUF-specific: the name map that
+reads prefixed checkpoints, transforms (the Q/K permutation, gemma's +1), tensors llama.cpp generates or drops,
+and the family's own GGUF keys. It works from metadata only (config + tensor names and shapes), so a plan exists
+before any weight is read. Subclasses set class attributes (the data) and override a hook only where the family
+really differs.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_ARCH_NAMES
 from ..errors import InputError, UnsupportedError
 from ..io.safetensors import TensorInfo
 from .layout import LLAMA_LAYOUT, HFLayout
-from .metadata import MetaKV, kv_f32, kv_str, kv_u32
+from ..io.gguf_metadata import MetaKV, kv_f32, kv_str, kv_u32
 from .pooling import sentence_transformers_pooling
 from .transforms import Transform
 
@@ -70,6 +73,8 @@ class TensorSpec:
     sources: tuple[str, ...]
     shape: tuple[int, ...]
     transform: Transform = IDENTITY
+    role: str | None = None        # the model description's role and block (None: generated, or not described)
+    layer: int | None = None
 
     @property
     def generated(self) -> bool:
@@ -115,10 +120,10 @@ class Architecture:
     numerics: ClassVar[Numerics] = Numerics()
     # HF tensor names that carry no weights llama.cpp needs (buffers, rotary caches).
     ignored: ClassVar[tuple[str, ...]] = (r"\.rotary_emb\.inv_freq$", r"\.masked_bias$", r"\.attn\.bias$")
-    # Where each tensor role lives in the HF checkpoint (quantcli.models.spec reads it; the GGUF path does not).
+    # Where each tensor role lives in the HF checkpoint (quantcli.models.spec reads it).
     hf_layout: ClassVar[HFLayout] = LLAMA_LAYOUT
-    # transformers' default for tie_word_embeddings in this family's config class (spec only; the GGUF plan
-    # keeps its own rule)
+    # transformers' default for tie_word_embeddings in this family's config class (the description's rule; the
+    # GGUF plan follows llama.cpp's, which reuses token_embd only when the config says so)
     tied_by_default: ClassVar[bool] = False
     # HF classes of the family saved without an LM head (bare transformer, e.g. embedding models)
     headless: ClassVar[tuple[str, ...]] = ()
@@ -135,7 +140,7 @@ class Architecture:
 
     @cached_property
     def name_map(self) -> gguf.TensorNameMap:
-        # Built on first use, after tensor_specs has checked n_layer against the blocks present: gguf-py's map
+        # Built on first use, after check_block_count has checked n_layer against the blocks present: gguf-py's map
         # holds every name of every block, which for a hostile num_hidden_layers of 1e9 is gigabytes.
         return gguf.get_tensor_name_map(self.gguf_arch, self.n_layer)
 
@@ -265,7 +270,7 @@ class Architecture:
             params = params["full_attention"]
         return params if isinstance(params, dict) else {}
 
-    # -- model description (quantcli.models.spec; nothing here changes the GGUF output) -----------------
+    # -- model description (quantcli.models.spec) ------------------------------------------------------
     def attention_biases(self) -> tuple[bool, bool]:
         """Whether q/k/v and the output projection carry biases (llama's `attention_bias` sets both)."""
         flag = bool(self.get("attention_bias", default=False))
@@ -281,32 +286,9 @@ class Architecture:
             return [t == "sliding_attention" for t in types]
         return [self.get("sliding_window") is not None] * self.n_layer
 
-    # -- metadata -------------------------------------------------------------------------------------
+    # -- GGUF keys of the family (the common hyperparameters are the GGUF plan's, from the spec) ----------
     def key(self, template: str) -> str:
         return template.format(arch=self.arch_name)
-
-    def metadata(self) -> list[MetaKV]:
-        """The architecture's hparams as GGUF metadata (general.* and tokenizer keys are added by the plan)."""
-        out = [
-            kv_u32(self.key(Keys.LLM.CONTEXT_LENGTH), self.need_int("max_position_embeddings", "n_positions", "n_ctx")),
-            kv_u32(self.key(Keys.LLM.EMBEDDING_LENGTH), self.need_int("hidden_size", "n_embd")),
-            kv_u32(self.key(Keys.LLM.BLOCK_COUNT), self.n_layer),
-            kv_u32(self.key(Keys.LLM.FEED_FORWARD_LENGTH), self.need_int("intermediate_size", "n_inner")),
-            kv_u32(self.key(Keys.Attention.HEAD_COUNT), self.n_head),
-            kv_u32(self.key(Keys.Attention.HEAD_COUNT_KV), self.n_head_kv),
-        ]
-        if (theta := self.rope_theta()) is not None:
-            out.append(kv_f32(self.key(Keys.Rope.FREQ_BASE), theta))
-        if (eps := self.get_float("rms_norm_eps", positive=True)) is not None:
-            out.append(kv_f32(self.key(Keys.Attention.LAYERNORM_RMS_EPS), eps))
-        if (eps := self.get_float("layer_norm_eps", "layer_norm_epsilon", positive=True)) is not None:
-            out.append(kv_f32(self.key(Keys.Attention.LAYERNORM_EPS), eps))
-        if self.config.get("head_dim") is not None:
-            out.append(kv_u32(self.key(Keys.Attention.KEY_LENGTH), self.head_dim))
-            out.append(kv_u32(self.key(Keys.Attention.VALUE_LENGTH), self.head_dim))
-        out.extend(self.rope_scaling_metadata())
-        out.extend(self.extra_metadata())
-        return out
 
     def rope_scaling_metadata(self) -> list[MetaKV]:
         scaling = self.rope_scaling()
@@ -335,28 +317,6 @@ class Architecture:
 
     def transform_for(self, gguf_name: str, hf_name: str, info: TensorInfo) -> Transform:
         return IDENTITY
-
-    def tensor_specs(self, tensors: Mapping[str, TensorInfo]) -> list[TensorSpec]:
-        """Every GGUF tensor in writing order: token embedding, blocks by layer, then the rest."""
-        specs: list[TensorSpec] = []
-        unknown: list[str] = []
-        tied = self.get_bool("tie_word_embeddings", False)
-        for hf_name, info in tensors.items():
-            if any(re.search(p, hf_name) for p in self.ignored):
-                continue
-            name = self.gguf_name(hf_name)
-            if name is None:
-                unknown.append(hf_name)
-                continue
-            if name == "output.weight" and tied:
-                continue  # llama.cpp reuses token_embd when output.weight is absent
-            specs.append(TensorSpec(name, (hf_name,), info.shape, self.transform_for(name, hf_name, info)))
-        if unknown:
-            raise UnsupportedError(
-                f"{len(unknown)} tensors of this {self.arch_name} checkpoint have no GGUF name (first: {unknown[0]!r}).",
-                hint="The checkpoint has parts quantcli does not convert yet; please report it with the model id.")
-        specs.extend(self.extra_tensors(tensors))
-        return sorted(specs, key=_tensor_order)
 
     def extra_tensors(self, tensors: Mapping[str, TensorInfo]) -> list[TensorSpec]:
         return []
@@ -408,7 +368,8 @@ class Architecture:
         }
 
 
-def _tensor_order(spec: TensorSpec) -> tuple:
+def tensor_order(spec: TensorSpec) -> tuple:
+    """GGUF writing order: token embeddings first, then the blocks by index, then everything else by name."""
     m = re.match(r"blk\.(\d+)\.", spec.name)
     if m:
         return (1, int(m.group(1)), spec.name)

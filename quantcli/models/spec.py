@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from ..errors import InputError, UnsupportedError
 from .base import Architecture, Numerics, adapter_for
@@ -109,14 +109,6 @@ class ModelSpec:
         if not self.has_lm_head:
             return None
         return self.tensor("tok_embd") if self.tied_embeddings else self.tensor("output")
-
-
-def _int(adapter: Architecture, *keys: str) -> int:
-    value = adapter.need(*keys)
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise InputError(f"config.json's {keys[0]} is {value!r}, not an integer.", hint="Fix config.json.") from None
 
 
 def _rope(adapter: Architecture, head_dim: int, n_ctx: int) -> RopeSpec:
@@ -239,19 +231,25 @@ def _tensors(adapter: Architecture, *, hidden: int, n_head: int, n_head_kv: int,
 
 def spec_from_config(config: Mapping, folder: Path | None = None) -> ModelSpec:
     """The ModelSpec of a parsed config.json; `folder` (optional) supplies the sentence-transformers pooling."""
-    adapter = adapter_for(config, folder)
+    return spec_from_adapter(adapter_for(config, folder))
+
+
+def spec_from_adapter(adapter: Architecture) -> ModelSpec:
+    """The ModelSpec of a config the adapter already holds (the GGUF plan makes the adapter first, to check the
+    block count against the checkpoint before anything is sized by num_hidden_layers)."""
+    folder = adapter.folder
     cfg = adapter.config
     numerics = adapter.numerics
-    hidden = _int(adapter, "hidden_size", "n_embd")
+    hidden = adapter.need_int("hidden_size", "n_embd")
     n_head, n_head_kv, head_dim = adapter.n_head, adapter.n_head_kv, adapter.head_dim
     if n_head <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
         raise InputError(f"{n_head} attention heads cannot be shared by {n_head_kv} key/value heads.",
                          hint="num_attention_heads must be a positive multiple of num_key_value_heads.")
-    n_ctx = _int(adapter, "max_position_embeddings", "n_positions", "n_ctx")
-    vocab = _int(adapter, "vocab_size")
-    ffn = _int(adapter, "intermediate_size", "n_inner")
+    n_ctx = adapter.need_int("max_position_embeddings", "n_positions", "n_ctx")
+    vocab = adapter.need_int("vocab_size")
+    ffn = adapter.need_int("intermediate_size", "n_inner")
     eps_keys = ("layer_norm_eps", "layer_norm_epsilon") if numerics.norm == "layer" else ("rms_norm_eps",)
-    norm_eps = float(adapter.need(*eps_keys))  # type: ignore[arg-type]
+    norm_eps = adapter.need_float(*eps_keys, positive=True)
     rope = rope_local = None
     if numerics.rope != "none":
         rope = _rope(adapter, head_dim, n_ctx)
@@ -299,3 +297,31 @@ def model_spec(folder: Path) -> ModelSpec:
     if not isinstance(config, dict):
         raise InputError(f"{path} must hold a JSON object.", hint="Fix or re-download config.json.")
     return spec_from_config(config, folder)
+
+
+def checkpoint_names(adapter: Architecture, spec: ModelSpec, present: Iterable[str]) -> dict[str, str]:
+    """Canonical HF name of every tensor in `spec` -> the checkpoint's own name for it.
+
+    Task-head and multimodal classes prefix the names (`bert.`, `language_model.`), old BERT checkpoints say
+    gamma/beta, a headless Qwen2Model drops `model.`; the adapter's name map already knows every spelling, so a
+    tensor is matched through the name both spellings map to. A tensor the config implies but the checkpoint
+    lacks is an InputError.
+    """
+    present = set(present)
+    by_gguf: dict[str, str] = {}
+    for name in sorted(present):
+        g = adapter.gguf_name(name)
+        if g is not None:
+            by_gguf.setdefault(g, name)
+    out: dict[str, str] = {}
+    for t in spec.tensors:
+        if t.hf_name in present:
+            out[t.hf_name] = t.hf_name
+            continue
+        g = adapter.gguf_name(t.hf_name)
+        if g is None or g not in by_gguf:
+            where = f"block {t.layer}" if t.layer is not None else "outside the blocks"
+            raise InputError(f"the checkpoint has no tensor {t.hf_name!r} ({t.role}, {where}), which config.json "
+                             "implies.", hint="The folder's weights and config.json do not match; re-download the model.")
+        out[t.hf_name] = by_gguf[g]
+    return out

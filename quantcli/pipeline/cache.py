@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..io.atomic import atomic_file
+from ..io.files import file_sha256
 
 CACHE_ENV = "QUANTCLI_CACHE_DIR"
 RECORD_FORMAT = 1           # bump when the record layout changes; older records then read as misses
-HASH_CHUNK = 1 << 22        # bytes per read when hashing files
 # Files in a model folder that are ours or irrelevant to a conversion, left out of a folder's fingerprint so
 # that writing outputs into the model folder does not change its fingerprint.
 FINGERPRINT_SKIP_SUFFIXES = (".gguf", ".manifest.json", ".partial")
@@ -48,19 +48,6 @@ def default_cache_dir() -> Path:
 def canonical_json(value: Any) -> bytes:
     """The one serialisation keys are hashed from: sorted keys, no whitespace, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks.
-
-    >>> file_sha256(Path("/dev/null"))
-    'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while chunk := fp.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint_folder(path: Path, hub_files: dict[str, str] | None = None, commit: str | None = None) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..io.manifests import MANIFEST_FORMAT, MANIFEST_SUFFIX
 from .cache import atomic_write
 
-MANIFEST_FORMAT = 1
-MANIFEST_SUFFIX = ".manifest.json"
 VERSIONED_PACKAGES = ("gguf", "numpy", "safetensors", "huggingface_hub", "typer", "rich")
 
 
@@ -97,17 +96,3 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> Path:
                           hint="The GGUF files were written and cached; free disk space and run the same command "
                                "again to write the manifest.") from exc
     return Path(path)
-
-
-def read_manifests(folder: Path) -> list[dict[str, Any]]:
-    """Every readable manifest in `folder` (unreadable ones are skipped: a manifest is a report, not an input)."""
-    out = []
-    for p in sorted(Path(folder).glob(f"*{MANIFEST_SUFFIX}")):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT:
-            data["_path"] = str(p)
-            out.append(data)
-    return out

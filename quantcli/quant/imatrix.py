@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.files import require_regular
-from ..models.metadata import MetaKV, kv_str, kv_u32
+from ..io.gguf_metadata import MetaKV, kv_str, kv_u32
 
 # The keys llama-quantize records in the files it writes from an imatrix (counts as UINT32, as it stores them).
 KEY_FILE = "quantize.imatrix.file"

@@ -107,7 +107,7 @@ def _describe(path: Path) -> tuple[str, str, int, float, list[int]]:
 
 def _manifest_entries(folder: Path) -> dict[Path, tuple[dict, dict]]:
     """Resolved output path -> (its manifest entry, the manifest), newest manifest winning."""
-    from ..pipeline.manifest import read_manifests
+    from ..io.manifests import read_manifests
 
     out: dict[Path, tuple[dict, dict]] = {}
     for manifest in sorted(read_manifests(folder), key=lambda m: str(m.get("created", ""))):
@@ -210,7 +210,7 @@ def plan_folder_publish(folder: Path, repo_id: str | None = None, *, private: bo
     from ..io.checkpoint import Checkpoint
     from ..io.files import load_json
     from ..io.quantized_folder import folder_method, open_folder_reader
-    from ..pipeline.cache import file_sha256
+    from ..io.files import file_sha256
 
     ckpt = Checkpoint.open(folder)
     reader = open_folder_reader(ckpt)

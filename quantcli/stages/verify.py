@@ -29,7 +29,7 @@ from ..errors import InputError, UnsupportedError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..io.gguf_layout import GGUFLayout, TensorSpan, read_layout
 from ..io.safetensors import to_float32
-from ..models.base import adapter_for
+from ..plan import SourceModel
 
 # Per-type SNR floors (dB) used when a recipe sets none: well below what each type gives on real weights,
 # so a failure means a broken file, not an unlucky tensor.
@@ -242,7 +242,7 @@ def verify_file(path: Path, source: Path | None = None, *, min_snr_db: float | N
                                "decoder) cannot dequantize, so they cannot be compared with the source.",
                                hint=f"Check its structure only: quantcli verify {path} (without --source).")
     ckpt = Checkpoint.open(source)
-    specs = {s.name: s for s in adapter_for(ckpt.config, ckpt.path).tensor_specs(ckpt.tensors)}
+    specs = {s.name: s for s in SourceModel.open(ckpt).specs}
     missing = sorted(set(specs) - {t.name for t in layout.tensors})
     if missing:
         report.problems.append(f"{len(missing)} source tensors are not in the file (first: {missing[0]})")

@@ -154,7 +154,7 @@ def test_g_idx_picks_each_columns_group(source: Path, tmp_path: Path) -> None:
     codes = _unpack(t[f"{module}.weight_packed"], 4, n)
     perm = np.random.default_rng(3).permutation(n)
     shuffled = codes[:, perm]
-    from quantcli.quant.int.packing import pack_int32
+    from quantcli.io.int_packing import pack_int32
 
     t[f"{module}.weight_packed"] = pack_int32(shuffled.astype(np.int8), 4)
     t[f"{module}.weight_g_idx"] = (perm // 32).astype(np.int32)

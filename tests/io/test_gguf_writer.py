@@ -8,7 +8,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from quantcli.io.gguf_writer import GGUFStreamWriter, TensorInfo, planned_size
-from quantcli.models.metadata import kv_array, kv_f32, kv_str, kv_u32
+from quantcli.io.gguf_metadata import kv_array, kv_f32, kv_str, kv_u32
 
 META = [kv_str("general.architecture", "llama"), kv_u32("llama.block_count", 2), kv_f32("llama.rope.freq_base", 1e4),
         kv_array("tokenizer.ggml.tokens", ["a", "b", "ü"], GGUFValueType.STRING),

@@ -6,7 +6,7 @@ import pytest
 
 from quantcli.errors import InputError
 from quantcli.models.base import adapter_for
-from tests.models.test_families import LLAMA_CONFIG, infos, llama_tensors, metadata
+from tests.models.test_families import LLAMA_CONFIG, gguf_specs, infos, llama_tensors, metadata
 
 
 def llama(**changes: object):  # type: ignore[no-untyped-def]
@@ -34,7 +34,7 @@ def test_wrong_config_values_name_the_field(key: str, value: object, message: st
     with pytest.raises(InputError) as info:
         adapter = llama(**{key: value})
         metadata(adapter)
-        adapter.tensor_specs(llama_tensors())
+        gguf_specs(adapter, llama_tensors())
     assert message in str(info.value) and "config.json" in str(info.value)
 
 
@@ -51,14 +51,14 @@ def test_integral_floats_are_integers() -> None:
 def test_tie_word_embeddings_must_be_a_boolean(value: object) -> None:
     adapter = llama(tie_word_embeddings=value)
     if value is None:  # absent: untied, lm_head kept
-        assert "output.weight" in {s.name for s in adapter.tensor_specs(llama_tensors())}
+        assert "output.weight" in {s.name for s in gguf_specs(adapter, llama_tensors())}
         return
     with pytest.raises(InputError, match="tie_word_embeddings is .* it must be true or false"):
-        adapter.tensor_specs(llama_tensors())
+        gguf_specs(adapter, llama_tensors())
 
 
 def test_tied_embeddings_still_drop_lm_head() -> None:
-    assert "output.weight" not in {s.name for s in llama(tie_word_embeddings=True).tensor_specs(llama_tensors())}
+    assert "output.weight" not in {s.name for s in gguf_specs(llama(tie_word_embeddings=True), llama_tensors())}
 
 
 @pytest.mark.parametrize("names", [[{}], [1], "LlamaForCausalLM", []])
@@ -87,13 +87,13 @@ def test_tensor_shapes_must_agree_with_the_config(changes: dict, tensor: tuple |
         shapes[tensor[0]] = tensor[1]
     adapter = llama(**changes)
     with pytest.raises(InputError) as info:
-        adapter.check_shapes(adapter.tensor_specs(infos(shapes)))
+        adapter.check_shapes(gguf_specs(adapter, infos(shapes)))
     assert message in str(info.value)
 
 
 def test_a_consistent_model_passes_the_shape_check() -> None:
     adapter = llama()
-    adapter.check_shapes(adapter.tensor_specs(llama_tensors()))
+    adapter.check_shapes(gguf_specs(adapter, llama_tensors()))
 
 
 @pytest.mark.parametrize("id2label", [{"x": "a"}, ["a", "b"], {"-1": "a"}])

@@ -16,8 +16,20 @@ from gguf import GGUFValueType, PoolingType
 
 from quantcli.errors import UnsupportedError
 from quantcli.io.safetensors import TensorInfo
-from quantcli.models.base import Numerics, adapter_for, supported_architectures
+from quantcli.models.base import Architecture, Numerics, TensorSpec, adapter_for, supported_architectures
+from quantcli.io.gguf_metadata import MetaKV
+from quantcli.models.spec import spec_from_adapter
 from quantcli.models.transforms import AddOne, Constant, Llama3RopeFactors, PermuteRope
+from quantcli.plan import gguf_tensors, hparams_metadata
+
+
+def gguf_specs(adapter: Architecture, tensors: dict[str, TensorInfo]) -> list[TensorSpec]:
+    """The GGUF tensors the plan makes of `tensors`, through the model description of the adapter's config."""
+    return gguf_tensors(spec_from_adapter(adapter), adapter, tensors)
+
+
+def gguf_metadata(adapter: Architecture) -> list[MetaKV]:
+    return hparams_metadata(spec_from_adapter(adapter), adapter)
 
 
 def infos(shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
@@ -29,7 +41,7 @@ def infos(shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
 
 
 def metadata(adapter) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    return {kv.key: kv.value for kv in adapter.metadata()}
+    return {kv.key: kv.value for kv in gguf_metadata(adapter)}
 
 
 def decoder_block(prefix: str, hidden: int, q_rows: int, kv_rows: int, ff: int, layer: int) -> dict[str, tuple[int, ...]]:
@@ -83,7 +95,7 @@ def test_mistral_is_the_llama_graph_and_ignores_its_sliding_window() -> None:
 
 
 def test_llama_permutes_q_and_k_with_their_own_head_counts() -> None:
-    specs = {s.name: s for s in adapter_for(LLAMA_CONFIG).tensor_specs(llama_tensors())}
+    specs = {s.name: s for s in gguf_specs(adapter_for(LLAMA_CONFIG), llama_tensors())}
     assert specs["blk.0.attn_q.weight"].transform == PermuteRope(4)
     assert specs["blk.0.attn_k.weight"].transform == PermuteRope(2)
     assert specs["blk.0.attn_v.weight"].transform.describe() == ""
@@ -110,7 +122,7 @@ def test_llama3_rope_scaling_becomes_a_generated_rope_freqs_tensor() -> None:
                "original_max_position_embeddings": 8192}
     config = {**LLAMA_CONFIG, "hidden_size": 2048, "num_attention_heads": 16, "head_dim": 128, "rope_scaling": scaling}
     adapter = adapter_for(config)
-    (spec,) = [s for s in adapter.tensor_specs(llama_tensors()) if s.name == "rope_freqs.weight"]
+    (spec,) = [s for s in gguf_specs(adapter, llama_tensors()) if s.name == "rope_freqs.weight"]
     assert spec.sources == () and spec.generated and spec.shape == (64,)
     values = spec.transform.apply([])
     assert values.dtype == np.float32 and values.shape == (64,)
@@ -149,9 +161,10 @@ def test_qwen2_keeps_hf_row_order_and_maps_biases() -> None:
     config = {**LLAMA_CONFIG, "architectures": ["Qwen2ForCausalLM"], "tie_word_embeddings": True}
     tensors = llama_tensors()
     tensors.pop("lm_head.weight")
-    tensors.update(infos({"model.layers.0.self_attn.q_proj.bias": (64,), "model.layers.0.self_attn.k_proj.bias": (32,)}))
+    tensors.update(infos({"model.layers.0.self_attn.q_proj.bias": (64,), "model.layers.0.self_attn.k_proj.bias": (32,),
+                          "model.layers.0.self_attn.v_proj.bias": (32,)}))
     adapter = adapter_for(config)
-    specs = {s.name: s for s in adapter.tensor_specs(tensors)}
+    specs = {s.name: s for s in gguf_specs(adapter, tensors)}
     assert adapter.arch_name == "qwen2" and adapter.numerics.rope == "neox"
     assert specs["blk.0.attn_q.bias"].sources == ("model.layers.0.self_attn.q_proj.bias",)
     assert all(s.transform.describe() == "" for s in specs.values())
@@ -164,8 +177,12 @@ def test_headless_qwen2_model_gets_its_prefix_and_pooling(tmp_path: Path) -> Non
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
     adapter = adapter_for({**LLAMA_CONFIG, "architectures": ["Qwen2Model"]}, tmp_path)
-    names = {s.name for s in adapter.tensor_specs(infos({"embed_tokens.weight": (100, 64), "norm.weight": (64,)}))}
-    assert names == {"token_embd.weight", "output_norm.weight"}
+    bare = {"embed_tokens.weight": (100, 64), "norm.weight": (64,), **decoder_block("", 64, 64, 32, 96, 0),
+            "layers.0.self_attn.q_proj.bias": (64,), "layers.0.self_attn.k_proj.bias": (32,),
+            "layers.0.self_attn.v_proj.bias": (32,)}
+    specs = {s.name: s for s in gguf_specs(adapter, infos(bare))}
+    assert {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.bias"} <= set(specs)
+    assert specs["token_embd.weight"].sources == ("embed_tokens.weight",) and "output.weight" not in specs
     assert metadata(adapter)["qwen2.pooling_type"] == int(PoolingType.LAST)
 
 
@@ -174,7 +191,7 @@ def test_qwen3_maps_per_head_norms_and_writes_head_dim() -> None:
     tensors = infos({**{k: v.shape for k, v in llama_tensors().items()},
                      "model.layers.0.self_attn.q_norm.weight": (32,), "model.layers.0.self_attn.k_norm.weight": (32,)})
     adapter = adapter_for(config)
-    names = {s.name for s in adapter.tensor_specs(tensors)}
+    names = {s.name for s in gguf_specs(adapter, tensors)}
     assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names
     meta = metadata(adapter)
     assert meta["qwen3.attention.key_length"] == 32 and meta["qwen3.attention.value_length"] == 32
@@ -206,7 +223,7 @@ def gemma_tensors(prefix: str = "model.", layers: int = 2, qk_norm: bool = False
 def test_gemma2_adds_one_to_every_norm_and_drops_lm_head() -> None:
     tensors = gemma_tensors()
     tensors.update(infos({"lm_head.weight": (100, 64)}))
-    specs = {s.name: s for s in adapter_for(GEMMA2_CONFIG).tensor_specs(tensors)}
+    specs = {s.name: s for s in gguf_specs(adapter_for(GEMMA2_CONFIG), tensors)}
     norms = [n for n in specs if n.endswith("norm.weight")]
     assert set(norms) >= {"blk.0.attn_norm.weight", "blk.0.post_attention_norm.weight", "blk.0.ffn_norm.weight",
                           "blk.0.post_ffw_norm.weight", "output_norm.weight"}
@@ -217,7 +234,7 @@ def test_gemma2_adds_one_to_every_norm_and_drops_lm_head() -> None:
 
 
 def test_gemma2_metadata_has_softcaps_window_and_layer_pattern() -> None:
-    meta = {kv.key: kv for kv in adapter_for(GEMMA2_CONFIG).metadata()}
+    meta = {kv.key: kv for kv in gguf_metadata(adapter_for(GEMMA2_CONFIG))}
     assert meta["gemma2.attn_logit_softcapping"].value == 50.0
     assert meta["gemma2.final_logit_softcapping"].value == 30.0
     assert meta["gemma2.attention.sliding_window"].value == 32
@@ -234,7 +251,7 @@ def test_gemma2_refuses_a_query_scale_llama_cpp_cannot_express() -> None:
 
 def test_gemma2_needs_both_softcaps() -> None:
     with pytest.raises(UnsupportedError, match="final_logit_softcapping"):
-        adapter_for({**GEMMA2_CONFIG, "final_logit_softcapping": None}).metadata()
+        gguf_metadata(adapter_for({**GEMMA2_CONFIG, "final_logit_softcapping": None}))
 
 
 def test_gemma3_multimodal_checkpoint_converts_its_text_half_with_defaults() -> None:
@@ -249,7 +266,7 @@ def test_gemma3_multimodal_checkpoint_converts_its_text_half_with_defaults() -> 
                           "multi_modal_projector.mm_input_projection_weight": (8, 64),
                           "multi_modal_projector.mm_soft_emb_norm.weight": (8,)}))
     adapter = adapter_for(config)
-    specs = {s.name: s for s in adapter.tensor_specs(tensors)}
+    specs = {s.name: s for s in gguf_specs(adapter, tensors)}
     assert adapter.arch_name == "gemma3"
     assert not any(src.startswith(("vision_tower", "multi_modal")) for s in specs.values() for src in s.sources)
     assert specs["blk.6.attn_q_norm.weight"].sources == ("language_model.model.layers.6.self_attn.q_norm.weight",)
@@ -298,7 +315,7 @@ def phi3_tensors() -> dict[str, TensorInfo]:
 
 def test_phi3_keeps_fused_projections_as_llama_cpp_expects() -> None:
     adapter = adapter_for(PHI3_CONFIG)
-    specs = {s.name: s for s in adapter.tensor_specs(phi3_tensors())}
+    specs = {s.name: s for s in gguf_specs(adapter, phi3_tensors())}
     assert specs["blk.0.attn_qkv.weight"].shape == (128, 64)
     assert specs["blk.0.ffn_up.weight"].shape == (192, 64)
     assert specs["blk.0.ffn_up.weight"].sources == ("model.layers.0.mlp.gate_up_proj.weight",)
@@ -315,7 +332,7 @@ def test_phi3_longrope_writes_factor_tensors_and_attention_factor() -> None:
     config = {**PHI3_CONFIG, "max_position_embeddings": 131072, "partial_rotary_factor": 1.0,
               "rope_scaling": {"type": "longrope", "long_factor": long, "short_factor": short}}
     adapter = adapter_for(config)
-    specs = {s.name: s for s in adapter.tensor_specs(phi3_tensors())}
+    specs = {s.name: s for s in gguf_specs(adapter, phi3_tensors())}
     assert specs["rope_factors_long.weight"].transform == Constant(tuple(long))
     np.testing.assert_array_equal(specs["rope_factors_short.weight"].transform.apply([]), np.float32(short))
     assert specs["rope_factors_long.weight"].shape == (8,) and specs["rope_factors_long.weight"].generated
@@ -349,6 +366,10 @@ def bert_tensors(prefix: str) -> dict[str, TensorInfo]:
         p + "attention.output.dense.weight": (32, 32), p + "attention.output.LayerNorm.weight": (32,),
         p + "intermediate.dense.weight": (64, 32), p + "output.dense.weight": (32, 64),
         p + "output.LayerNorm.weight": (32,), p + "output.LayerNorm.bias": (32,),
+        # every BERT linear and LayerNorm has a bias; the model description expects them all
+        p + "attention.self.key.bias": (32,), p + "attention.self.value.bias": (32,),
+        p + "attention.output.dense.bias": (32,), p + "attention.output.LayerNorm.bias": (32,),
+        p + "intermediate.dense.bias": (64,), p + "output.dense.bias": (32,),
         prefix + "pooler.dense.weight": (32, 32), "cls.predictions.bias": (50,),
         "cls.predictions.transform.dense.weight": (32, 32),
     })
@@ -356,7 +377,7 @@ def bert_tensors(prefix: str) -> dict[str, TensorInfo]:
 
 def test_bert_task_checkpoint_strips_prefix_and_heads() -> None:
     adapter = adapter_for(BERT_CONFIG)
-    specs = {s.name: s for s in adapter.tensor_specs(bert_tensors("bert."))}
+    specs = {s.name: s for s in gguf_specs(adapter, bert_tensors("bert."))}
     assert specs["token_embd_norm.weight"].sources == ("bert.embeddings.LayerNorm.gamma",)
     assert specs["token_embd_norm.bias"].sources == ("bert.embeddings.LayerNorm.beta",)
     assert {"token_types.weight", "position_embd.weight", "blk.0.layer_output_norm.bias"} <= set(specs)
@@ -383,6 +404,6 @@ def test_bert_classifier_becomes_cls_output_with_labels() -> None:
     tensors = bert_tensors("bert.")
     tensors.update(infos({"classifier.weight": (2, 32), "classifier.bias": (2,)}))
     adapter = adapter_for(config)
-    names = {s.name for s in adapter.tensor_specs(tensors)}
+    names = {s.name for s in gguf_specs(adapter, tensors)}
     assert {"cls.output.weight", "cls.output.bias"} <= names
     assert metadata(adapter)["bert.classifier.output_labels"] == ["negative", "positive"]

@@ -18,7 +18,7 @@ import gguf
 import pytest
 
 from quantcli.errors import InputError, UnsupportedError
-from quantcli.models.metadata import MetaKV
+from quantcli.io.gguf_metadata import MetaKV
 from quantcli.models.tokenizer import tokenizer_metadata
 from quantcli.models.tokenizer.known_pretokenizers import (
     GPT2_BYTE_LEVEL,

@@ -31,7 +31,7 @@ from typing import Any
 
 import gguf
 
-from quantcli.models.metadata import MetaKV
+from quantcli.io.gguf_metadata import MetaKV
 from tests.fixtures.llama_cpp_sdist import converter_tree, vocab_dir
 from tests.fixtures.paths import models_dir
 

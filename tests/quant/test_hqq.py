@@ -12,7 +12,7 @@ from quantcli.quant.algorithms.hqq import shrink
 from quantcli.quant.backend import get_backend
 from quantcli.quant.int import scheme_named
 from quantcli.quant.int.encode import encode_weight
-from quantcli.quant.int.packing import pack_int32
+from quantcli.io.int_packing import pack_int32
 from quantcli.quant.int.rtn import encode
 from quantcli.safetensors_plan import IntOptions, make_int_plan
 from tests.fixtures.paths import model_path

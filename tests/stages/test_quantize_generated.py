@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType as T
 
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.models.base import TensorSpec
-from quantcli.models.metadata import kv_str
+from quantcli.io.gguf_metadata import kv_str
 from quantcli.models.transforms import Constant, Llama3RopeFactors
 from quantcli.plan import Plan, TensorPlan
 from quantcli.quant.backend import get_backend

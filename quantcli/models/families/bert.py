@@ -20,7 +20,7 @@ from gguf import GGUFValueType, Keys, MODEL_ARCH
 from ...errors import InputError
 from ..base import Architecture, Numerics, register
 from ..layout import BERT_LAYOUT
-from ..metadata import MetaKV, kv_array, kv_bool
+from ...io.gguf_metadata import MetaKV, kv_array, kv_bool
 
 CLASSIFIER = "BertForSequenceClassification"
 

@@ -21,7 +21,7 @@ from ...errors import UnsupportedError
 from ...io.safetensors import TensorInfo
 from ..base import IDENTITY, Architecture, Numerics, register
 from ..layout import GEMMA_LAYOUT
-from ..metadata import MetaKV, kv_array, kv_f32, kv_u32
+from ...io.gguf_metadata import MetaKV, kv_array, kv_f32, kv_u32
 from ..transforms import AddOne, Transform
 
 GEMMA_NUMERICS = Numerics(norm_weight_offset=1.0, activation="gelu_tanh", rope="neox", embed_scale="sqrt_hidden",

@@ -27,7 +27,7 @@ from typing import Mapping
 from gguf import GGUFValueType, Keys, MODEL_ARCH
 
 from ..base import Architecture, register
-from ..metadata import MetaKV, kv_array, kv_f32, kv_u32
+from ...io.gguf_metadata import MetaKV, kv_array, kv_f32, kv_u32
 from .gemma2 import GEMMA_NUMERICS, Gemma2
 
 # Gemma3TextConfig's defaults for the keys the conversion reads.

@@ -13,7 +13,7 @@ from gguf import Keys, MODEL_ARCH, MODEL_TENSOR
 
 from ...io.safetensors import TensorInfo
 from ..base import IDENTITY, Architecture, TensorSpec, config_int, register
-from ..metadata import MetaKV, kv_u32
+from ...io.gguf_metadata import MetaKV, kv_u32
 from ..transforms import Llama3RopeFactors, PermuteRope, Transform
 
 ROPE_FREQS = gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"

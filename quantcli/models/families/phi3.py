@@ -24,7 +24,7 @@ from ...errors import InputError, UnsupportedError
 from ...io.safetensors import TensorInfo
 from ..base import Architecture, Numerics, TensorSpec, config_int, register
 from ..layout import PHI3_LAYOUT
-from ..metadata import MetaKV, kv_f32, kv_u32
+from ...io.gguf_metadata import MetaKV, kv_f32, kv_u32
 from ..transforms import Constant
 
 ROPE_FACTORS_LONG = gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight"

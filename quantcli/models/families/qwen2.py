@@ -11,7 +11,7 @@ from typing import ClassVar
 from gguf import MODEL_ARCH
 
 from ..base import Architecture, Numerics, register
-from ..metadata import MetaKV
+from ...io.gguf_metadata import MetaKV
 
 
 @register

@@ -18,7 +18,7 @@ from typing import Any
 from gguf import GGUFValueType, Keys
 
 from quantcli.errors import InputError, UnsupportedError
-from quantcli.models.metadata import MetaKV, kv_array, kv_str
+from quantcli.io.gguf_metadata import MetaKV, kv_array, kv_str
 from quantcli.models.tokenizer.bpe import bpe_vocab
 from quantcli.models.tokenizer.files import SENTENCEPIECE_MODEL, TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.json_spm import is_sentencepiece_bpe, sentencepiece_from_json

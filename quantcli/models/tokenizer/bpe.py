@@ -6,7 +6,7 @@ from typing import Any
 from gguf import Keys
 
 from quantcli.errors import InputError, UnsupportedError
-from quantcli.models.metadata import kv_bool
+from quantcli.io.gguf_metadata import kv_bool
 from quantcli.models.tokenizer.files import TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.pretokenizer import check_name, detect_pre_tokenizer
 from quantcli.models.tokenizer.vocab import ExportedVocab, json_vocab

@@ -19,7 +19,7 @@ from typing import Any
 from gguf import GGUFValueType, Keys
 
 from quantcli.io.files import read_text
-from quantcli.models.metadata import MetaKV, kv_bool, kv_str, kv_u32
+from quantcli.io.gguf_metadata import MetaKV, kv_bool, kv_str, kv_u32
 from quantcli.models.tokenizer.files import (
     CHAT_TEMPLATE_JINJA,
     CHAT_TEMPLATE_JSON,

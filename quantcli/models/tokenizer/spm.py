@@ -18,7 +18,7 @@ from typing import Any
 from gguf import Keys, TokenType
 
 from quantcli.errors import InputError
-from quantcli.models.metadata import kv_bool
+from quantcli.io.gguf_metadata import kv_bool
 from quantcli.models.tokenizer.files import SENTENCEPIECE_MODEL, TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.pretokenizer import check_name
 from quantcli.models.tokenizer.sentencepiece_model import MODEL_TYPE_BPE, SentencePieceModel

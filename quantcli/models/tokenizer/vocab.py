@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from gguf import TokenType
 
 from quantcli.errors import InputError
-from quantcli.models.metadata import MetaKV
+from quantcli.io.gguf_metadata import MetaKV
 from quantcli.models.tokenizer.files import TOKENIZER_CONFIG, TOKENIZER_JSON, TokenizerFiles
 
 log = logging.getLogger(__name__)

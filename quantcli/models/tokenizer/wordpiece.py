@@ -13,7 +13,7 @@ from gguf import Keys, TokenType
 
 from quantcli.errors import InputError, UnsupportedError
 from quantcli.io.files import read_text
-from quantcli.models.metadata import MetaKV, kv_bool, kv_u32
+from quantcli.io.gguf_metadata import MetaKV, kv_bool, kv_u32
 from quantcli.models.tokenizer.files import TOKENIZER_JSON, TokenizerFiles
 from quantcli.models.tokenizer.pretokenizer import check_name
 from quantcli.models.tokenizer.special import (

@@ -1,5 +1,5 @@
 /* C twins of quantcli/quant/int/rtn.py (round-to-nearest with min-max or MSE-searched ranges) and
- * quant/int/packing.py (compressed-tensors' int32 bit stream).
+ * io/int_packing.py (compressed-tensors' int32 bit stream).
  *
  * Bit for bit equal to the NumPy reference: every step in float32 in the reference's order (the scale
  * division, the zero point, the squared error summed left to right over a group), rintf for NumPy's rint

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import InputError
 from ..backend import Backend
-from .packing import pack_int32, packed_words
+from ...io.int_packing import pack_int32, packed_words
 from ..algorithms import hqq
 from .rtn import METHODS as RTN_METHODS
 from .rtn import IntCodes, encode

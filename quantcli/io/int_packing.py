@@ -1,4 +1,5 @@
-"""Integer codes laid into int32 words the way compressed-tensors' pack_to_int32 (0.20) lays them.
+"""Integer codes laid into int32 words the way compressed-tensors' pack_to_int32 (0.20) lays them: a byte layout
+of the folder formats (compressed-tensors, SplitQuant), so it lives in io/ where their writers and readers are.
 
 Codes are offset to unsigned (code + 2^(bits-1)) and written as one little-endian bit stream per row: code i of a
 row occupies bits [i*bits, (i+1)*bits) counted from bit 0 of word 0, crossing word boundaries when bits does not
