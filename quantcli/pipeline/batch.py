@@ -255,9 +255,7 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
         converted = convert(request, warn=warn)
         result.status = "ok"
         result.manifest = str(converted.manifest) if converted.manifest else None
-        result.outputs = [{"path": str(o.path), "type": o.type, "bytes": o.path.stat().st_size, "sha256": o.sha256,
-                           "cached": o.cached, "verify_ok": None if o.verify is None else bool(o.verify.get("ok"))}
-                          for o in converted.outputs]
+        result.outputs = output_records(converted)
     except QuantcliError as exc:
         if type(exc).__name__ == "Interrupted":
             raise
@@ -269,6 +267,26 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
             result.error += "\n" + traceback.format_exc()
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def output_records(converted: Any) -> list[dict[str, Any]]:
+    """One record per output of a converted job, GGUF files and folders alike: path, type, bytes, sha256 (of
+    the file, or over a folder's files), cached, and verify_ok (None when not verified)."""
+    from .cache import path_size
+
+    records = [{"path": str(o.path), "type": o.type, "bytes": o.path.stat().st_size, "sha256": o.sha256,
+                "cached": o.cached, "verify_ok": _verify_ok(o.verify, o.model_verify)}
+               for o in converted.outputs]
+    records += [{"path": str(f.path), "type": f.kind, "bytes": path_size(f.path), "sha256": f.sha256,
+                 "cached": f.cached, "verify_ok": _verify_ok(f.report.to_json() if f.report else None, f.model_verify)}
+                for f in converted.folders]
+    return records
+
+
+def _verify_ok(report: dict[str, Any] | None, model: dict[str, Any] | None) -> bool | None:
+    if report is None and model is None:
+        return None
+    return all(bool(r.get("ok")) for r in (report, model) if r is not None)
 
 
 def _stderr_warn(message: str) -> None:
