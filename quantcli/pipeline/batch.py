@@ -209,10 +209,21 @@ def _refuse_shared_outputs(ctx: YamlContext, planned: list[tuple[Job, Recipe, st
                                     model=file_model, recipe=rec.name, labels=output_labels(rec), folder_only=True)
             labels = [f"job {job.id!r} ({label})" for label in output_labels(rec)] + [f"job {job.id!r} (its manifest)"]
             entries.extend((label, Path(os.path.realpath(p))) for label, p in zip(labels, layout.all_paths))
+            entries.extend((f"job {job.id!r} (folder output {p.name})", Path(os.path.realpath(p)))
+                           for p in _folder_paths(rec, file_model, Path(job.output)))
             refuse_collisions(entries, hint="Give the jobs their own output folders (output: with {model} and "
                                             "{recipe}) or their recipes distinct `file:` templates.")
         except InputError as exc:
             raise ctx.fail(node, str(exc.args[0]), hint=exc.hint) from None
+
+
+def _folder_paths(recipe: Recipe, file_model: str, output: Path) -> list[Path]:
+    """Where a job's folder outputs go, named as convert names them (their scheme is checked here too)."""
+    from .convert_int import default_output, folder_requests, resolve_scheme
+
+    return [default_output(Path(file_model), resolve_scheme(req), req.method, req.format, req.parent,
+                           req.dir_template, req.recipe_name)
+            for req in folder_requests(recipe, file_model, output)]
 
 
 def load_batch(path: Path) -> Batch:

@@ -201,15 +201,14 @@ def pack_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout,
     entries = result.outputs
     hits: dict[int, CacheHit] = {}
     for i, (key, path) in enumerate(zip(keys, paths)):
-        if cache is not None and not request.force:
-            with run.stage("pack", path, key.digest) as rec:
-                hit = cache.lookup(key, path)
-                if hit is not None:
-                    hits[i] = hit
-                    rec.status = "hit"
-                    entries[i].cached, entries[i].sha256 = True, hit.sha256
-            if hit is None:
-                run.stages.pop()        # a miss: the record is made by the write below
+        if cache is None or request.force:
+            continue
+        t0 = time.perf_counter()
+        hit = cache.lookup(key, path)
+        if hit is not None:     # a miss is recorded by the write below
+            hits[i] = hit
+            entries[i].cached, entries[i].sha256 = True, hit.sha256
+            run.stages.append(_stage_record("pack", path, "hit", time.perf_counter() - t0, key.digest))
     todo = [i for i in range(len(pairs)) if i not in hits]
     if todo:
         from ..stages.quantize import write_ggufs
@@ -231,9 +230,7 @@ def pack_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout,
             entries[i].seconds = spent
             entries[i].sha256 = digest
             # the outputs are written together: each is given an equal share of the one pass
-            from .runner import StageRecord
-
-            run.stages.append(StageRecord("pack", str(paths[i]), "written", spent, keys[i].digest))
+            run.stages.append(_stage_record("pack", paths[i], "written", spent, keys[i].digest))
     return keys, hits, todo
 
 

@@ -178,3 +178,18 @@ def test_a_missed_model_threshold_exits_1_naming_the_figure(tiny_llama: Path, tm
     loose = json.loads((tmp_path / "out" / "tiny-llama.loose.manifest.json").read_text())["outputs"][0]
     assert loose["model_verify"]["ok"] is True and loose["model_verify"]["kld_mean"] == figures["kld_mean"]
     assert [s["status"] for s in loose["stages"] if s["stage"] == "verify_model"] == ["hit"]
+
+
+def test_batch_jobs_writing_one_folder_are_refused_when_loaded(tmp_path: Path) -> None:
+    from quantcli.pipeline.batch import parse_batch
+
+    model = tmp_path / "tiny-llama"     # the batch file is checked before any model is read
+    model.mkdir()
+
+    (tmp_path / "a.yaml").write_text("name: a\nquantize: {format: compressed-tensors, scheme: W8A16, dir: same}\n")
+    (tmp_path / "b.yaml").write_text("name: b\nquantize: {format: bnb-nf4, dir: same}\n")
+    text = f"output: out\nmodels: [{model}]\nrecipes: [a.yaml, b.yaml]\n"
+    with pytest.raises(RecipeError, match=r"job 'tiny-llama.a' \(folder output same\) and job 'tiny-llama.b' "
+                                          r"\(folder output same\) would both write"):
+        parse_batch(text, "batch.yaml", base=tmp_path)
+    parse_batch(text.replace("output: out", "output: out/{recipe}"), "batch.yaml", base=tmp_path)
