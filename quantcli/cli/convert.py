@@ -100,9 +100,9 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
     request = replace(request, cache_dir=default_cache_dir(), manifest=True, download_progress=progress_enabled())
 
-    def on_block(done: int, total: int) -> None:
+    def on_block(method: str, done: int, total: int) -> None:
         if progress_enabled() and not json:
-            err.print(f"block {done}/{total}", highlight=False)
+            err.print(f"{method}: block {done}/{total}", highlight=False)
 
     with byte_progress("quantizing") as bar:
         def on_plan(pairs: list) -> None:

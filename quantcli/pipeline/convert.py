@@ -171,7 +171,7 @@ def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None]
             on_write: Callable[[list[tuple[Plan, Path]]], None] | None = None,
             warn: Callable[[str], None] | None = None,
             folder_progress: Callable[[Any], None] | None = None,
-            on_block: Callable[[int, int], None] | None = None) -> ConvertResult:
+            on_block: Callable[[str, int, int], None] | None = None) -> ConvertResult:
     """Run every stage for every output of the request (GGUF files and folders) through the stage runner
     (pipeline/runner.py): plan, write what the cache does not hold (the GGUFs from one read), verify, record.
 

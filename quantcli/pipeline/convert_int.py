@@ -350,5 +350,6 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
     check_folder_request(request)
     converted = run_convert(ConvertRequest(model=request.model, recipe=folder_recipe(request), threads=request.threads,
                                            dry_run=request.dry_run, verify=request.verify, folders=(request,)),
-                            RunHooks(folder_progress=progress, on_block=on_block))
+                            RunHooks(folder_progress=progress,
+                                     on_block=None if on_block is None else (lambda _m, d, t: on_block(d, t))))
     return converted.folders[0]

@@ -58,7 +58,7 @@ class RunHooks:
     on_write: Callable[[list[tuple[Plan, Path]]], None] | None = None  # the GGUFs about to be written (cache misses)
     warn: Callable[[str], None] | None = None                      # cache warnings, imatrix coverage notes
     folder_progress: Callable[[ModulePlan], None] | None = None    # folder tensors written
-    on_block: Callable[[int, int], None] | None = None             # a calibrated method's walk: block i of n
+    on_block: Callable[[str, int, int], None] | None = None        # a calibrated walk: (method, block i, of n)
 
 
 @dataclass
@@ -331,7 +331,9 @@ def _pack_folder(run: Run, job: FolderJob, ckpt: Checkpoint, cache: StageCache |
         started = time.perf_counter()
         from .convert_int import write_folder
 
-        write_folder(job, ckpt, run.threads, run.hooks.folder_progress, run.hooks.on_block)
+        hook = run.hooks.on_block
+        on_block = None if hook is None else (lambda done, total: hook(job.request.method, done, total))
+        write_folder(job, ckpt, run.threads, run.hooks.folder_progress, on_block)
         result.seconds = time.perf_counter() - started
         result.files = folder_files(result.path)
         result.sha256 = files_digest(result.files)
