@@ -72,7 +72,6 @@ def convert(
     """
 
     def body() -> None:
-        from ..pipeline.convert_split import SplitConvertRequest
         from ..pipeline.options import ConvertFlags, request_from_flags
 
         request = request_from_flags(ConvertFlags(
@@ -83,10 +82,7 @@ def convert(
             ignore=tuple(ignore or ()), splitquant_branches=splitquant_branches, double_quant=double_quant, ctx=ctx,
             chunks=chunks, damp=damp, act_order=act_order, method_option=tuple(method_option or ()),
             threads=threads, force=force))
-        if isinstance(request, SplitConvertRequest):
-            execute_split(request, json=json)
-        else:
-            execute(request, json=json)
+        execute(request, json=json)
 
     run(body)
 
@@ -115,6 +111,24 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
         result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn,
                              on_block=on_block)
+    from ..pipeline.convert_split import SplitConvertResult, describe_split
+
+    if result.folders and isinstance(result.folders[0], SplitConvertResult):
+        split = result.folders[0]
+        if json:
+            print_json({"source": str(split.source), "path": str(split.path), "dry_run": request.dry_run,
+                        "method": "splitquant", "scheme": split.plan.options.scheme.name, "branches": split.branches,
+                        "split": [m.source for m in split.plan.modules if m.quantized],
+                        "seconds": round(split.seconds, 3), "sha256": split.sha256, "cached": split.cached,
+                        "manifest": str(result.manifest) if result.manifest else None})
+            return
+        for line in describe_split(split, request.dry_run):
+            out.print(line, highlight=False)
+        if not request.dry_run:
+            if split.cached:
+                out.print("  same inputs and settings, sha256 re-checked; skipped (--force redoes it)", highlight=False)
+            err.print(f"done in {result.seconds:.2f} s", highlight=False)
+        return
     if json:
         print_json(convert_json(result, request))
         return
@@ -206,22 +220,6 @@ def print_model_verify(figures: dict | None) -> None:
     status = "ok" if figures.get("ok") else "FAILED"
     out.print(f"  verified on {figures.get('data')}: {text}{', cached' if figures.get('cached') else ''}: {status}",
               highlight=False)
-
-
-def execute_split(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a SplitQuantV2 conversion and say plainly which kind of folder it wrote."""
-    from ..pipeline.convert_split import convert_split, describe_split
-
-    result = convert_split(request)
-    if json:
-        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
-                    "method": "splitquant", "scheme": result.plan.options.scheme.name, "branches": result.branches,
-                    "split": [m.source for m in result.plan.modules if m.quantized], "seconds": round(result.seconds, 3)})
-        return
-    for line in describe_split(result, request.dry_run):
-        out.print(line, highlight=False)
-    if not request.dry_run:
-        err.print(f"done in {result.seconds:.2f} s", highlight=False)
 
 
 def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .calibrate import CalibrationOutcome
     from ..stages.gptq_gguf import GPTQResult
     from .convert_int import IntConvertRequest, IntConvertResult
+    from .convert_split import SplitConvertRequest, SplitConvertResult
     from .runner import Run, StageRecord
 
 VERIFY_LEVELS = ("none", "structure", "full")
@@ -59,9 +60,9 @@ class ConvertRequest:
     hub_cache_dir: Path | None = None   # where hub ids are downloaded (default: HF_HUB_CACHE)
     download_progress: bool = False     # huggingface_hub's progress bars while downloading
     local_only: bool = False            # refuse hub ids (the quantize stage alone works on a local snapshot)
-    # Folder outputs given on their own (`convert --format`); without them, the recipe's folder outputs are
-    # written inside `output` (pipeline/convert_int.folder_requests).
-    folders: tuple[IntConvertRequest, ...] = ()
+    # Folder outputs given on their own (`convert --format`, or a SplitConvertRequest for --method splitquant);
+    # without them, the recipe's folder outputs are written inside `output` (pipeline/convert_int.folder_requests).
+    folders: tuple[IntConvertRequest | SplitConvertRequest, ...] = ()
 
 
 @dataclass
@@ -87,7 +88,7 @@ class ConvertResult:
     manifest: Path | None = None
     calibration: CalibrationOutcome | None = None
     gptq: list[dict] = field(default_factory=list)   # per written output, what the GPTQ pass did
-    folders: list[IntConvertResult] = field(default_factory=list)   # the folder outputs, in recipe order
+    folders: list[IntConvertResult | SplitConvertResult] = field(default_factory=list)   # in recipe order
     stages: list[StageRecord] = field(default_factory=list)         # what every stage did (pipeline/runner.py)
 
 

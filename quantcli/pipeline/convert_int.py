@@ -87,6 +87,14 @@ class IntConvertResult:
         """The output's type as convert prints it: NF4 for bnb-nf4, else the scheme's name."""
         return "NF4" if self.plan.options.format == "bnb-nf4" else self.plan.options.scheme.name
 
+    @property
+    def format(self) -> str:
+        return self.plan.options.format
+
+    @property
+    def method(self) -> str:
+        return self.plan.options.method
+
     def method_record(self) -> dict[str, Any]:
         """What the JSON output says about how the values were chosen."""
         return {"method": self.plan.options.method, "options": dict(self.method_options or {}),
@@ -245,6 +253,13 @@ class FolderJob:
     @property
     def calibrated(self) -> bool:
         return is_calibrated(self.request.method)
+
+    def write(self, ckpt: Checkpoint, threads: int, progress: Callable[[ModulePlan], None] | None = None,
+              on_block: Callable[[int, int], None] | None = None) -> None:
+        write_folder(self, ckpt, threads, progress, on_block)
+
+    def check(self) -> FolderReport | None:
+        return check_written(self)
 
     def calibration_setting(self) -> tuple[str, str, int | None, int | None]:
         """What the token chunks depend on: outputs with the same setting share one tokenization."""

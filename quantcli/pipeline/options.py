@@ -7,8 +7,8 @@ stay with it: a folder format's scheme, bits and method in pipeline/convert_int.
 resolve_method), GPTQ on GGUF in pipeline/convert.py (check_method), SplitQuantV2 in pipeline/convert_split.py.
 
     flags = ConvertFlags(model="./m", format="compressed-tensors", scheme="W4A16")
-    type(request_from_flags(flags)).__name__
-    # -> 'ConvertRequest'   (its folders hold the one folder output)
+    request_from_flags(flags).folders[0].scheme
+    # -> 'W4A16'   (a ConvertRequest whose folders hold the one folder output)
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ..errors import InputError
 
 if TYPE_CHECKING:
     from .convert import ConvertRequest
-    from .convert_split import SplitConvertRequest
 
 GGUF = "gguf"
 
@@ -72,9 +71,9 @@ class ConvertFlags:
                     or self.method_option)
 
 
-def request_from_flags(flags: ConvertFlags) -> ConvertRequest | SplitConvertRequest:
-    """The request the flags describe: SplitQuantV2's own folder, one folder format, or GGUF outputs (a type or
-    a recipe, which may list folder outputs too). Refuses flags that do not go together, before anything is read."""
+def request_from_flags(flags: ConvertFlags) -> ConvertRequest:
+    """The request the flags describe, for the stage runner: SplitQuantV2's own folder, one folder format, or GGUF
+    outputs (a type or a recipe, which may list folder outputs too). Refuses flags that do not go together, before anything is read."""
     method = flags.method.lower()
     if method == "splitquant" or flags.splitquant_branches:
         return _split_request(flags)
@@ -83,15 +82,16 @@ def request_from_flags(flags: ConvertFlags) -> ConvertRequest | SplitConvertRequ
     return _gguf_request(flags)
 
 
-def _split_request(flags: ConvertFlags) -> SplitConvertRequest:
-    from .convert_split import SplitConvertRequest, check_split_options
+def _split_request(flags: ConvertFlags) -> ConvertRequest:
+    from .convert_split import SplitConvertRequest, check_split_options, split_request
 
     check_split_options(method=flags.method, format=flags.format, bits=flags.bits,
                         gguf_options=flags.gguf_options() or flags.calibrate is not None)
-    return SplitConvertRequest(model=flags.model, scheme=flags.scheme,
-                               group_size=-1 if flags.group_size is None else flags.group_size, symmetric=flags.sym,
-                               ignore=flags.ignore, branches=flags.splitquant_branches, output=flags.output,
-                               threads=flags.threads, dry_run=flags.dry_run)
+    return split_request(SplitConvertRequest(model=flags.model, scheme=flags.scheme,
+                                             group_size=-1 if flags.group_size is None else flags.group_size,
+                                             symmetric=flags.sym, ignore=flags.ignore,
+                                             branches=flags.splitquant_branches, output=flags.output,
+                                             threads=flags.threads, dry_run=flags.dry_run), force=flags.force)
 
 
 def _folder_request(flags: ConvertFlags) -> ConvertRequest:

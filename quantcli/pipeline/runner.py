@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .cache import StageCache
     from .convert import ConvertRequest, ConvertResult
     from .convert_int import FolderJob, IntConvertRequest
+    from .convert_split import SplitJob
     from .outputs import OutputLayout
 
 EVAL_DEFAULT = "builtin:eval"     # the text the model-level verify scores on when the recipe names none
@@ -129,7 +130,7 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
     """Run every stage of `request` (module docstring) and return what each output became."""
     from ..io.checkpoint import Checkpoint
     from .convert import VERIFY_LEVELS, ConvertResult, check_method, resolve_snapshot
-    from .convert_int import check_folder_request, plan_folder, prepare_calibration
+    from .convert_int import prepare_calibration
     from .outputs import output_target
 
     run = Run(request, hooks or RunHooks())
@@ -139,7 +140,7 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
     folder_reqs = folder_requests_of(request)
     for f in folder_reqs:
-        check_folder_request(f)
+        _check_folder(f)
     if recipe.outputs:
         output_target(request.output, len(recipe.outputs))   # the -o rule, before any download or read
     if not recipe.outputs and not folder_reqs:
@@ -152,7 +153,7 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
         snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir,
                                     progress=request.download_progress, local_only=request.local_only)
         ckpt = Checkpoint.open(snapshot.path)
-    jobs = [plan_folder(f, snapshot.path, ckpt) for f in folder_reqs]   # metadata only: refusals before writing
+    jobs = [_plan_folder(f, snapshot.path, ckpt) for f in folder_reqs]   # metadata only: refusals before writing
 
     calibration = None
     with run.stage("calibrate") as rec:
@@ -185,6 +186,26 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
         return result
     _run_locked(run, result, layout, gguf, jobs, ckpt, snapshot, started)
     return result
+
+
+def _check_folder(request: Any) -> None:
+    """The refusals a folder output gets before anything is read (an integer format, or SplitQuantV2)."""
+    from .convert_int import check_folder_request
+    from .convert_split import SplitConvertRequest, resolve_split_scheme
+
+    if isinstance(request, SplitConvertRequest):
+        resolve_split_scheme(request)
+    else:
+        check_folder_request(request)
+
+
+def _plan_folder(request: Any, source: Path, ckpt: Checkpoint) -> Any:
+    from .convert_int import plan_folder
+    from .convert_split import SplitConvertRequest, plan_split
+
+    if isinstance(request, SplitConvertRequest):
+        return plan_split(request, source, ckpt)
+    return plan_folder(request, source, ckpt)
 
 
 def _arch(ckpt: Checkpoint) -> str:
@@ -230,7 +251,7 @@ def _plan_ggufs(run: Run, snapshot: Snapshot, ckpt: Checkpoint) -> _GGUFs:
     return _GGUFs(plans, imatrix)
 
 
-def _layout(request: ConvertRequest, gguf: _GGUFs | None, jobs: list[FolderJob], snapshot: Snapshot) -> OutputLayout:
+def _layout(request: ConvertRequest, gguf: _GGUFs | None, jobs: list[FolderJob | SplitJob], snapshot: Snapshot) -> OutputLayout:
     """Every path the run writes, checked before any byte is written: the GGUF files and the manifest
     (pipeline/outputs.py), and the folders, none of which may be another output's path."""
     from .convert import output_labels, output_layout
@@ -250,7 +271,7 @@ def _layout(request: ConvertRequest, gguf: _GGUFs | None, jobs: list[FolderJob],
     return layout
 
 
-def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GGUFs | None, jobs: list[FolderJob],
+def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GGUFs | None, jobs: list[FolderJob | SplitJob],
                 ckpt: Checkpoint, snapshot: Snapshot, started: float) -> None:
     """pack -> verify -> verify_model -> record, holding a lock on every final name (io/locks.py): the manifest
     then always describes the outputs beside it."""
@@ -284,13 +305,12 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
         folder_keys = [_pack_folder(run, job, ckpt, cache, fingerprint) for job in jobs]
         for job in jobs:
             with run.stage("verify", job.result.path) as rec:
-                if request.verify == "none":
-                    rec.status = "skipped"
-                    continue
-                from .convert_int import check_written, folder_failure
+                from .convert_int import folder_failure
 
-                report = check_written(job)
-                if report is not None and not report.ok:
+                report = job.check()
+                if report is None:
+                    rec.status = "skipped"
+                elif not report.ok:
                     failures.append(folder_failure(job))
         failures += _verify_models(run, result, jobs, cache, fingerprint, skip=broken)
         result.seconds = time.perf_counter() - started
@@ -304,7 +324,7 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
         raise failures[0]
 
 
-def _pack_folder(run: Run, job: FolderJob, ckpt: Checkpoint, cache: StageCache | None,
+def _pack_folder(run: Run, job: FolderJob | SplitJob, ckpt: Checkpoint, cache: StageCache | None,
                  fingerprint: dict[str, Any]) -> Any:
     """The pack stage of one folder output, with its cache: a hit re-hashes every file of the folder."""
     from ..quant.backend import get_backend
@@ -329,11 +349,9 @@ def _pack_folder(run: Run, job: FolderJob, ckpt: Checkpoint, cache: StageCache |
                 result.calibration = hit.extra["calibration"]
             return key
         started = time.perf_counter()
-        from .convert_int import write_folder
-
         hook = run.hooks.on_block
-        on_block = None if hook is None else (lambda done, total: hook(job.request.method, done, total))
-        write_folder(job, ckpt, run.threads, run.hooks.folder_progress, on_block)
+        on_block = None if hook is None else (lambda done, total: hook(job.result.method, done, total))
+        job.write(ckpt, run.threads, run.hooks.folder_progress, on_block)
         result.seconds = time.perf_counter() - started
         result.files = folder_files(result.path)
         result.sha256 = files_digest(result.files)
@@ -344,7 +362,7 @@ def _pack_folder(run: Run, job: FolderJob, ckpt: Checkpoint, cache: StageCache |
     return key
 
 
-def _verify_models(run: Run, result: ConvertResult, jobs: list[FolderJob], cache: StageCache | None,
+def _verify_models(run: Run, result: ConvertResult, jobs: list[FolderJob | SplitJob], cache: StageCache | None,
                    fingerprint: dict[str, Any], *, skip: set[int]) -> list[VerifyError]:
     """The model-level verify of every output (recipe verify.max_kld / max_ppl_ratio): score it against the
     source with the engine, keep the figures, and fail (exit 1) an output that misses a threshold. Figures are
@@ -449,9 +467,8 @@ def _write_manifest(run: Run, result: ConvertResult, layout: OutputLayout, keys:
         report = f.report.to_json() if f.report is not None else None
         if report is not None:
             report.pop("weights", None)     # the per-weight table: `quantcli verify FOLDER --source --json`
-        opts = f.plan.options
-        outputs.append({"file": os.path.relpath(f.path, path.parent), "kind": "folder", "format": opts.format,
-                        "type": f.kind, "method": opts.method, "options": dict(f.method_options or {}),
+        outputs.append({"file": os.path.relpath(f.path, path.parent), "kind": "folder", "format": f.format,
+                        "type": f.kind, "method": f.method, "options": dict(f.method_options or {}),
                         "bytes": sum((f.path / n).stat().st_size for n in f.files), "sha256": f.sha256,
                         "files": f.files, "tensors": len(f.plan.modules), "parameters": f.plan.n_params,
                         "quantized": sum(m.quantized for m in f.plan.modules),

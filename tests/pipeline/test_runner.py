@@ -68,8 +68,8 @@ def test_flags_become_the_request_of_their_path() -> None:
     assert (folder.folders[0].scheme, folder.folders[0].group_size) == ("W8A16", 0)
     gguf = request_from_flags(ConvertFlags(model="m", type="Q4_K_M", method="gptq", calibrate="x.txt"))
     assert (gguf.method, gguf.recipe.outputs[0].type, gguf.folders) == ("gptq", "Q4_K_M", ())
-    split = request_from_flags(ConvertFlags(model="m", method="splitquant"))
-    assert type(split).__name__ == "SplitConvertRequest"
+    split = request_from_flags(ConvertFlags(model="m", method="splitquant", splitquant_branches=True))
+    assert type(split.folders[0]).__name__ == "SplitConvertRequest" and split.folders[0].branches
 
 
 # ---- the recipe's verify section ----
