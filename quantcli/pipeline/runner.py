@@ -15,8 +15,10 @@ every stage that has a key:
 | verify_model | per output, when the recipe sets verify.max_kld or verify.max_ppl_ratio | `verify_model_key` |
 | record | once: the run manifest, every output with its sha256s, stages, timings and figures | none |
 
-`StageRecord`s say what each stage did (ran, hit, written), for which output, in how many seconds; the
-manifest keeps them. Library callers get neither cache nor manifest unless the request asks.
+`StageRecord`s say what each stage did (ran, hit, written, skipped), for which output, in how many seconds; the
+manifest keeps them. The stages' bodies live beside the runner: GGUF outputs in convert.py, integer folders in
+convert_int.py, SplitQuantV2 in convert_split.py, the model-level verify in model_verify.py and the manifest in
+run_manifest.py. Library callers get neither cache nor manifest unless the request asks.
 
     result = run_convert(ConvertRequest(model="./tiny-llama", recipe=resolve_recipe("release"), output=Path("out")))
     [s.stage for s in result.stages][:2]
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from .convert_split import SplitJob
     from .outputs import OutputLayout
 
-EVAL_DEFAULT = "builtin:eval"     # the text the model-level verify scores on when the recipe names none
 STAGES = ("download", "calibrate", "pack", "verify", "verify_model", "record")
 
 
@@ -279,6 +280,8 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
     from ..io.locks import output_locks
     from .cache import StageCache, fingerprint_folder
     from .keys import imatrix_identity
+    from .model_verify import verify_models
+    from .run_manifest import write_run_manifest
 
     request = run.request
     paths = [*layout.files, *(job.result.path for job in jobs)]
@@ -312,13 +315,13 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
                     rec.status = "skipped"
                 elif not report.ok:
                     failures.append(folder_failure(job))
-        failures += _verify_models(run, result, jobs, cache, fingerprint, skip=broken)
+        failures += verify_models(run, result, cache, fingerprint, skip=broken)
         result.seconds = time.perf_counter() - started
         if request.manifest:
             with run.stage("record", layout.manifest):
                 result.stages = run.stages
-                result.manifest = _write_manifest(run, result, layout, keys, folder_keys, fingerprint, im_sha,
-                                                  skip=broken)
+                result.manifest = write_run_manifest(run, result, layout, keys, folder_keys, fingerprint, im_sha,
+                                                     skip=broken)
         result.stages = run.stages
     if failures:
         raise failures[0]
@@ -360,133 +363,3 @@ def _pack_folder(run: Run, job: FolderJob | SplitJob, ckpt: Checkpoint, cache: S
             cache.store(key, result.path, sha256=result.sha256,
                         extra={"calibration": result.calibration} if result.calibration else {})
     return key
-
-
-def _verify_models(run: Run, result: ConvertResult, jobs: list[FolderJob | SplitJob], cache: StageCache | None,
-                   fingerprint: dict[str, Any], *, skip: set[int]) -> list[VerifyError]:
-    """The model-level verify of every output (recipe verify.max_kld / max_ppl_ratio): score it against the
-    source with the engine, keep the figures, and fail (exit 1) an output that misses a threshold. Figures are
-    cached by the output's sha256, the source and the text; the thresholds are applied to cached figures too."""
-    from ..stages.calibration_data import load_calibration_text
-    from ..stages.verify_model import check_thresholds
-    from .keys import verify_model_key
-
-    request = run.request
-    spec = request.recipe.verify
-    if not spec.model_level or request.verify == "none":
-        return []
-    data = spec.data or EVAL_DEFAULT
-    if ("eval", data) not in run.texts:
-        run.texts[("eval", data)] = load_calibration_text(data)
-    text = run.texts[("eval", data)]
-    ctx = _eval_ctx(spec.ctx, result.source)
-    targets: list[tuple[Path, str | None, Callable[[dict[str, Any]], None]]] = []
-    for i, o in enumerate(result.outputs):
-        if i not in skip:
-            targets.append((o.path, o.sha256, lambda fig, o=o: setattr(o, "model_verify", fig)))
-    for f in result.folders:
-        targets.append((f.path, f.sha256, lambda fig, f=f: setattr(f, "model_verify", fig)))
-    failures: list[VerifyError] = []
-    for path, sha, keep in targets:
-        key = verify_model_key(sha or "", source=fingerprint, data_sha256=text.sha256, ctx=ctx, chunks=spec.chunks)
-        with run.stage("verify_model", path, key.digest) as rec:
-            hit = cache.lookup(key, path) if cache is not None and sha and not request.force else None
-            figures = hit.extra.get("figures") if hit is not None else None
-            if isinstance(figures, dict):
-                rec.status = "hit"
-                report = _report_from(figures)
-            else:
-                report = _score(run, path, result.source, data, ctx, spec.chunks)
-                figures = report.to_json()
-                if cache is not None and sha:
-                    cache.store(key, path, sha256=sha, extra={"figures": figures})
-            try:
-                check_thresholds(report, max_kld=spec.max_kld, max_ppl_ratio=spec.max_ppl_ratio)
-                keep({**figures, "ok": True, "failure": None, "cached": rec.status == "hit"})
-            except VerifyError as exc:
-                keep({**figures, "ok": False, "failure": str(exc.args[0]), "cached": rec.status == "hit"})
-                failures.append(exc)
-    return failures
-
-
-def _eval_ctx(ctx: int | None, source: Path) -> int:
-    """The recipe's verify.ctx, else 512 capped at the model's trained context (as calibrate does)."""
-    from ..io.checkpoint import Checkpoint
-    from ..stages.chunks import DEFAULT_CTX
-
-    if ctx is not None:
-        return ctx
-    config = Checkpoint.open(Path(source)).config
-    trained = config.get("max_position_embeddings") or config.get("n_positions") or DEFAULT_CTX
-    return min(DEFAULT_CTX, int(trained))
-
-
-def _score(run: Run, path: Path, source: Path, data: str, ctx: int, chunks: int | None) -> Any:
-    from ..stages.verify_model import verify_model
-
-    return verify_model(Path(path), Path(source), data, ctx=ctx, chunks=chunks, threads=run.request.threads)
-
-
-def _report_from(figures: dict[str, Any]) -> Any:
-    """A ModelQualityReport rebuilt from its cached JSON (the thresholds are checked on it)."""
-    from dataclasses import fields
-
-    from ..stages.perplexity import PerplexityResult
-    from ..stages.verify_model import EmbeddingResult, ModelQualityReport
-
-    kind = PerplexityResult if "ppl" in figures else EmbeddingResult
-    values = {f.name: figures.get(f.name) for f in fields(kind)}
-    return ModelQualityReport(str(figures.get("path")), str(figures.get("source")), str(figures.get("data")),
-                              kind(**values))
-
-
-def _write_manifest(run: Run, result: ConvertResult, layout: OutputLayout, keys: list[Any], folder_keys: list[Any],
-                    fingerprint: dict[str, Any], im_sha: str | None, *, skip: set[int]) -> Path:
-    """The manifest at the layout's manifest path: every output still on disk (not those in `skip`), GGUF files
-    and folders, with their sha256s, the stages that made them and their figures."""
-    from .manifest import build_manifest, verify_summary, write_manifest
-
-    request = run.request
-    snap = result.snapshot
-    path = layout.manifest
-    by_output: dict[str, list[dict[str, Any]]] = {}
-    for s in run.stages:
-        if s.output is not None:
-            by_output.setdefault(s.output, []).append(s.to_json())
-    outputs = []
-    for i, (entry, key) in enumerate(zip(result.outputs, keys)):
-        if i in skip:
-            continue
-        outputs.append({"file": os.path.relpath(entry.path, path.parent), "kind": "gguf", "type": entry.type,
-                        "bytes": entry.path.stat().st_size, "sha256": entry.sha256,
-                        "tensors": len(entry.plan.tensors), "parameters": entry.plan.n_params,
-                        "cache": "hit" if entry.cached else "written", "key": key.digest,
-                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify),
-                        "model_verify": entry.model_verify, "stages": by_output.get(str(entry.path), [])})
-    for f, key in zip(result.folders, folder_keys):
-        report = f.report.to_json() if f.report is not None else None
-        if report is not None:
-            report.pop("weights", None)     # the per-weight table: `quantcli verify FOLDER --source --json`
-        outputs.append({"file": os.path.relpath(f.path, path.parent), "kind": "folder", "format": f.format,
-                        "type": f.kind, "method": f.method, "options": dict(f.method_options or {}),
-                        "bytes": sum((f.path / n).stat().st_size for n in f.files), "sha256": f.sha256,
-                        "files": f.files, "tensors": len(f.plan.modules), "parameters": f.plan.n_params,
-                        "quantized": sum(m.quantized for m in f.plan.modules),
-                        "cache": "hit" if f.cached else "written", "key": key.digest, "calibration": f.calibration,
-                        "verify_level": request.verify, "verify_summary": report, "model_verify": f.model_verify,
-                        "stages": by_output.get(str(f.path), [])})
-    source = {"model": request.model, "path": str(Path(result.source).resolve()),
-              "repo_id": snap.repo_id if snap else None, "revision": snap.revision if snap else None,
-              "commit": snap.commit if snap else None, "fingerprint": fingerprint}
-    from ..quant.backend import get_backend
-
-    manifest = build_manifest(command=None, source=source, recipe=request.recipe.canonical(),
-                              backend=get_backend().name, threads=run.threads, outputs=outputs,
-                              seconds=result.seconds,
-                              imatrix={"path": str(request.imatrix), "sha256": im_sha} if request.imatrix else None)
-    if result.calibration is not None:
-        manifest["calibration"] = result.calibration.manifest()
-    if result.gptq:
-        manifest["gptq"] = result.gptq
-    manifest["stages"] = [s.to_json() for s in run.stages if s.output is None or s.stage == "calibrate"]
-    return write_manifest(path, manifest)
