@@ -1,4 +1,5 @@
-"""`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF, one or many outputs from one read."""
+"""`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF files and safetensors folders, through the
+stage runner (pipeline/runner.py); which options go together is decided in pipeline/options.py."""
 from __future__ import annotations
 
 import inspect
@@ -71,84 +72,34 @@ def convert(
     """
 
     def body() -> None:
-        from ..errors import InputError
-        from ..pipeline.convert import ConvertRequest, parse_tensor_type, recipe_from_type
-        from ..recipe import resolve_recipe
+        from ..pipeline.options import ConvertFlags, request_from_flags
 
-        if method.lower() == "splitquant" or splitquant_branches:
-            from ..pipeline.convert_split import SplitConvertRequest, check_split_options
-
-            check_split_options(method=method, format=format, bits=bits, gguf_options=any(
-                (recipe, type, tensor_type, output_tensor_type, token_embedding_type, pre_tokenizer, pure, imatrix,
-                 calibrate)))
-            execute_split(SplitConvertRequest(model=model, scheme=scheme, group_size=-1 if group_size is None else group_size,
-                                              symmetric=sym, ignore=tuple(ignore or ()), branches=splitquant_branches,
-                                              output=output, threads=threads, dry_run=dry_run), json=json)
-            return
-        if format.lower() != "gguf":
-            from ..pipeline.convert_int import IntConvertRequest, gathered_method_options
-
-            if recipe or type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure or imatrix:
-                raise InputError(f"--format {format} takes --scheme/--method/--bits/--group-size/--sym/--ignore, "
-                                 "not the GGUF options (--type, --recipe, --tensor-type, --imatrix, ...).",
-                                 hint="Drop the GGUF options, or use --format gguf.")
-            options = gathered_method_options(method_option or (), damp=damp, act_order=act_order or None)
-            execute_int(IntConvertRequest(model=model, format=format.lower(), scheme=scheme, method=method.lower(),
-                                          bits=bits, group_size=-1 if group_size is None else group_size,
-                                          symmetric=sym, ignore=tuple(ignore or ()), output=output, threads=threads,
-                                          dry_run=dry_run, verify=verify, double_quant=double_quant,
-                                          calibrate=calibrate, ctx=ctx, chunks=chunks, method_options=options),
-                        json=json)
-            return
-        gguf_method = method.lower() if method.lower() == "gptq" else None   # GPTQ on K-quants (docs/gguf-gptq.md)
-        if (scheme or bits is not None or group_size is not None or sym is not None or ignore
-                or method.lower() not in ("minmax", "gptq") or not double_quant or ctx is not None or chunks is not None
-                or damp is not None or act_order or method_option):
-            raise InputError("--scheme/--method/--bits/--group-size/--sym/--asym/--ignore/--ctx/--chunks/--damp/"
-                             "--act-order/--method-option apply to folder formats (GGUF takes --method gptq alone).",
-                             hint="Add --format compressed-tensors, or use --type for GGUF.")
-        if recipe and (type or tensor_type or output_tensor_type or token_embedding_type or pre_tokenizer or pure):
-            raise InputError("--recipe cannot be combined with --type/--tensor-type/--output-tensor-type/"
-                             "--token-embedding-type/--pure/--pre-tokenizer.",
-                             hint="Put those settings in the recipe, or drop --recipe.")
-        rec = resolve_recipe(recipe) if recipe else recipe_from_type(
-            type, output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
-            tensor_types=tuple(parse_tensor_type(t) for t in tensor_type or ()), pre_tokenizer=pre_tokenizer)
-        if rec.folders:
-            from dataclasses import replace
-
-            from ..pipeline.convert_int import folder_requests
-
-            # a recipe with folder outputs: its GGUF files first (one read, cached), then each folder
-            folders = folder_requests(rec, model, output, threads=threads, verify=verify, dry_run=dry_run,
-                                      calibrate=calibrate)
-            records = []
-            if rec.outputs:
-                records.append(execute(ConvertRequest(model=model, recipe=replace(rec, folders=()), output=output,
-                                                      threads=threads, dry_run=dry_run, verify=verify,
-                                                      imatrix=imatrix, calibrate_data=calibrate, force=force),
-                                       json=json, emit=False))
-            records += [execute_int(req, json=json, emit=False) for req in folders]
-            if json:
-                print_json(records[0] if len(records) == 1 else {"recipe": rec.name, "outputs": records})
-            return
-        request = ConvertRequest(model=model, recipe=rec, output=output, threads=threads, dry_run=dry_run,
-                                 verify=verify, imatrix=imatrix, calibrate_data=calibrate, force=force,
-                                 method=gguf_method)
+        request = request_from_flags(ConvertFlags(
+            model=model, output=output, type=type, recipe=recipe, tensor_type=tuple(tensor_type or ()),
+            output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type, pure=pure,
+            imatrix=imatrix, calibrate=calibrate, pre_tokenizer=pre_tokenizer, dry_run=dry_run, verify=verify,
+            format=format, scheme=scheme, method=method, bits=bits, group_size=group_size, sym=sym,
+            ignore=tuple(ignore or ()), splitquant_branches=splitquant_branches, double_quant=double_quant, ctx=ctx,
+            chunks=chunks, damp=damp, act_order=act_order, method_option=tuple(method_option or ()),
+            threads=threads, force=force))
         execute(request, json=json)
 
     run(body)
 
 
-def execute(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
-    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result (with
-    --json and emit=False, return the JSON record instead of printing it)."""
+def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run a conversion with the CLI's services on (stage cache, manifest, progress) and print the result."""
     from dataclasses import replace
 
     from ..pipeline.cache import default_cache_dir
     from ..pipeline.convert import convert as run_convert
 
     request = replace(request, cache_dir=default_cache_dir(), manifest=True, download_progress=progress_enabled())
+
+    def on_block(method: str, done: int, total: int) -> None:
+        if progress_enabled() and not json:
+            err.print(f"{method}: block {done}/{total}", highlight=False)
+
     with byte_progress("quantizing") as bar:
         def on_plan(pairs: list) -> None:
             if request.dry_run and not json:
@@ -158,89 +109,117 @@ def execute(request, *, json: bool, emit: bool = True) -> dict | None:  # type: 
         def on_write(pairs: list) -> None:
             bar.set_total(sum(plan.total_bytes for plan, _ in pairs))
 
-        result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn)
-    if json:
-        if not emit:
-            return result_json(result, request.dry_run)
-        print_json(result_json(result, request.dry_run))
-    elif not request.dry_run:
-        if result.calibration is not None:
-            c = result.calibration
-            out.print(f"{'cached' if c.cached else 'wrote'} {c.path} (imatrix: {c.chunks} chunks of {c.ctx} tokens "
-                      f"from {c.data_name})", highlight=False)
-        for g in result.gptq:
-            out.print(f"gptq: {g['tensors']} matrices ({', '.join(f'{n} {t}' for t, n in g['types'].items())}) on "
-                      f"{g['chunks']} chunks of {g['ctx']} tokens in {g['seconds']:.0f} s", highlight=False)
-        for o in result.outputs:
-            size = human_bytes(o.path.stat().st_size)
-            if o.cached:
-                out.print(f"cached {o.path} ({o.type}, {size}): same inputs and settings, sha256 re-checked; "
-                          "skipped (--force redoes it)", highlight=False)
-            else:
-                out.print(f"wrote {o.path} ({o.type}, {size})", highlight=False)
-            print_verify(o.verify, request.verify, source=result.source, cached=o.verify_cached)
-        if result.manifest is not None:
-            err.print(f"manifest: {result.manifest}", highlight=False)
-        err.print(f"done in {result.seconds:.2f} s", highlight=False)
-    return None
+        result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn,
+                             on_block=on_block)
+    from ..pipeline.convert_split import SplitConvertResult, describe_split
 
-
-def execute_int(request, *, json: bool, emit: bool = True) -> dict | None:  # type: ignore[no-untyped-def]
-    """Run a folder-format conversion and print the folder, its size and (with --verify full) the error summary
-    (with --json and emit=False, return the JSON record instead of printing it)."""
-    from ..pipeline.convert_int import convert_int
-
-    def on_block(done: int, total: int) -> None:
-        if progress_enabled() and not json:
-            err.print(f"{request.method}: block {done}/{total}", highlight=False)
-
-    result = convert_int(request, on_block=on_block)
-    if json:
-        report = result.report.to_json() if result.report else None
-        record = {"source": str(result.source), "path": str(result.path), "format": request.format,
-                  "dry_run": request.dry_run, "scheme": result.plan.options.scheme.name, **result.method_record(),
-                  "quantized": [m.source for m in result.plan.modules if m.quantized],
-                  "seconds": round(result.seconds, 3), "verify": report}
-        if not emit:
-            return record
-        print_json(record)
-        return None
-    quantized = [m for m in result.plan.modules if m.quantized]
-    if request.dry_run:
-        for m in result.plan.modules:
-            out.print(f"{m.source}  {'x'.join(map(str, m.shape))}  {m.dtype} -> "
-                      f"{result.plan.options.scheme.name if m.quantized else 'kept'}", highlight=False)
-        out.print(f"{len(quantized)} of {len(result.plan.modules)} tensors quantized; ignore: "
-                  f"{', '.join(result.plan.ignore)}", highlight=False)
-        return None
-    size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
-    kind = "NF4" if request.format == "bnb-nf4" else result.plan.options.scheme.name
-    how = "" if result.calibration is None else (f", {request.method} on {result.calibration['chunks']} x "
-                                                f"{result.calibration['ctx']} tokens of {result.calibration['data']}")
-    out.print(f"wrote {result.path}/ ({kind}{how}, {len(quantized)} weights quantized, "
-              f"{human_bytes(size)})", highlight=False)
-    if result.report is not None and result.report.weights:
-        r = result.report.to_json()
-        err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
-                  f"{len(result.report.weights)} weights", highlight=False)
-    err.print(f"done in {result.seconds:.2f} s", highlight=False)
-    return None
-
-
-def execute_split(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run a SplitQuantV2 conversion and say plainly which kind of folder it wrote."""
-    from ..pipeline.convert_split import convert_split, describe_split
-
-    result = convert_split(request)
-    if json:
-        print_json({"source": str(result.source), "path": str(result.path), "dry_run": request.dry_run,
-                    "method": "splitquant", "scheme": result.plan.options.scheme.name, "branches": result.branches,
-                    "split": [m.source for m in result.plan.modules if m.quantized], "seconds": round(result.seconds, 3)})
+    if result.folders and isinstance(result.folders[0], SplitConvertResult):
+        split = result.folders[0]
+        if json:
+            print_json({"source": str(split.source), "path": str(split.path), "dry_run": request.dry_run,
+                        "method": "splitquant", "scheme": split.plan.options.scheme.name, "branches": split.branches,
+                        "split": [m.source for m in split.plan.modules if m.quantized],
+                        "seconds": round(split.seconds, 3), "sha256": split.sha256, "cached": split.cached,
+                        "manifest": str(result.manifest) if result.manifest else None})
+            return
+        for line in describe_split(split, request.dry_run):
+            out.print(line, highlight=False)
+        if not request.dry_run:
+            if split.cached:
+                out.print("  same inputs and settings, sha256 re-checked; skipped (--force redoes it)", highlight=False)
+            err.print(f"done in {result.seconds:.2f} s", highlight=False)
         return
-    for line in describe_split(result, request.dry_run):
-        out.print(line, highlight=False)
-    if not request.dry_run:
-        err.print(f"done in {result.seconds:.2f} s", highlight=False)
+    if json:
+        print_json(convert_json(result, request))
+        return
+    if request.dry_run:
+        for f in result.folders:
+            print_folder_plan(f)
+        return
+    if result.calibration is not None:
+        c = result.calibration
+        out.print(f"{'cached' if c.cached else 'wrote'} {c.path} (imatrix: {c.chunks} chunks of {c.ctx} tokens "
+                  f"from {c.data_name})", highlight=False)
+    for g in result.gptq:
+        out.print(f"gptq: {g['tensors']} matrices ({', '.join(f'{n} {t}' for t, n in g['types'].items())}) on "
+                  f"{g['chunks']} chunks of {g['ctx']} tokens in {g['seconds']:.0f} s", highlight=False)
+    for o in result.outputs:
+        size = human_bytes(o.path.stat().st_size)
+        if o.cached:
+            out.print(f"cached {o.path} ({o.type}, {size}): same inputs and settings, sha256 re-checked; "
+                      "skipped (--force redoes it)", highlight=False)
+        else:
+            out.print(f"wrote {o.path} ({o.type}, {size})", highlight=False)
+        print_verify(o.verify, request.verify, source=result.source, cached=o.verify_cached)
+        print_model_verify(o.model_verify)
+    for f in result.folders:
+        print_folder(f)
+    if result.manifest is not None:
+        err.print(f"manifest: {result.manifest}", highlight=False)
+    err.print(f"done in {result.seconds:.2f} s", highlight=False)
+
+
+def folder_json(f, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]
+    """The JSON record of one folder output."""
+    report = f.report.to_json() if f.report else None
+    return {"source": str(f.source), "path": str(f.path), "format": f.plan.options.format, "dry_run": dry_run,
+            "scheme": f.plan.options.scheme.name, **f.method_record(),
+            "quantized": [m.source for m in f.plan.modules if m.quantized], "seconds": round(f.seconds, 3),
+            "verify": report, "sha256": f.sha256, "cached": f.cached, "model_verify": f.model_verify}
+
+
+def convert_json(result, request) -> dict:  # type: ignore[no-untyped-def]
+    """GGUF outputs only: result_json; one folder output alone: its record; otherwise every output in order,
+    GGUF entries first, under the recipe's name."""
+    if not result.folders:
+        return result_json(result, request.dry_run)
+    folders = [folder_json(f, request.dry_run) for f in result.folders]
+    manifest = str(result.manifest) if result.manifest else None
+    if not result.outputs and len(folders) == 1:
+        return {**folders[0], "manifest": manifest}
+    gguf = result_json(result, request.dry_run)
+    return {"recipe": request.recipe.name, "source": gguf["source"], "dry_run": request.dry_run,
+            "seconds": gguf["seconds"], "manifest": manifest, "outputs": gguf["outputs"] + folders}
+
+
+def print_folder_plan(f) -> None:  # type: ignore[no-untyped-def]
+    quantized = [m for m in f.plan.modules if m.quantized]
+    for m in f.plan.modules:
+        out.print(f"{m.source}  {'x'.join(map(str, m.shape))}  {m.dtype} -> "
+                  f"{f.plan.options.scheme.name if m.quantized else 'kept'}", highlight=False)
+    out.print(f"{len(quantized)} of {len(f.plan.modules)} tensors quantized; ignore: "
+              f"{', '.join(f.plan.ignore)}", highlight=False)
+
+
+def print_folder(f) -> None:  # type: ignore[no-untyped-def]
+    """What one folder output became: written or cached, its kind, size and verify figures."""
+    quantized = [m for m in f.plan.modules if m.quantized]
+    size = sum(p.stat().st_size for p in f.path.rglob("*") if p.is_file())
+    how = "" if f.calibration is None else (f", {f.plan.options.method} on {f.calibration['chunks']} x "
+                                            f"{f.calibration['ctx']} tokens of {f.calibration['data']}")
+    verb = "cached" if f.cached else "wrote"
+    tail = ": same inputs and settings, sha256 re-checked; skipped (--force redoes it)" if f.cached else ""
+    out.print(f"{verb} {f.path}/ ({f.kind}{how}, {len(quantized)} weights quantized, {human_bytes(size)}){tail}",
+              highlight=False)
+    if f.report is not None and f.report.weights:
+        r = f.report.to_json()
+        err.print(f"verify: min SNR {r['min_snr_db']:.1f} dB, mean {r['mean_snr_db']:.1f} dB over "
+                  f"{len(f.report.weights)} weights", highlight=False)
+    print_model_verify(f.model_verify)
+
+
+def print_model_verify(figures: dict | None) -> None:
+    """The model-level figures convert computed for an output (recipe verify.max_kld / max_ppl_ratio)."""
+    if not figures:
+        return
+    if figures.get("kld_mean") is not None:
+        text = (f"PPL {figures['ppl']:.4f} vs source {figures['ppl_source']:.4f} (ratio {figures['ppl_ratio']:.4f}), "
+                f"mean KLD {figures['kld_mean']:.6f}, same top-1 {100 * figures['same_top1']:.2f} %")
+    else:
+        text = f"cosine mean {figures.get('cos_mean', float('nan')):.6f}, min {figures.get('cos_min', float('nan')):.6f}"
+    status = "ok" if figures.get("ok") else "FAILED"
+    out.print(f"  verified on {figures.get('data')}: {text}{', cached' if figures.get('cached') else ''}: {status}",
+              highlight=False)
 
 
 def print_verify(report: dict | None, level: str, *, source: Path, cached: bool) -> None:

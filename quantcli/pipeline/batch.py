@@ -209,10 +209,21 @@ def _refuse_shared_outputs(ctx: YamlContext, planned: list[tuple[Job, Recipe, st
                                     model=file_model, recipe=rec.name, labels=output_labels(rec), folder_only=True)
             labels = [f"job {job.id!r} ({label})" for label in output_labels(rec)] + [f"job {job.id!r} (its manifest)"]
             entries.extend((label, Path(os.path.realpath(p))) for label, p in zip(labels, layout.all_paths))
+            entries.extend((f"job {job.id!r} (folder output {p.name})", Path(os.path.realpath(p)))
+                           for p in _folder_paths(rec, file_model, Path(job.output)))
             refuse_collisions(entries, hint="Give the jobs their own output folders (output: with {model} and "
                                             "{recipe}) or their recipes distinct `file:` templates.")
         except InputError as exc:
             raise ctx.fail(node, str(exc.args[0]), hint=exc.hint) from None
+
+
+def _folder_paths(recipe: Recipe, file_model: str, output: Path) -> list[Path]:
+    """Where a job's folder outputs go, named as convert names them (their scheme is checked here too)."""
+    from .convert_int import default_output, folder_requests, resolve_scheme
+
+    return [default_output(Path(file_model), resolve_scheme(req), req.method, req.format, req.parent,
+                           req.dir_template, req.recipe_name)
+            for req in folder_requests(recipe, file_model, output)]
 
 
 def load_batch(path: Path) -> Batch:
@@ -255,9 +266,7 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
         converted = convert(request, warn=warn)
         result.status = "ok"
         result.manifest = str(converted.manifest) if converted.manifest else None
-        result.outputs = [{"path": str(o.path), "type": o.type, "bytes": o.path.stat().st_size, "sha256": o.sha256,
-                           "cached": o.cached, "verify_ok": None if o.verify is None else bool(o.verify.get("ok"))}
-                          for o in converted.outputs]
+        result.outputs = output_records(converted)
     except QuantcliError as exc:
         if type(exc).__name__ == "Interrupted":
             raise
@@ -269,6 +278,26 @@ def run_job(job: Job, *, force: bool = False, threads: int | None = None, cache_
             result.error += "\n" + traceback.format_exc()
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def output_records(converted: Any) -> list[dict[str, Any]]:
+    """One record per output of a converted job, GGUF files and folders alike: path, type, bytes, sha256 (of
+    the file, or over a folder's files), cached, and verify_ok (None when not verified)."""
+    from .cache import path_size
+
+    records = [{"path": str(o.path), "type": o.type, "bytes": o.path.stat().st_size, "sha256": o.sha256,
+                "cached": o.cached, "verify_ok": _verify_ok(o.verify, o.model_verify)}
+               for o in converted.outputs]
+    records += [{"path": str(f.path), "type": f.kind, "bytes": path_size(f.path), "sha256": f.sha256,
+                 "cached": f.cached, "verify_ok": _verify_ok(f.report.to_json() if f.report else None, f.model_verify)}
+                for f in converted.folders]
+    return records
+
+
+def _verify_ok(report: dict[str, Any] | None, model: dict[str, Any] | None) -> bool | None:
+    if report is None and model is None:
+        return None
+    return all(bool(r.get("ok")) for r in (report, model) if r is not None)
 
 
 def _stderr_warn(message: str) -> None:

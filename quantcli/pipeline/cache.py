@@ -2,7 +2,8 @@
 
 A stage's key is the sha256 of (stage name, stage version, resolved parameters, content hashes of the inputs).
 A record, stored under the cache folder and named by the key and the output path, says which file that key
-produced and the file's size and sha256. A lookup is a hit only when the record parses, names the same key
+produced and the file's size and sha256 (for a folder output: the total size of its files and one sha256 over
+their names and sha256s, `path_sha256`). A lookup is a hit only when the record parses, names the same key
 and path, and the file on disk still has that size and sha256: outputs are re-hashed on every hit, so a file
 edited, truncated or replaced since it was cached is rebuilt, never reused. An unreadable record is a miss
 with a warning and is removed.
@@ -48,6 +49,31 @@ def default_cache_dir() -> Path:
 def canonical_json(value: Any) -> bytes:
     """The one serialisation keys are hashed from: sorted keys, no whitespace, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def folder_files(path: Path) -> dict[str, str]:
+    """sha256 of every file under a folder output, by path relative to it (sorted): what the manifest lists."""
+    root = Path(path)
+    return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """One sha256 for a folder output: over its files' relative names and sha256s, in sorted order. Any file
+    added, removed, renamed or changed changes it."""
+    return hash_parts([name, sha] for name, sha in sorted(files.items()))
+
+
+def path_sha256(path: Path) -> str:
+    """file_sha256 for a file; files_digest(folder_files()) for a folder output."""
+    return files_digest(folder_files(path)) if Path(path).is_dir() else file_sha256(path)
+
+
+def path_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def fingerprint_folder(path: Path, hub_files: dict[str, str] | None = None, commit: str | None = None) -> dict[str, Any]:
@@ -154,10 +180,10 @@ class StageCache:
             self._warn(f"cache entry {record_path} belongs to another key or file; ignoring it.")
             return None
         try:
-            size = output.stat().st_size
+            size = path_size(output)
         except FileNotFoundError:
             return None
-        if size != data["size"] or file_sha256(output) != data["sha256"]:
+        if size != data["size"] or path_sha256(output) != data["sha256"]:
             self._warn(f"{output} changed since it was made (its sha256 no longer matches the cache); rebuilding it.")
             return None
         return CacheHit(output, data["sha256"], size, data["extra"])
@@ -168,7 +194,7 @@ class StageCache:
             return
         output = Path(output)
         record = {"format": RECORD_FORMAT, "key": key.digest, "stage": key.stage, "version": key.version,
-                  "path": str(output.resolve()), "sha256": sha256, "size": output.stat().st_size,
+                  "path": str(output.resolve()), "sha256": sha256, "size": path_size(output),
                   "extra": extra or {}}
         try:
             atomic_write(self._record_path(key, output), json.dumps(record, indent=1).encode("utf-8"))

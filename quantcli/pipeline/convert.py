@@ -1,4 +1,5 @@
-"""convert: source -> plan -> quantize+pack -> verify, for every output of a recipe, from one read of the source.
+"""convert: the request and result types, and the GGUF outputs' stages (plan, pack, verify) that the stage
+runner (pipeline/runner.py) calls; the folder outputs' stages are in pipeline/convert_int.py.
 
 With `cache_dir` set, each output is looked up in the stage cache first (pipeline/cache.py): outputs already
 made from the same inputs and parameters are re-hashed and skipped, the rest are written together from one
@@ -12,28 +13,29 @@ both; library callers get neither unless they ask.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gguf import GGMLQuantizationType
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
-from ..plan import FLOAT_TYPES, Plan, QuantOptions, SourceModel, TensorPlan, make_plan
+from ..plan import FLOAT_TYPES, Plan, QuantOptions, TensorPlan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot
-from .calibrate import calibrate_first, calibration_target
-from .outputs import OutputLayout, output_target, resolve_layout
+from .outputs import OutputLayout, resolve_layout
 
 if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
     from .calibrate import CalibrationOutcome
     from ..stages.gptq_gguf import GPTQResult
+    from .convert_int import IntConvertRequest, IntConvertResult
+    from .convert_split import SplitConvertRequest, SplitConvertResult
+    from .runner import Run, StageRecord
 
 VERIFY_LEVELS = ("none", "structure", "full")
 
@@ -58,6 +60,9 @@ class ConvertRequest:
     hub_cache_dir: Path | None = None   # where hub ids are downloaded (default: HF_HUB_CACHE)
     download_progress: bool = False     # huggingface_hub's progress bars while downloading
     local_only: bool = False            # refuse hub ids (the quantize stage alone works on a local snapshot)
+    # Folder outputs given on their own (`convert --format`, or a SplitConvertRequest for --method splitquant);
+    # without them, the recipe's folder outputs are written inside `output` (pipeline/convert_int.folder_requests).
+    folders: tuple[IntConvertRequest | SplitConvertRequest, ...] = ()
 
 
 @dataclass
@@ -70,6 +75,7 @@ class OutputResult:
     sha256: str | None = None
     cached: bool = False                # the file was already there, made from the same inputs (re-hashed)
     verify_cached: bool = False         # the verify report came from the cache
+    model_verify: dict | None = None    # model-level figures (recipe verify.max_kld / max_ppl_ratio)
 
 
 @dataclass
@@ -82,6 +88,8 @@ class ConvertResult:
     manifest: Path | None = None
     calibration: CalibrationOutcome | None = None
     gptq: list[dict] = field(default_factory=list)   # per written output, what the GPTQ pass did
+    folders: list[IntConvertResult | SplitConvertResult] = field(default_factory=list)   # in recipe order
+    stages: list[StageRecord] = field(default_factory=list)         # what every stage did (pipeline/runner.py)
 
 
 def recipe_from_type(mix: str | None, *, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
@@ -159,138 +167,92 @@ def output_layout(request: ConvertRequest, plans: Sequence[Plan | None], model_n
                           labels=output_labels(request.recipe))
 
 
-def _default_warn(message: str) -> None:
-    import warnings
-
-    warnings.warn(message, stacklevel=3)
-
-
 def convert(request: ConvertRequest, progress: Callable[[TensorPlan, int], None] | None = None,
             on_plan: Callable[[list[tuple[Plan, Path]]], None] | None = None, *,
             on_write: Callable[[list[tuple[Plan, Path]]], None] | None = None,
-            warn: Callable[[str], None] | None = None) -> ConvertResult:
-    """Plan every output of the recipe, write the ones the cache does not hold (one read), verify, record.
+            warn: Callable[[str], None] | None = None,
+            folder_progress: Callable[[Any], None] | None = None,
+            on_block: Callable[[str, int, int], None] | None = None) -> ConvertResult:
+    """Run every stage for every output of the request (GGUF files and folders) through the stage runner
+    (pipeline/runner.py): plan, write what the cache does not hold (the GGUFs from one read), verify, record.
 
-    `on_plan` sees every (plan, path); `on_write` only those about to be written (after cache hits are
+    `on_plan` sees every GGUF (plan, path); `on_write` only those about to be written (after cache hits are
     taken out); `warn` receives cache warnings (a corrupt entry, an output changed since it was made).
     """
-    from ..io.atomic import sweep_partials
-    from ..io.locks import output_locks
-    from ..quant.imatrix import load_imatrix
+    from .runner import RunHooks, run_convert
 
-    if request.verify not in VERIFY_LEVELS:
-        raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
-    if request.recipe.folders:
-        # folder outputs are written by pipeline/convert_int.py; `quantcli convert --recipe` runs both kinds
-        raise InputError(f"recipe {request.recipe.name!r} has safetensors folder outputs, which this run cannot write.",
-                         hint=f"Run `quantcli convert MODEL --recipe {request.recipe.name}` for it.")
-    output_target(request.output, len(request.recipe.outputs))   # the -o rule, before any download or read
-    started = time.perf_counter()
-    snapshot = resolve_snapshot(request.model, hub_cache_dir=request.hub_cache_dir, progress=request.download_progress,
-                                local_only=request.local_only)
-    ckpt = Checkpoint.open(snapshot.path)
-    if request.method is not None:
-        check_method(request)
-    calibration = None if request.method else calibrate_first(request, snapshot, warn or _default_warn)
-    if calibration is not None:
-        request = replace(request, imatrix=calibration.path)
-    imatrix = load_imatrix(request.imatrix) if request.imatrix else None
-    source_model = SourceModel.open(ckpt)
-    if imatrix is not None:
-        from ..stages.calibrate import check_imatrix_fits
+    return run_convert(request, RunHooks(progress=progress, on_plan=on_plan, on_write=on_write, warn=warn,
+                                         folder_progress=folder_progress, on_block=on_block))
 
-        check_imatrix_fits(imatrix.path, imatrix.weights, source_model.specs)
-    # a dry run computes no imatrix but plans as if it had one: some mix rules depend on it
-    # GPTQ plans as with an imatrix too: its calibration text plays that part, and the mix must be the same
-    planned = request.imatrix or (calibration_target(request, snapshot) if request.dry_run or request.method else None)
-    plans = [make_plan(source_model, quant_options(spec, planned), extra_metadata=imatrix.metadata() if imatrix else None)
-             for spec in request.recipe.outputs]
-    if imatrix is not None:
-        note = imatrix.check_coverage(imatrix_targets(plans))
-        if note is not None:
-            (warn or _default_warn)(note)
-    layout = output_layout(request, plans, snapshot.name)      # every path checked before any byte is written
+
+def pack_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout, ckpt: Checkpoint,
+               cache: StageCache | None, fingerprint: dict, im_sha: str | None
+               ) -> tuple[list[StageKey], dict[int, CacheHit], list[int]]:
+    """The pack stage of the GGUF outputs: look each up in the cache, then write the misses together from one
+    read of the source (quantize runs inside the writer loop, tensor by tensor). Returns the keys, the hits and
+    the indices written."""
+    from .keys import quantize_key
+
+    request = run.request
+    plans = gguf.plans
     paths = list(layout.files)
-    result = ConvertResult(snapshot.path, plans[0].arch, snapshot=snapshot, calibration=calibration)
     pairs = list(zip(plans, paths))
-    if on_plan is not None:
-        on_plan(pairs)
-    if request.dry_run:
-        result.outputs = [OutputResult(p, plan.mix, plan) for plan, p in pairs]
-        return result
-    warn = warn or _default_warn
-    # One run at a time per final name, from the cache lookup to the manifest: the manifest then always
-    # describes the files beside it (io/locks.py).
-    with output_locks(layout.all_paths if request.manifest else layout.files,
-                      on_wait=lambda p: warn(f"another quantcli run is writing {p}; waiting for it to finish.")):
-        sweep_partials(layout.folder)
-        _convert_locked(request, result, layout, pairs, ckpt, imatrix, snapshot, started,
-                        progress=progress, on_write=on_write, warn=warn)
-    return result
-
-
-def _convert_locked(request: ConvertRequest, result: ConvertResult, layout: OutputLayout,
-                    pairs: list[tuple[Plan, Path]], ckpt: Checkpoint, imatrix: ImportanceMatrix | None, snapshot: Snapshot,
-                    started: float, *, progress: Callable[[TensorPlan, int], None] | None,
-                    on_write: Callable[[list[tuple[Plan, Path]]], None] | None, warn: Callable[[str], None]) -> None:
-    """Look up, write, verify, record and describe the outputs; the caller holds their locks."""
-    from .cache import StageCache, fingerprint_folder
-    from .keys import imatrix_identity, quantize_key
-
-    plans = [plan for plan, _ in pairs]
-    paths = [path for _, path in pairs]
-    source = snapshot.path
-    threads = request.threads or os.cpu_count() or 1
     backend = _backend_name()
-    # GPTQ outputs depend on the calibration text and the method, which the quantize key does not hold: not cached
-    cache = StageCache(request.cache_dir, warn=warn) if request.cache_dir is not None and not request.method else None
-    fingerprint = fingerprint_folder(source, snapshot.files, snapshot.commit) if cache or request.manifest else {}
-    im_sha = imatrix_identity(request.imatrix) if cache or request.manifest else None
     keys = [quantize_key(plan, fingerprint, backend=backend, imatrix_sha256=im_sha) for plan in plans]
-    entries = [OutputResult(path, plan.mix, plan) for plan, path in pairs]
+    entries = result.outputs
     hits: dict[int, CacheHit] = {}
-    if cache is not None and not request.force:
-        hits = {i: hit for i, (key, path) in enumerate(zip(keys, paths)) if (hit := cache.lookup(key, path)) is not None}
+    for i, (key, path) in enumerate(zip(keys, paths)):
+        if cache is None or request.force:
+            continue
+        t0 = time.perf_counter()
+        hit = cache.lookup(key, path)
+        if hit is not None:     # a miss is recorded by the write below
+            hits[i] = hit
+            entries[i].cached, entries[i].sha256 = True, hit.sha256
+            run.stages.append(_stage_record("pack", path, "hit", time.perf_counter() - t0, key.digest))
     todo = [i for i in range(len(pairs)) if i not in hits]
     if todo:
         from ..stages.quantize import write_ggufs
 
         writing = [pairs[i] for i in todo]
-        if on_write is not None:
-            on_write(writing)
+        if run.hooks.on_write is not None:
+            run.hooks.on_write(writing)
         t0 = time.perf_counter()
-        overrides = _gptq_overrides(request, source, writing, threads) if request.method else None
+        imatrix = gguf.imatrix
+        overrides = _gptq_overrides(request, result.source, writing, run.threads) if request.method else None
         if overrides is not None:
             result.gptq = [r.manifest() for r in overrides]
         if overrides:   # the block matrices GPTQ leaves to the quantize stage take the walk's importance weights
             imatrix = _walk_importance(overrides[0], request)
-        digests = write_ggufs(writing, ckpt, threads=threads, imatrix=imatrix, progress=progress,
+        digests = write_ggufs(writing, ckpt, threads=run.threads, imatrix=imatrix, progress=run.hooks.progress,
                               overrides=[r.overrides for r in overrides] if overrides is not None else None)
         spent = (time.perf_counter() - t0) / len(todo)
         for i, digest in zip(todo, digests):
             entries[i].seconds = spent
             entries[i].sha256 = digest
-    for i, hit in hits.items():
-        entries[i].cached, entries[i].sha256 = True, hit.sha256
-    failures, broken = _verify_outputs(request, entries, keys, hits, cache, source, fingerprint)
+            # the outputs are written together: each is given an equal share of the one pass
+            run.stages.append(_stage_record("pack", paths[i], "written", spent, keys[i].digest))
+    return keys, hits, todo
+
+
+def verify_ggufs(run: Run, result: ConvertResult, keys: list[StageKey], hits: dict[int, CacheHit], todo: list[int],
+                 cache: StageCache | None, fingerprint: dict) -> tuple[list[VerifyError], list[int]]:
+    """The verify stage of the GGUF outputs; a file that fails the structure check leaves its final name and
+    the cache. Returns the failures and the indices of the broken files."""
+    entries = result.outputs
+    failures, broken = _verify_outputs(run, entries, keys, hits, cache, result.source, fingerprint)
     for i in broken:
         # A file that fails the structure check is not a model: it leaves its final name and the cache.
-        paths[i].unlink(missing_ok=True)
+        entries[i].path.unlink(missing_ok=True)
         if cache is not None:
-            cache.forget(keys[i], paths[i])
+            cache.forget(keys[i], entries[i].path)
     if cache is not None:
         for i in todo:
             report = entries[i].verify
             if i not in broken and not (isinstance(report, dict) and report.get("ok") is True):
                 # Unverified (--verify none) or below a threshold: cached as made, verified again on every run.
-                cache.store(keys[i], paths[i], sha256=entries[i].sha256 or "", extra={"verify": {}})
-    result.outputs = entries
-    result.seconds = time.perf_counter() - started
-    if request.manifest:
-        result.manifest = _write_manifest(request, result, layout, keys, fingerprint, threads, backend, im_sha,
-                                          skip=set(broken))
-    if failures:
-        raise failures[0]
+                cache.store(keys[i], entries[i].path, sha256=entries[i].sha256 or "", extra={"verify": {}})
+    return failures, broken
 
 
 METHODS = ("gptq",)
@@ -348,7 +310,7 @@ def _backend_name() -> str:
     return get_backend().name
 
 
-def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: list[StageKey],
+def _verify_outputs(run: Run, entries: list[OutputResult], keys: list[StageKey],
                     hits: dict[int, CacheHit], cache: StageCache | None, source: Path,
                     fingerprint: dict) -> tuple[list[VerifyError], list[int]]:
     """Verify each output (or take the cached report).
@@ -356,9 +318,10 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
     Returns one VerifyError per failed file, and the indices of the files that are broken (a structural
     problem, or not readable as GGUF at all), as opposed to whole files whose error is above a threshold.
     """
-    from ..stages.verify import failure_line, verify_file
+    from ..stages.verify import failure_line
     from .keys import verify_key
 
+    request = run.request
     if request.verify == "none":
         return [], []
     v = request.recipe.verify
@@ -371,10 +334,12 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
         report = stored.get(vkey) if isinstance(stored, dict) and not request.force else None
         if isinstance(report, dict) and report.get("ok") is True:
             entry.verify, entry.verify_cached = report, True
+            run.stages.append(_stage_record("verify", entry.path, "hit", 0.0, vkey))
             continue
         try:
-            checked = verify_file(entry.path, source if request.verify == "full" else None,
-                                  min_snr_db=v.min_snr_db, max_rmse=v.max_rmse)
+            t0 = time.perf_counter()
+            checked = _verify_file(entry.path, source if request.verify == "full" else None, v)
+            run.stages.append(_stage_record("verify", entry.path, "ran", time.perf_counter() - t0, vkey))
         except VerifyError as exc:       # not even readable as GGUF
             entry.verify = {"ok": False, "problems": [str(exc.args[0])]}
             broken.append(i)
@@ -396,33 +361,16 @@ def _verify_outputs(request: ConvertRequest, entries: list[OutputResult], keys: 
     return failures, broken
 
 
-def _write_manifest(request: ConvertRequest, result: ConvertResult, layout: OutputLayout, keys: list[StageKey],
-                    fingerprint: dict, threads: int, backend: str, im_sha: str | None, *, skip: set[int]) -> Path:
-    """The manifest at the layout's manifest path, describing every output still on disk (not those in `skip`)."""
-    from .manifest import build_manifest, verify_summary, write_manifest
+def _stage_record(stage: str, path: Path, status: str, seconds: float, key: str) -> Any:
+    from .runner import StageRecord
 
-    snap = result.snapshot
-    path = layout.manifest
-    outputs = []
-    for i, (entry, key) in enumerate(zip(result.outputs, keys)):
-        if i in skip:
-            continue
-        rel = os.path.relpath(entry.path, path.parent)
-        outputs.append({"file": rel, "type": entry.type, "bytes": entry.path.stat().st_size, "sha256": entry.sha256,
-                        "tensors": len(entry.plan.tensors), "parameters": entry.plan.n_params,
-                        "cache": "hit" if entry.cached else "written", "key": key.digest,
-                        "verify_level": request.verify, "verify_summary": verify_summary(entry.verify)})
-    source = {"model": request.model, "path": str(Path(result.source).resolve()),
-              "repo_id": snap.repo_id if snap else None, "revision": snap.revision if snap else None,
-              "commit": snap.commit if snap else None, "fingerprint": fingerprint}
-    manifest = build_manifest(command=None, source=source, recipe=request.recipe.canonical(), backend=backend,
-                              threads=threads, outputs=outputs, seconds=result.seconds,
-                              imatrix={"path": str(request.imatrix), "sha256": im_sha} if request.imatrix else None)
-    if result.calibration is not None:
-        manifest["calibration"] = result.calibration.manifest()
-    if result.gptq:
-        manifest["gptq"] = result.gptq
-    return write_manifest(path, manifest)
+    return StageRecord(stage, str(path), status, seconds, key)
+
+
+def _verify_file(path: Path, source: Path | None, v: Any) -> Any:
+    from ..stages.verify import verify_file
+
+    return verify_file(path, source, min_snr_db=v.min_snr_db, max_rmse=v.max_rmse)
 
 
 def source_name(path: Path) -> str:

@@ -1,7 +1,7 @@
-"""convert --format compressed-tensors|bnb-nf4|gptq|awq: source -> int plan -> encode + pack (one read) -> check, for a folder output.
+"""Folder outputs (--format compressed-tensors|bnb-nf4|gptq|awq, or a recipe's folder outputs): the stages the
+runner (pipeline/runner.py) calls for each: check the options, plan, calibrate, pack, check the folder.
 
-The GGUF path (pipeline/convert.py) is untouched; the CLI sends a request here when --format names a safetensors
-folder format. Every bad combination is refused while planning, before anything is written.
+Every bad combination is refused while planning, before anything is written.
 
 With a calibrated method (--method gptq|awq, quant/algorithms/registry.py) the calibration text is loaded and
 tokenized first, then, inside the output's partial folder, the engine walks the blocks with the method
@@ -14,10 +14,8 @@ calibrated method uses the built-in calibration text (`builtin:calibration`), as
 """
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +76,24 @@ class IntConvertResult:
     report: FolderReport | None = None
     method_options: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None     # CalibratedSummary.record(), or data name/sha on a dry run
+    # what the stage runner adds: the folder's files and their sha256s, one sha256 over them, the cache
+    files: dict[str, str] = field(default_factory=dict)
+    sha256: str | None = None
+    cached: bool = False
+    model_verify: dict[str, Any] | None = None     # model-level figures (recipe verify.max_kld / max_ppl_ratio)
+
+    @property
+    def kind(self) -> str:
+        """The output's type as convert prints it: NF4 for bnb-nf4, else the scheme's name."""
+        return "NF4" if self.plan.options.format == "bnb-nf4" else self.plan.options.scheme.name
+
+    @property
+    def format(self) -> str:
+        return self.plan.options.format
+
+    @property
+    def method(self) -> str:
+        return self.plan.options.method
 
     def method_record(self) -> dict[str, Any]:
         """What the JSON output says about how the values were chosen."""
@@ -208,18 +224,53 @@ def folder_requests(recipe: Recipe, model: str, output: Path | None, *, threads:
     return out
 
 
-def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], None] | None = None,
-                on_block: Callable[[int, int], None] | None = None) -> IntConvertResult:
-    from ..stages.pack_safetensors import write_int_folder
-    from .convert import VERIFY_LEVELS, resolve_snapshot
+def check_folder_request(request: IntConvertRequest) -> tuple[IntScheme, dict[str, Any], str | None]:
+    """Every refusal a folder output can get without reading a file: the verify level, the scheme and the
+    method's options. Returns (scheme, checked method options, the act-order to record)."""
+    from .convert import VERIFY_LEVELS
 
     if request.verify not in VERIFY_LEVELS:
         raise InputError(f"--verify {request.verify!r} is not a level.", hint=f"Use one of: {', '.join(VERIFY_LEVELS)}.")
     scheme = resolve_scheme(request)
     options, actorder = resolve_method(request)
-    started = time.perf_counter()
-    source = resolve_snapshot(request.model).path
-    ckpt = Checkpoint.open(source)
+    return scheme, options, actorder
+
+
+@dataclass
+class FolderJob:
+    """One folder output as the stage runner carries it: planned, then calibrated (a calibrated method gets the
+    run's shared token chunks), then packed and checked."""
+
+    request: IntConvertRequest
+    result: IntConvertResult
+    scheme: IntScheme
+    options: dict[str, Any]
+    actorder: str | None
+    method: Any = None                  # the calibrated method (quant/algorithms/base.BlockMethod), built once
+    tokens: Any = None                  # np.ndarray [chunks, ctx] of calibration tokens, shared across outputs
+    data: Any = None                    # stages.calibration_data.CalibrationText
+
+    @property
+    def calibrated(self) -> bool:
+        return is_calibrated(self.request.method)
+
+    def write(self, ckpt: Checkpoint, threads: int, progress: Callable[[ModulePlan], None] | None = None,
+              on_block: Callable[[int, int], None] | None = None) -> None:
+        write_folder(self, ckpt, threads, progress, on_block)
+
+    def check(self) -> FolderReport | None:
+        return check_written(self)
+
+    def calibration_setting(self) -> tuple[str, str, int | None, int | None]:
+        """What the token chunks depend on: outputs with the same setting share one tokenization."""
+        r = self.request
+        return (r.calibrate or DEFAULT_CALIBRATION, r.calibrate_field, r.ctx, r.chunks)
+
+
+def plan_folder(request: IntConvertRequest, source: Path, ckpt: Checkpoint) -> FolderJob:
+    """Plan one folder output from the opened checkpoint (metadata only) and place it; refuses a file name and
+    the source folder itself as the output."""
+    scheme, options, actorder = check_folder_request(request)
     plan = make_int_plan(ckpt, IntOptions(scheme=scheme, method=request.method, ignore=request.ignore,
                                           format=request.format, max_shard_bytes=request.max_shard_bytes,
                                           double_quant=request.double_quant))
@@ -230,58 +281,90 @@ def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], Non
                          hint="Give a folder name with -o, e.g. -o model-W4A16/.")
     if out.resolve() == source.resolve():
         raise InputError(f"-o {out} is the source folder.", hint="Write the quantized model to another folder.")
-    result = IntConvertResult(source, out, plan, method_options=options)
-    threads = request.threads or os.cpu_count() or 1
-    if is_calibrated(request.method):
-        _calibrated(request, plan, ckpt, out, result, options, actorder, threads, progress, on_block)
-    elif not request.dry_run:
-        write_int_folder(plan, ckpt, out, threads=threads, progress=progress)
-    if request.dry_run:
-        return result
-    if request.verify != "none":
-        result.report = check_folder(out, source if request.verify == "full" else None)
-        if not result.report.ok:
-            raise VerifyError(f"{out} failed verification: " + "; ".join(result.report.problems[:3]),
-                              hint="Run the conversion again; if it fails again, report it with QUANTCLI_DEBUG=1.")
-    result.seconds = time.perf_counter() - started
-    return result
+    return FolderJob(request, IntConvertResult(source, out, plan, method_options=options), scheme, options, actorder)
 
 
-def _calibrated(request: IntConvertRequest, plan: IntPlan, ckpt: Checkpoint, out: Path, result: IntConvertResult,
-                options: dict[str, Any], actorder: str | None, threads: int,
-                progress: Callable[[ModulePlan], None] | None, on_block: Callable[[int, int], None] | None) -> None:
-    """Load and tokenize the data and build the method (every refusal happens here, before writing), then walk
-    the blocks and pack, all inside the output's partial folder."""
+def prepare_calibration(job: FolderJob, texts: dict[Any, Any], threads: int) -> None:
+    """The calibrate stage of a calibrated folder output: load the text and cut it into token chunks (once per
+    setting for the whole run: `texts` is the run's store), and build the method. Every refusal of the data or
+    the method happens here, before anything is written."""
     from ..engine import Engine
-    from ..io.safetensors_writer import atomic_folder
     from ..quant.algorithms.registry import make_method
-    from ..stages.calibrated import (
-        CalibratedOptions,
-        calibration_tokens,
-        run_calibrated,
-    )
+    from ..stages.calibrated import CalibratedOptions, calibration_tokens
     from ..stages.calibration_data import load_calibration_text
-    from ..stages.pack_safetensors import fill_int_folder
-    from ..stages.spool import SPOOL_DIR, ChoiceSpool
-
-    data = load_calibration_text(request.calibrate or DEFAULT_CALIBRATION, field=request.calibrate_field)
     from ..stages.pack_safetensors import scale_dtype
 
-    method = make_method(request.method, options, context={
-        "scale_dtype": {m.source: scale_dtype(m, plan.options.format) for m in plan.modules if m.quantized}, "threads": threads})
-    engine = Engine.from_hf(plan.source)       # refuses an architecture the engine cannot run, before writing
-    n_ctx_train = engine.n_ctx_train
-    engine.close()
-    tokens = calibration_tokens(plan.source, data, CalibratedOptions(request.ctx, request.chunks), n_ctx_train)
-    result.calibration = {"data": data.name, "data_sha256": data.sha256, "ctx": int(tokens.shape[1]),
-                          "chunks": int(tokens.shape[0]), "tokens": int(tokens.size)}
-    if request.dry_run:
+    request, plan = job.request, job.result.plan
+    name, field_name, ctx, chunks = job.calibration_setting()
+    if ("text", name, field_name) not in texts:
+        texts[("text", name, field_name)] = load_calibration_text(name, field=field_name)
+    data = texts[("text", name, field_name)]
+    job.method = make_method(request.method, job.options, context={
+        "scale_dtype": {m.source: scale_dtype(m, plan.options.format) for m in plan.modules if m.quantized},
+        "threads": threads})
+    setting = job.calibration_setting()
+    if setting not in texts:
+        engine = Engine.from_hf(plan.source)       # refuses an architecture the engine cannot run, before writing
+        n_ctx_train = engine.n_ctx_train
+        engine.close()
+        texts[setting] = calibration_tokens(plan.source, data, CalibratedOptions(ctx, chunks), n_ctx_train)
+    job.tokens, job.data = texts[setting], data
+    job.result.calibration = {"data": data.name, "data_sha256": data.sha256, "ctx": int(job.tokens.shape[1]),
+                              "chunks": int(job.tokens.shape[0]), "tokens": int(job.tokens.size)}
+
+
+def write_folder(job: FolderJob, ckpt: Checkpoint, threads: int, progress: Callable[[ModulePlan], None] | None = None,
+                 on_block: Callable[[int, int], None] | None = None) -> None:
+    """The pack stage of one folder output. A calibrated method walks the blocks inside the output's partial
+    folder first, its choices spooled to disk and packed from there; the spool is deleted before the folder is
+    renamed into place, and an error or Ctrl-C removes everything."""
+    from ..io.safetensors_writer import atomic_folder
+    from ..stages.calibrated import run_calibrated
+    from ..stages.pack_safetensors import fill_int_folder, write_int_folder
+    from ..stages.spool import SPOOL_DIR, ChoiceSpool
+
+    plan, out = job.result.plan, job.result.path
+    if not job.calibrated:
+        write_int_folder(plan, ckpt, out, threads=threads, progress=progress)
         return
     with atomic_folder(out) as tmp:
         spool = ChoiceSpool(tmp / SPOOL_DIR)
         try:
-            summary = run_calibrated(plan, method, tokens, spool, data, threads=request.threads, progress=on_block)
-            fill_int_folder(plan, ckpt, tmp, threads=threads, progress=progress, choices=spool, actorder=actorder)
+            summary = run_calibrated(plan, job.method, job.tokens, spool, job.data, threads=job.request.threads,
+                                     progress=on_block)
+            fill_int_folder(plan, ckpt, tmp, threads=threads, progress=progress, choices=spool,
+                            actorder=job.actorder)
         finally:
             spool.remove()
-    result.calibration = summary.record()
+    job.result.calibration = summary.record()
+
+
+def check_written(job: FolderJob) -> FolderReport | None:
+    """The verify stage of one folder output (structure, or with --verify full the error of every weight)."""
+    request, result = job.request, job.result
+    if request.verify == "none":
+        return None
+    report = check_folder(result.path, result.source if request.verify == "full" else None)
+    result.report = report
+    return report
+
+
+def folder_failure(job: FolderJob) -> VerifyError:
+    out, report = job.result.path, job.result.report
+    problems = report.problems if report is not None else []
+    return VerifyError(f"{out} failed verification: " + "; ".join(problems[:3]),
+                       hint="Run the conversion again; if it fails again, report it with QUANTCLI_DEBUG=1.")
+
+
+def convert_int(request: IntConvertRequest, progress: Callable[[ModulePlan], None] | None = None,
+                on_block: Callable[[int, int], None] | None = None) -> IntConvertResult:
+    """One folder output through the stage runner (pipeline/runner.py), without the cache or a manifest."""
+    from .runner import RunHooks, folder_recipe, run_convert
+    from .convert import ConvertRequest
+
+    check_folder_request(request)
+    converted = run_convert(ConvertRequest(model=request.model, recipe=folder_recipe(request), threads=request.threads,
+                                           dry_run=request.dry_run, verify=request.verify, folders=(request,)),
+                            RunHooks(folder_progress=progress,
+                                     on_block=None if on_block is None else (lambda _m, d, t: on_block(d, t))))
+    return converted.folders[0]

@@ -6,11 +6,9 @@ quantize each Linear (one read) -> a dense HF folder, or with --splitquant-branc
 """
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import InputError
 from ..io.checkpoint import Checkpoint
@@ -65,6 +63,26 @@ class SplitConvertResult:
     plan: IntPlan
     branches: bool
     seconds: float = 0.0
+    # what the stage runner adds, as for the integer folders (pipeline/convert_int.IntConvertResult)
+    files: dict[str, str] = field(default_factory=dict)
+    sha256: str | None = None
+    cached: bool = False
+    model_verify: dict[str, Any] | None = None
+    report: None = None                 # no folder check: the dense sum has no quantization_config to check
+    calibration: None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "splitquant-branches" if self.branches else "splitquant"
+
+    @property
+    def format(self) -> str:
+        return "splitquant-branches" if self.branches else "dense"
+
+    @property
+    def method(self) -> str:
+        return "splitquant"
 
 
 def resolve_split_scheme(request: SplitConvertRequest) -> IntScheme:
@@ -109,22 +127,56 @@ def describe_split(result: SplitConvertResult, dry_run: bool) -> list[str]:
                [f"{len(split)} of {len(result.plan.modules)} tensors split; ignore: {', '.join(result.plan.ignore)}"]
     size = sum(p.stat().st_size for p in result.path.iterdir() if p.is_file())
     gb = f"{size / 1e6:.1f} MB"
+    verb = "cached" if result.cached else "wrote"     # a cache hit was re-hashed, not written
     if result.branches:
-        return [f"wrote {result.path}/ (SplitQuantV2 three-branch layout, {len(split)} Linear weights, {gb})",
+        return [f"{verb} {result.path}/ (SplitQuantV2 three-branch layout, {len(split)} Linear weights, {gb})",
                 "  only quantcli's engine runs this layout (formats/splitquant.md); transformers/vLLM/llama.cpp do not"]
-    return [f"wrote {result.path}/ (SplitQuantV2 dense sum, {len(split)} Linear weights, {gb})",
+    return [f"{verb} {result.path}/ (SplitQuantV2 dense sum, {len(split)} Linear weights, {gb})",
             "  a plain checkpoint in the source dtype with no quantization_config: every loader reads it, and it is "
             "as large as the source (the three-branch INT4 form: --splitquant-branches)"]
 
 
-def convert_split(request: SplitConvertRequest, progress: Callable[[ModulePlan], None] | None = None) -> SplitConvertResult:
-    from ..stages.pack_split import splitquant_dense, write_branch_folder, write_dense_folder
-    from .convert import resolve_snapshot
+@dataclass
+class SplitJob:
+    """A SplitQuantV2 folder output as the stage runner carries it (the integer folders' FolderJob has the same
+    shape): planned, then packed; it has no calibration and no folder check."""
 
+    request: SplitConvertRequest
+    result: SplitConvertResult
+    scheme: IntScheme
+    calibrated: bool = False
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What tells this output's cache key from an integer folder's with the same plan."""
+        return {"splitquant": True, "branches": self.request.branches}
+
+    def write(self, ckpt: Checkpoint, threads: int, progress: Callable[[ModulePlan], None] | None = None,
+              on_block: Callable[[int, int], None] | None = None) -> None:
+        from ..stages.pack_split import splitquant_dense, write_branch_folder, write_dense_folder
+
+        plan, out, source = self.result.plan, self.result.path, self.result.source
+        text = card(source, out, self.scheme, self.request.branches)
+        if self.request.branches:
+            write_branch_folder(plan, ckpt, out, threads=threads, card=text, progress=progress)
+            return
+        from ..quant.backend import get_backend
+        from ..stages.pack_safetensors import scale_dtype
+
+        # scales in the source dtype (as the integer folders store them), so the sum is what the branches give
+        dtypes = {scale_dtype(m) for m in plan.modules if m.quantized}
+        sdtype = "F32" if len(dtypes) > 1 else dtypes.pop()
+        write_dense_folder(plan, ckpt, out, splitquant_dense(self.scheme, sdtype, get_backend(), threads), card=text,
+                           progress=progress)
+
+    def check(self) -> None:
+        """Nothing to check: the dense sum is a plain checkpoint, the branches a layout only quantcli reads."""
+        return None
+
+
+def plan_split(request: SplitConvertRequest, source: Path, ckpt: Checkpoint) -> SplitJob:
+    """Plan one SplitQuantV2 folder from the opened checkpoint (metadata only) and place it."""
     scheme = resolve_split_scheme(request)
-    started = time.perf_counter()
-    source = resolve_snapshot(request.model).path
-    ckpt = Checkpoint.open(source)
     plan = make_int_plan(ckpt, IntOptions(scheme=scheme, method="minmax", ignore=request.ignore,
                                           max_shard_bytes=request.max_shard_bytes))
     out = request.output if request.output is not None else default_output(source, request.branches)
@@ -133,21 +185,22 @@ def convert_split(request: SplitConvertRequest, progress: Callable[[ModulePlan],
                          hint="Give a folder name with -o, e.g. -o model-splitquant/.")
     if out.resolve() == source.resolve():
         raise InputError(f"-o {out} is the source folder.", hint="Write the converted model to another folder.")
-    result = SplitConvertResult(source, out, plan, request.branches)
-    if request.dry_run:
-        return result
-    threads = request.threads or os.cpu_count() or 1
-    text = card(source, out, scheme, request.branches)
-    if request.branches:
-        write_branch_folder(plan, ckpt, out, threads=threads, card=text, progress=progress)
-    else:
-        from ..quant.backend import get_backend
-        from ..stages.pack_safetensors import scale_dtype
+    return SplitJob(request, SplitConvertResult(source, out, plan, request.branches), scheme)
 
-        # scales in the source dtype (as the integer folders store them), so the sum is what the branches give
-        dtypes = {scale_dtype(m) for m in plan.modules if m.quantized}
-        sdtype = "F32" if len(dtypes) > 1 else dtypes.pop()
-        write_dense_folder(plan, ckpt, out, splitquant_dense(scheme, sdtype, get_backend(), threads), card=text,
-                           progress=progress)
-    result.seconds = time.perf_counter() - started
-    return result
+
+def split_request(request: SplitConvertRequest, *, force: bool = False) -> Any:
+    """The runner's request for one SplitQuantV2 folder (pipeline/convert.ConvertRequest)."""
+    from ..recipe.schema import Recipe
+    from .convert import ConvertRequest
+
+    return ConvertRequest(model=request.model, recipe=Recipe(name="splitquant", source="<command line>"),
+                          threads=request.threads, dry_run=request.dry_run, verify="none", force=force,
+                          folders=(request,))
+
+
+def convert_split(request: SplitConvertRequest, progress: Callable[[ModulePlan], None] | None = None) -> SplitConvertResult:
+    """One SplitQuantV2 folder through the stage runner (pipeline/runner.py), without the cache or a manifest."""
+    from .runner import RunHooks, run_convert
+
+    resolve_split_scheme(request)
+    return run_convert(split_request(request), RunHooks(folder_progress=progress)).folders[0]

@@ -27,6 +27,8 @@ STAGE_VERSIONS: dict[str, int] = {
     "quantize": 1,      # plan -> GGUF bytes
     "verify": 1,        # GGUF (+ source) -> report
     "calibrate": 1,     # source + calibration text -> imatrix file
+    "pack_folder": 1,   # int plan (+ calibration tokens and method) -> safetensors folder
+    "verify_model": 1,  # output + source + evaluation text -> PPL/KLD figures (thresholds are applied after)
 }
 
 
@@ -77,3 +79,31 @@ def calibrate_key(source: dict[str, Any], data_sha256: str, *, params: dict[str,
     any backend, so the backend is not part of it."""
     return StageKey("calibrate", STAGE_VERSIONS["calibrate"], {"quantcli": __version__, **params},
                     {"source": source, "data": data_sha256})
+
+
+def int_plan_digest(plan: Any) -> str:
+    """sha256 of what reaches a folder output from its plan: the options (scheme, method, format, ignore, shard
+    size, double quant), the config's ignore list and every module (source name, shape, dtype, quantized)."""
+    options = plan.options
+    parts: list[Any] = [["options", repr(options.scheme), options.method, list(options.ignore), options.format,
+                         options.double_quant, options.max_shard_bytes], ["ignore", list(plan.ignore)]]
+    parts.extend([m.source, list(m.shape), m.dtype, bool(m.quantized)] for m in plan.modules)
+    return hash_parts(parts)
+
+
+def pack_folder_key(plan: Any, source: dict[str, Any], *, backend: str, method_options: dict[str, Any],
+                    calibration: dict[str, Any] | None) -> StageKey:
+    """The pack stage's key for one folder output: its plan, the method's options, and for a calibrated method
+    the calibration text's sha256 and the token chunks it was cut into (ctx, chunks)."""
+    params = {"quantcli": __version__, "plan": int_plan_digest(plan), "backend": backend,
+              "method_options": {k: method_options[k] for k in sorted(method_options)}, "calibration": calibration}
+    return StageKey("pack_folder", STAGE_VERSIONS["pack_folder"], params, {"source": source})
+
+
+def verify_model_key(output_sha256: str, *, source: dict[str, Any], data_sha256: str, ctx: int,
+                     chunks: int | None) -> StageKey:
+    """The model-level verify's key: the output's bytes, the source, the evaluation text and its chunking. The
+    thresholds are not in it: the figures do not depend on them, and they are applied to cached figures too."""
+    params = {"quantcli": __version__, "ctx": ctx, "chunks": chunks}
+    return StageKey("verify_model", STAGE_VERSIONS["verify_model"], params,
+                    {"file": output_sha256, "source": source, "data": data_sha256})

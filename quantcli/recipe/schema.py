@@ -83,6 +83,15 @@ class VerifySpec:
     enabled: bool = True
     max_kld: float | None = None           # highest allowed mean KL divergence from the source (verify --data)
     max_ppl_ratio: float | None = None     # highest allowed PPL(output) / PPL(source) (verify --data)
+    # The text convert scores every output on when a model-level threshold is set (stages/verify_model.py)
+    data: str | None = None                # None: the built-in evaluation text (builtin:eval)
+    ctx: int | None = None                 # tokens per chunk; None: 512, or the model's context when shorter
+    chunks: int | None = None              # the first n chunks; None: the whole text
+
+    @property
+    def model_level(self) -> bool:
+        """Whether convert runs the model-level verify (the engine) on its outputs."""
+        return self.max_kld is not None or self.max_ppl_ratio is not None
 
 
 @dataclass(frozen=True)
@@ -301,16 +310,43 @@ def _calibrate(ctx: YamlContext, node: yaml.Node) -> CalibrateSpec:
 _POSITIVE_VERIFY_KEYS = ("max_kld", "max_ppl_ratio")
 
 
+_VERIFY_TEXT_KEYS = ("data", "ctx", "chunks")
+
+
 def _verify(ctx: YamlContext, node: yaml.Node) -> VerifySpec:
-    spec = _section(ctx, node, VerifySpec, "verify")
     items = mapping(ctx, node, "verify")
+    check_keys(ctx, items, tuple(f.name for f in fields(VerifySpec)), "verify")
+    kw: dict[str, Any] = {}
+    for key in ("min_snr_db", "max_rmse", "max_kld", "max_ppl_ratio"):
+        if key in items:
+            kw[key] = scalar(ctx, items[key][1], f"verify.{key}", float)
+            _check_threshold(ctx, items[key][1], f"verify.{key}", kw[key], non_negative=key.startswith("max_"))
+    if "enabled" in items:
+        kw["enabled"] = scalar(ctx, items["enabled"][1], "verify.enabled", bool)
     for key in _POSITIVE_VERIFY_KEYS:
-        value = getattr(spec, key)
+        value = kw.get(key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ctx.fail(items[key][1], f"verify.{key} must be a finite number above 0, got {value!r}.",
                            hint="e.g. max_kld: 0.1, max_ppl_ratio: 1.05")
+    if "data" in items:
+        kw["data"] = scalar(ctx, items["data"][1], "verify.data", str)
+        if not kw["data"].strip():
+            raise ctx.fail(items["data"][1], "verify.data is empty.",
+                           hint="Give a text file, folder, JSONL/parquet or hub dataset, or builtin:eval.")
+    for key, low in (("ctx", 4), ("chunks", 1)):
+        if key in items:
+            value = scalar(ctx, items[key][1], f"verify.{key}", int)
+            if isinstance(value, bool) or value < low:
+                raise ctx.fail(items[key][1], f"verify.{key} must be a whole number of at least {low}, not {value!r}.")
+            kw[key] = value
+    spec = VerifySpec(**kw)
+    given = [k for k in _VERIFY_TEXT_KEYS if k in items]
+    if given and not spec.model_level:
+        # the text is only read to check a model-level threshold: without one it would be silently ignored
+        raise ctx.fail(items[given[0]][1], f"verify.{given[0]} sets the text of the model-level check, but the "
+                       "recipe sets no max_kld or max_ppl_ratio.",
+                       hint="Add verify.max_kld or verify.max_ppl_ratio, or drop " + ", ".join(f"verify.{k}" for k in given) + ".")
     return spec
-
 
 
 _TOP_KEYS = ("name", "description", "quantize", "outputs", "verify", "publish", "calibrate")
@@ -406,7 +442,12 @@ def recipe_json_schema() -> dict[str, Any]:
                 "max_kld": {"type": "number", "exclusiveMinimum": 0,
                             "description": "Highest mean KL divergence from the source (verify --data)."},
                 "max_ppl_ratio": {"type": "number", "exclusiveMinimum": 0,
-                                  "description": "Highest PPL(output)/PPL(source) (verify --data)."}}},
+                                  "description": "Highest PPL(output)/PPL(source) (verify --data)."},
+                "data": {"type": "string", "minLength": 1,
+                         "description": "Text convert scores the outputs on (with max_kld/max_ppl_ratio); "
+                                        "default: builtin:eval."},
+                "ctx": {"type": "integer", "minimum": 4, "description": "Tokens per chunk; default 512."},
+                "chunks": {"type": "integer", "minimum": 1, "description": "First n chunks; default: all."}}},
             "publish": {"type": "object", "additionalProperties": False, "properties": {
                 "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
             "calibrate": {"type": "object", "additionalProperties": False, "properties": {

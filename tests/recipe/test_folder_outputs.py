@@ -92,12 +92,12 @@ def test_the_calibrate_section_feeds_only_calibrated_folder_outputs(tmp_path: Pa
         folder_requests(parse_recipe(MIXED), "m", Path("x.gguf"))
 
 
-def test_batch_and_the_gguf_pipeline_refuse_folder_outputs(tmp_path: Path) -> None:
-    from quantcli.errors import InputError
-    from quantcli.pipeline.convert import ConvertRequest, convert
+def test_the_pipeline_takes_the_recipes_folder_outputs(tmp_path: Path) -> None:
+    from quantcli.pipeline.convert import ConvertRequest
+    from quantcli.pipeline.runner import folder_requests_of
 
-    with pytest.raises(InputError, match="has safetensors folder outputs"):
-        convert(ConvertRequest(model=str(tmp_path), recipe=parse_recipe(MIXED), output=tmp_path / "o"))
+    reqs = folder_requests_of(ConvertRequest(model="m", recipe=parse_recipe(MIXED), output=tmp_path / "o"))
+    assert [(r.method, r.parent) for r in reqs] == [("minmax", tmp_path / "o"), ("gptq", tmp_path / "o")]
 
 
 @pytest.mark.slow
