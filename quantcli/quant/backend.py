@@ -117,33 +117,42 @@ class Backend:
         return out
 
     def quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None = None,
-                 threads: int = 1, *, stored: str | None = None) -> np.ndarray:
-        """Quantize (nrows, n_per_row) float32 rows into (nrows, row_bytes) uint8 with this backend.
-
-        With `stored` F16 or BF16 (see quantizes_stored), rows hold those values as stored (BF16 as uint16) and
-        are widened inside the kernels, one row per thread at a time, with no float32 copy of the rows."""
+                 threads: int = 1) -> np.ndarray:
+        """Quantize (nrows, n_per_row) float32 rows into (nrows, row_bytes) uint8 with this backend."""
         cls = quant_class(qtype)
-        if stored is not None and not self.quantizes_stored(qtype, stored):
-            raise ValueError(f"this backend does not quantize {stored} rows to {qtype.name} as stored")
         if not self.uses_c(qtype):
             if self.policy == "c":
                 raise InputError(f"QUANTCLI_BACKEND=c but there is no C kernel for {qtype.name}.",
                                  hint="Use QUANTCLI_BACKEND=auto or reference.")
             return cls.quantize(rows, imatrix)
-        if stored is not None:
-            rows = np.ascontiguousarray(rows)
-            if rows.dtype.itemsize != 2:
-                raise ValueError(f"{stored} rows stored as {rows.dtype}")
-        else:
-            rows = np.ascontiguousarray(rows, dtype=np.float32)
+        out, _ = self._kernel_quantize(qtype, np.ascontiguousarray(rows, dtype=np.float32), imatrix, threads, -1)
+        return out
+
+    def quantize_stored(self, qtype: GGMLQuantizationType, rows: np.ndarray, dtype: str,
+                        imatrix: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, Scan]:
+        """quantize() for F16/BF16 rows as stored (BF16 as uint16; see quantizes_stored): each kernel thread widens
+        one row at a time, so no float32 copy of the rows is made, and scans it on the way (what scan() returns)."""
+        if not self.quantizes_stored(qtype, dtype):
+            raise ValueError(f"this backend does not quantize {dtype} rows to {qtype.name} as stored")
+        rows = np.ascontiguousarray(rows)
+        if rows.dtype.itemsize != 2:
+            raise ValueError(f"{dtype} rows stored as {rows.dtype}")
+        out, found = self._kernel_quantize(qtype, rows, imatrix, threads, _WIDEN[dtype])
+        bad, top = found if found is not None else (0, 0)
+        return out, Scan(int(bad), int(top) <= _FP16_MAX_BITS[dtype])
+
+    def _kernel_quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None,
+                         threads: int, widen: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+        cls = quant_class(qtype)
         if rows.ndim != 2 or rows.shape[1] % cls.block_size != 0:
             raise ValueError(f"{qtype.name} needs rows of a multiple of {cls.block_size} values, got {rows.shape}")
         out = np.empty((rows.shape[0], cls.row_bytes(rows.shape[1])), dtype=np.uint8)
+        found = None
         if rows.shape[0]:
             qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-            self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads),  # type: ignore[union-attr]
-                                  self.isa, -1 if stored is None else _WIDEN[stored])
-        return out
+            found = self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads),  # type: ignore[union-attr]
+                                          self.isa, widen)
+        return out, found
 
 
 def _choose_isa(kernels: ModuleType, isa: str | None) -> str:

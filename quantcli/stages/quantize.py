@@ -6,7 +6,7 @@ tensor. 16-bit sources written in their own type skip the float32 round trip ent
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from contextlib import ExitStack, closing
 from typing import Callable, Iterator, Mapping, Sequence
@@ -69,11 +69,12 @@ def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.
 @dataclass(frozen=True)
 class Stored:
     """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf.
-    `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check."""
+    `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check;
+    None when the values are not scanned yet (the kernels scan them while they quantize, Encoder.encode)."""
 
     values: np.ndarray
     dtype: str
-    within_fp16: bool
+    within_fp16: bool | None
 
 
 def _scan(t: TensorPlan, values: np.ndarray, dtype: str, backend: Backend, threads: int) -> bool:
@@ -84,15 +85,19 @@ def _scan(t: TensorPlan, values: np.ndarray, dtype: str, backend: Backend, threa
     return found.within_fp16
 
 
-def prepare(t: TensorPlan, raw: list[np.ndarray], backend: Backend | None = None, threads: int = 1) -> Stored | None:
+def prepare(t: TensorPlan, raw: list[np.ndarray], backend: Backend | None = None, threads: int = 1, *,
+            scan: bool = True) -> Stored | None:
     """The part of encoding that no output type changes: apply an exact transform in the stored type (a copy
     for permuted tensors) and check every value. write_ggufs runs it on the read-ahead thread, off the kernels'
-    critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform)."""
+    critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform).
+
+    scan=False leaves the check to the encoder: write_ggufs passes it when the kernels quantize the stored rows
+    for every output, since they check each row while it is in cache (no pass of its own over the tensor)."""
     if not (t.source_dtypes and t.spec.transform.exact and len(set(t.source_dtypes)) == 1):
         return None
     values = np.ascontiguousarray(t.spec.transform.apply(raw))
     dtype = t.source_dtypes[0]
-    return Stored(values, dtype, _scan(t, values, dtype, backend or get_backend(), threads))
+    return Stored(values, dtype, _scan(t, values, dtype, backend or get_backend(), threads) if scan else None)
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,9 @@ class Encoder:
     def encode(self, t: TensorPlan, raw: list[np.ndarray], stored: Stored | None = None) -> np.ndarray:
         """`stored` is prepare(t, raw) when the caller already has it (the same for every output of a tensor)."""
         if stored is None:
-            stored = prepare(t, raw, self.backend, self.threads)
+            stored = prepare(t, raw, self.backend, self.threads, scan=False)
+        if stored is not None and stored.within_fp16 is None and not self.quantizes_stored(t, stored.dtype):
+            stored = replace(stored, within_fp16=_scan(t, stored.values, stored.dtype, self.backend, self.threads))
         if stored is not None and stored.dtype == _RAW_DTYPES.get(t.qtype):
             return stored.values
         if stored is not None and t.qtype != F32:
@@ -131,8 +138,13 @@ class Encoder:
         calling thread neither widens nor copies."""
         rows = stored.values.reshape(-1, t.ggml_shape[0])
         weights = self._weights(t)
-        if stored.within_fp16 and self.backend.quantizes_stored(t.qtype, stored.dtype):
-            return self.backend.quantize(t.qtype, rows, weights, self.threads, stored=stored.dtype)
+        if stored.within_fp16 is not False and self.quantizes_stored(t, stored.dtype):
+            out, found = self.backend.quantize_stored(t.qtype, rows, stored.dtype, weights, self.threads)
+            if found.nonfinite:
+                raise _nonfinite_error(t, found.nonfinite)
+            if found.within_fp16:
+                return out
+            # a value beyond F16's range (a BF16 source): the rows below check every block for overflow
         if t.qtype in (F16, BF16):
             out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
         else:
@@ -142,6 +154,10 @@ class Encoder:
             chunk = self.backend.to_float32(rows[start:start + step], stored.dtype, self.threads)
             out[start:start + step] = self._encode_checked(t, chunk, weights, start, safe=stored.within_fp16)
         return out
+
+    def quantizes_stored(self, t: TensorPlan, dtype: str) -> bool:
+        """Whether the kernels encode this tensor from its stored rows (and check them as they go)."""
+        return t.qtype not in (F16, BF16, F32) and self.backend.quantizes_stored(t.qtype, dtype)
 
     def _weights(self, t: TensorPlan) -> np.ndarray | None:
         """The imatrix weights of a tensor encoded in a block type (float outputs never consult the matrix)."""
@@ -225,9 +241,13 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
         _check_overrides(plan, o)
 
     def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
-        for t in first_plan.tensors:   # every output plans the same sources and transform for a tensor
+        for i, t in enumerate(first_plan.tensors):   # every output plans the same sources and transform for a tensor
             raw = [ckpt.read_raw(s) for s in t.spec.sources]
-            yield raw, prepare(t, raw, enc.backend, threads)
+            # the kernels check the values as they quantize them when every output has them quantize this tensor
+            in_kernels = bool(t.source_dtypes) and all(
+                enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0]) and t.name not in done
+                for (plan, _), done in zip(outputs, given))
+            yield raw, prepare(t, raw, enc.backend, threads, scan=not in_kernels)
 
     def write(job: tuple[GGUFStreamWriter, TensorPlan, np.ndarray]) -> None:
         writer, t, data = job

@@ -44,20 +44,36 @@ def test_stored_rows_give_the_bytes_of_widened_rows(qtype: GGMLQuantizationType,
         for imatrix in (None, qw):
             for threads in (1, 3):
                 want = backend.quantize(qtype, widened, imatrix, threads)
-                got = backend.quantize(qtype, rows, imatrix, threads, stored=dtype)
+                got, found = backend.quantize_stored(qtype, rows, dtype, imatrix, threads)
                 np.testing.assert_array_equal(got, want, err_msg=f"{isa}, {threads} threads, imatrix {imatrix is not None}")
+                assert found == _scan_numpy(rows, dtype)
 
 
 def test_stored_rows_are_checked_before_the_kernels_run() -> None:
     rows = np.zeros((2, 64), np.float16)
     with pytest.raises(ValueError, match="float32"):
-        C.quantize(T.Q8_0, rows.astype(np.float32), None, 1, stored="F16")
+        C.quantize_stored(T.Q8_0, rows.astype(np.float32), "F16", None, 1)
     with pytest.raises(ValueError, match="widen"):
         C.kernels.quantize(int(T.Q8_0), rows, 64, np.zeros(2 * 68, np.uint8), None, 1, None, 5)  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="16-bit rows"):
         C.kernels.quantize(int(T.Q8_0), rows.ravel()[:-1], 64, np.zeros(2 * 68, np.uint8), None, 1, None, 0)  # type: ignore[union-attr]
     assert not get_backend("reference").quantizes_stored(T.Q8_0, "F16")
     assert not C.quantizes_stored(T.Q8_0, "F32")
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16"])
+def test_quantizing_stored_rows_scans_them(dtype: str) -> None:
+    rows = stored_rows(dtype, 256, 3)
+    bits = rows.view(np.uint16)
+    bits[2, 5] = 0x7C00 if dtype == "F16" else 0x7F80           # +Inf
+    bits[12, 255] = 0xFE00 if dtype == "F16" else 0xFFC0        # a NaN
+    for threads in (1, 4):
+        _, found = C.quantize_stored(T.Q8_0, rows, dtype, None, threads)
+        assert found == Scan(2, False) == _scan_numpy(rows, dtype)
+    if dtype == "BF16":    # finite, but above F16's range: found so the stage can check the blocks for overflow
+        big = stored_rows(dtype, 256, 3)
+        big[7, 0] = 0x4780                                       # 65536
+        assert C.quantize_stored(T.Q8_0, big, dtype, None, 2)[1] == Scan(0, False)
 
 
 def patterns(dtype: str, n: int, seed: int) -> np.ndarray:

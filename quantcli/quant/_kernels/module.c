@@ -2,7 +2,9 @@
  *
  * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread. With widen
  * 0 (F16) or 1 (BF16) src holds 16-bit rows, and each thread widens one row at a time into a buffer of its own
- * before quantizing it: no float32 copy of the tensor is made, and widening runs on every thread.
+ * before quantizing it: no float32 copy of the tensor is made, and widening runs on every thread. Such a call
+ * also scans the rows it widens (as scan() does) and returns what it found, so the caller need not read the
+ * tensor once more to check it.
  * Each row is quantized independently, so the bytes do not depend on the thread count. isa names the
  * instruction-set variant (dispatch.c); None takes the best one this machine runs. Every variant gives the
  * same bytes, so the choice only matters for speed and for tests that compare the variants. */
@@ -27,9 +29,26 @@ static const qc_variant *qc_variant_arg(PyObject *isa) {
     return v;
 }
 
+/* NaN/Inf count and largest magnitude bits of n 16-bit values whose exponent is all ones from `exp` up (F16
+ * 0x7C00, BF16 0x7F80); scan() and the widening quantizer share it. */
+static inline void qc_scan16(const uint16_t *x, int64_t n, uint16_t exp, int64_t *bad, uint16_t *top) {
+    int64_t b = 0;
+    uint16_t t = *top;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t m = (uint16_t)(x[i] & 0x7FFFu);
+        b += (m >= exp);
+        t = m > t ? m : t;
+    }
+    *bad += b;
+    *top = t;
+}
+
 typedef struct {
     qc_row_quantizer fn;
     qc_converter widen;          /* NULL: src holds float32 rows */
+    uint16_t exp;                /* with widen: the stored type's all-ones exponent, for the scan */
+    int64_t nonfinite;           /* with widen: what the scan of this job's rows found */
+    uint16_t max_bits;
     const uint8_t *src;
     uint8_t *dst;
     const float *qw;
@@ -54,7 +73,11 @@ static void *qc_run_job(void *arg) {
     }
     for (int64_t r = job->row_begin; r < job->row_end; r++) {
         const uint8_t *src = job->src + r * job->src_row_bytes;
-        if (row != NULL) job->widen(src, row, job->n_per_row);
+        if (row != NULL) {
+            /* the row is in L1 here, so checking it costs a few instructions per value, not a pass over memory */
+            qc_scan16((const uint16_t *)src, job->n_per_row, job->exp, &job->nonfinite, &job->max_bits);
+            job->widen(src, row, job->n_per_row);
+        }
         job->fn(row != NULL ? row : (const float *)src, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
     }
     free(row);
@@ -135,17 +158,26 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int64_t begin = 0;
     for (int t = 0; t < threads; t++) {
         const int64_t count = per + (t < extra ? 1 : 0);
-        jobs[t] = (qc_job){kernel->fn, widen < 0 ? NULL : variant->convert[widen], (const uint8_t *)src.buf,
+        jobs[t] = (qc_job){kernel->fn, widen < 0 ? NULL : variant->convert[widen], widen == 0 ? 0x7C00 : 0x7F80, 0, 0,
+                           (const uint8_t *)src.buf,
                            (uint8_t *)dst.buf, (const float *)qw.buf, n_per_row, src_row, row_bytes, begin,
                            begin + count, 0};
         begin += count;
     }
     if (nrows > 0) qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
+    int64_t bad = 0;
+    uint16_t top = 0;
     for (int t = 0; t < threads; t++) {
         if (jobs[t].failed) {
             PyErr_NoMemory();
             goto done;
         }
+        bad += jobs[t].nonfinite;
+        top = jobs[t].max_bits > top ? jobs[t].max_bits : top;
+    }
+    if (widen >= 0) {
+        result = Py_BuildValue("(LI)", (long long)bad, (unsigned int)top);
+        goto done;
     }
     result = Py_None;
     Py_INCREF(result);
@@ -232,14 +264,9 @@ static void *qc_run_scan(void *arg) {
             top = m > top ? m : top;
         }
     } else {
-        const uint16_t *x = (const uint16_t *)job->src;
-        const uint16_t exp = job->kind == 0 ? 0x7C00u : 0x7F80u;
         uint16_t top16 = 0;
-        for (int64_t i = job->begin; i < job->end; i++) {
-            const uint16_t m = (uint16_t)(x[i] & 0x7FFFu);
-            bad += (m >= exp);
-            top16 = m > top16 ? m : top16;
-        }
+        qc_scan16((const uint16_t *)job->src + job->begin, job->end - job->begin, job->kind == 0 ? 0x7C00u : 0x7F80u,
+                  &bad, &top16);
         top = top16;
     }
     job->nonfinite = bad;
@@ -333,7 +360,8 @@ static PyMethodDef qc_methods[] = {
      "gptq_block(w, cols, i1, u, group_of, fresh, g, bits, sym, dtype, scale, zp, q, err, threads): GPTQ's column loop."},
     {"quantize", qc_quantize, METH_VARARGS,
      "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1): quantize rows of src into dst; "
-     "src holds float32 rows, or with widen 0/1 F16/BF16 rows widened one at a time."},
+     "src holds float32 rows, or with widen 0/1 F16/BF16 rows widened one at a time, and then returns scan()'s "
+     "(nonfinite, max_abs_bits) of them."},
     {"scan", qc_scan, METH_VARARGS,
      "scan(kind, src, threads) -> (nonfinite, max_abs_bits) of F16 (0), BF16 (1) or F32 (2) values."},
     {"convert", qc_convert, METH_VARARGS,
