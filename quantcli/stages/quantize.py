@@ -1,7 +1,8 @@
 """The quantize stage: run a Plan over a checkpoint and stream the GGUF file to disk.
 
-One tensor is in memory at a time (its float32 copy and its encoded bytes), so peak memory follows the largest
-tensor. 16-bit sources written in their own type skip the float32 round trip entirely.
+A few tensors are in memory at a time (docs/pipeline.md counts them), so peak memory follows the largest tensors,
+never the model. 16-bit sources written in their own type skip the float32 round trip entirely, and 16-bit sources
+quantized to a block type reach the kernels as stored: each kernel thread widens and checks one row at a time.
 """
 from __future__ import annotations
 
