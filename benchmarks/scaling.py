@@ -4,11 +4,25 @@ With t(n) = S + P / gain(n), two thread counts give the serial part S. A 2-core 
 parallel job (its second vCPU is a hyperthread or shares the host), so gain(2) is measured rather than assumed:
 llama-quantize is parallel over rows from start to end, so its own t1 / t2 is the machine's gain e, and
 S = (e * t2 - t1) / (e - 1) for quantcli.
+
+`make bench` writes the table into docs/benchmarks.md with the rest; on its own:
+
+    python -m benchmarks.scaling [--models models] [--repeats 3] [--only bench-llama-1b]
+                                 [--llama-quantize PATH] [--doc docs/benchmarks.md]
+
+prints the section (with the date and the load average, which on a shared machine says how far to trust the
+seconds) and with --doc replaces that section of the file in place.
 """
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from quantcli.quant.mixes import MIXES
 
@@ -27,13 +41,25 @@ def serial_part(t1: float, t2: float, gain: float) -> float:
     return (gain * t2 - t1) / (gain - 1.0)
 
 
+PeerCommand = Callable[[Path, Path, int, int], list[str]]
+
+
+def binary_quantize_command(binary: Path) -> PeerCommand:
+    """llama.cpp's own llama-quantize executable instead of llama-cpp-python's binding of the same function."""
+    def command(src: Path, dst: Path, ftype: int, threads: int) -> list[str]:
+        return [str(binary), str(src), str(dst), str(ftype), str(threads)]
+    return command
+
+
 def scaling_rows(models: list[Path], f16: dict[str, Path], work: Path, repeats: int,
-                 quantcli_cmd, env_ours: dict[str, str]) -> list[dict]:  # type: ignore[no-untyped-def]
-    """Per model: llama-quantize (from the F16 GGUF) and quantcli convert (from HF) at 1 and 2 threads."""
+                 quantcli_cmd, env_ours: dict[str, str],  # type: ignore[no-untyped-def]
+                 peer_cmd: PeerCommand = quantize_command) -> list[dict]:
+    """Per model: llama-quantize (from the F16 GGUF) and quantcli convert (from HF) at 1 and 2 threads, one
+    after the other per repeat (paired, so a load change on a shared machine hits both sides alike)."""
     rows = []
     ftype = int(MIXES[SCALING_TYPE].ftype)
     for model in models:
-        peer = {n: measure("peer", quantize_command(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n), repeats)
+        peer = {n: measure("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n), repeats)
                 for n in (1, 2)}
         ours = {n: measure("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n), repeats, env_ours)
                 for n in (1, 2)}
@@ -62,3 +88,68 @@ def scaling_report(rows: list[dict]) -> list[str]:
             "much as they help the peer.", "",
             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
             *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows)]
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def replace_section(doc: Path, section: list[str]) -> None:
+    """Put `section` where the file's scaling section is (from its heading to the next heading or marker)."""
+    lines = doc.read_text().splitlines()
+    head = f"## Scaling: {SCALING_TYPE}, 1 and 2 threads"
+    try:
+        start = lines.index(head)
+    except ValueError:
+        lines += section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "<!--"))), len(lines))
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+        lines[start - 1 if start and not lines[start - 1].strip() else start:end] = section
+    doc.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    from .run import machine, quantcli
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, default=Path(os.environ.get("QUANTCLI_MODELS", "models")))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", action="append", help="A model folder name (repeatable); default both bench models.")
+    ap.add_argument("--llama-quantize", type=Path, help="llama.cpp's llama-quantize executable (default: "
+                                                          "llama-cpp-python's binding of the same quantizer).")
+    ap.add_argument("--doc", type=Path, help="Replace the scaling section of this file (docs/benchmarks.md).")
+    args = ap.parse_args()
+    names = args.only or ["bench-llama-168m", "bench-llama-1b"]
+    chosen = [args.models / n for n in names if (args.models / n).is_dir()]
+    if not chosen:
+        raise SystemExit(f"none of {', '.join(names)} is under {args.models}")
+    env_ours = {"QUANTCLI_NO_PROGRESS": "1"}
+    peer_cmd = binary_quantize_command(args.llama_quantize) if args.llama_quantize else quantize_command
+    work = Path(tempfile.mkdtemp(prefix="quantcli-scaling-"))
+    try:
+        f16 = {}
+        for model in chosen:
+            f16[model.name] = work / f"f16-{model.name}.gguf"
+            measure("f16", quantcli(model, f16[model.name], "F16", 2), 1, env_ours)
+        load_before = load_average()
+        rows = scaling_rows(chosen, f16, work, args.repeats, quantcli, env_ours, peer_cmd)
+        peer = f"llama.cpp's llama-quantize ({args.llama_quantize})" if args.llama_quantize else \
+            "llama.cpp's quantizer through llama-cpp-python"
+        section = scaling_report(rows) + [
+            "", f"Measured {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; peer: "
+                f"{peer}; median of {args.repeats}; load average (1, 5, 15 min) {load_before} before and "
+                f"{load_average()} after the runs."]
+        print("\n".join(section))
+        if args.doc:
+            replace_section(args.doc, section)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

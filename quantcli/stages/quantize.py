@@ -1,12 +1,13 @@
 """The quantize stage: run a Plan over a checkpoint and stream the GGUF file to disk.
 
-One tensor is in memory at a time (its float32 copy and its encoded bytes), so peak memory follows the largest
-tensor. 16-bit sources written in their own type skip the float32 round trip entirely.
+A few tensors are in memory at a time (docs/pipeline.md counts them), so peak memory follows the largest tensors,
+never the model. 16-bit sources written in their own type skip the float32 round trip entirely, and 16-bit sources
+quantized to a block type reach the kernels as stored: each kernel thread widens and checks one row at a time.
 """
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from contextlib import ExitStack, closing
 from typing import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
 from ..plan import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
-from ..quant.base import FP16_MAX, quant_class
+from ..quant.base import quant_class
 from ..quant.imatrix import ImportanceMatrix
 from .overlap import WriteBehind, read_ahead
 
@@ -36,26 +37,10 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
     return ((u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
 
 
-def _count_nonfinite(values: np.ndarray, dtype: str = "F32") -> int:
-    """NaN/Inf count. 16-bit values are judged by their bit patterns (an all-ones exponent), which is several
-    times faster than widening them; BF16 arrives as uint16 bit patterns anyway."""
-    if dtype == "BF16":
-        return int(np.count_nonzero((values & np.uint16(0x7F80)) == np.uint16(0x7F80)))
-    if dtype == "F16":
-        return int(np.count_nonzero((values.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00)))
-    return int(values.size - np.count_nonzero(np.isfinite(values)))
-
-
 def _nonfinite_error(t: TensorPlan, bad: int) -> InputError:
     what = t.spec.sources[0] if t.spec.sources else f"{t.name} (computed from config.json)"
     return InputError(f"tensor {what!r} holds {bad} NaN/Inf values.",
                       hint="The checkpoint is corrupt or was saved after a diverged training step; fix the weights.")
-
-
-def _check_finite(t: TensorPlan, values: np.ndarray, dtype: str = "F32") -> None:
-    bad = _count_nonfinite(values, dtype)
-    if bad:
-        raise _nonfinite_error(t, bad)
 
 
 def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first_row: int = 0) -> InputError:
@@ -69,16 +54,6 @@ def _overflow_error(t: TensorPlan, rows: np.ndarray, bad_rows: np.ndarray, first
                       f"(as {t.name}): {kind}.",
                       hint=f"Check the weights; to keep such values write this tensor as F32 "
                            f"(--tensor-type '{t.name.replace('.', chr(92) + '.')}=F32').")
-
-
-def _within_fp16(values: np.ndarray) -> bool:
-    """True when every value is finite and within fp16 range: then no target type can overflow (F16 holds it,
-    and every fp16 block scale or min is a fraction of the block's range). Two reductions, cheaper than the isfinite
-    count they replace, so the common case pays nothing for the overflow check; NaN fails the comparison."""
-    if values.size == 0:
-        return True
-    with np.errstate(invalid="ignore"):
-        return bool(max(float(values.max()), -float(values.min())) <= FP16_MAX)
 
 
 def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -95,35 +70,35 @@ def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.
 @dataclass(frozen=True)
 class Stored:
     """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf.
-    `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check."""
+    `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check;
+    None when the values are not scanned yet (the kernels scan them while they quantize, Encoder.encode)."""
 
     values: np.ndarray
     dtype: str
-    within_fp16: bool
+    within_fp16: bool | None
 
 
-_BF16_FP16_MAX_BITS = 0x477F   # the largest bfloat16 magnitude (65280) not above F16's 65504
+def _scan(t: TensorPlan, values: np.ndarray, dtype: str, backend: Backend, threads: int) -> bool:
+    """Refuse NaN/Inf (naming the tensor); True when every value fits F16's range. One pass in the kernels."""
+    found = backend.scan(values, dtype, threads)
+    if found.nonfinite:
+        raise _nonfinite_error(t, found.nonfinite)
+    return found.within_fp16
 
 
-def _stored_within_fp16(values: np.ndarray, dtype: str) -> bool:
-    """_within_fp16 on stored values, by bit pattern for the 16-bit types (an F16 value always fits)."""
-    if dtype == "F16":
-        return True
-    if dtype == "BF16":
-        return values.size == 0 or int((values & np.uint16(0x7FFF)).max()) <= _BF16_FP16_MAX_BITS
-    return _within_fp16(values)
-
-
-def prepare(t: TensorPlan, raw: list[np.ndarray]) -> Stored | None:
+def prepare(t: TensorPlan, raw: list[np.ndarray], backend: Backend | None = None, threads: int = 1, *,
+            scan: bool = True) -> Stored | None:
     """The part of encoding that no output type changes: apply an exact transform in the stored type (a copy
     for permuted tensors) and check every value. write_ggufs runs it on the read-ahead thread, off the kernels'
-    critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform)."""
+    critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform).
+
+    scan=False leaves the check to the encoder: write_ggufs passes it when the kernels quantize the stored rows
+    for every output, since they check each row while it is in cache (no pass of its own over the tensor)."""
     if not (t.source_dtypes and t.spec.transform.exact and len(set(t.source_dtypes)) == 1):
         return None
     values = np.ascontiguousarray(t.spec.transform.apply(raw))
     dtype = t.source_dtypes[0]
-    _check_finite(t, values, dtype)
-    return Stored(values, dtype, _stored_within_fp16(values, dtype))
+    return Stored(values, dtype, _scan(t, values, dtype, backend or get_backend(), threads) if scan else None)
 
 
 @dataclass(frozen=True)
@@ -137,7 +112,9 @@ class Encoder:
     def encode(self, t: TensorPlan, raw: list[np.ndarray], stored: Stored | None = None) -> np.ndarray:
         """`stored` is prepare(t, raw) when the caller already has it (the same for every output of a tensor)."""
         if stored is None:
-            stored = prepare(t, raw)
+            stored = prepare(t, raw, self.backend, self.threads, scan=False)
+        if stored is not None and stored.within_fp16 is None and not self.quantizes_stored(t, stored.dtype):
+            stored = replace(stored, within_fp16=_scan(t, stored.values, stored.dtype, self.backend, self.threads))
         if stored is not None and stored.dtype == _RAW_DTYPES.get(t.qtype):
             return stored.values
         if stored is not None and t.qtype != F32:
@@ -145,9 +122,7 @@ class Encoder:
         values = np.ascontiguousarray(
             t.spec.transform.apply([self.backend.to_float32(a, d, self.threads) for a, d in zip(raw, t.source_dtypes)]),
             dtype=np.float32)
-        safe = _within_fp16(values)
-        if not safe:
-            _check_finite(t, values)
+        safe = _scan(t, values, "F32", self.backend, self.threads)
         if t.qtype == F32:
             return values
         rows = values.reshape(-1, t.ggml_shape[0])
@@ -157,9 +132,20 @@ class Encoder:
         """Widen and encode a few MB of rows at a time. Rows are encoded independently and widening is exact, so
         the bytes are those of the whole-tensor path, but only the stored tensor, its output and one chunk's
         float32 copy are in memory, instead of a float32 copy of the whole tensor (3 GB for a 150k x 5120
-        embedding). The values were checked for NaN/Inf by prepare()."""
+        embedding). The values were checked for NaN/Inf by prepare().
+
+        When the kernels take the stored rows as they are (16-bit values that all fit F16, so no overflow check
+        needs float32 rows), the whole tensor is one call: each kernel thread widens a row at a time, and the
+        calling thread neither widens nor copies."""
         rows = stored.values.reshape(-1, t.ggml_shape[0])
         weights = self._weights(t)
+        if stored.within_fp16 is not False and self.quantizes_stored(t, stored.dtype):
+            out, found = self.backend.quantize_stored(t.qtype, rows, stored.dtype, weights, self.threads)
+            if found.nonfinite:
+                raise _nonfinite_error(t, found.nonfinite)
+            if found.within_fp16:
+                return out
+            # a value beyond F16's range (a BF16 source): the rows below check every block for overflow
         if t.qtype in (F16, BF16):
             out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
         else:
@@ -169,6 +155,10 @@ class Encoder:
             chunk = self.backend.to_float32(rows[start:start + step], stored.dtype, self.threads)
             out[start:start + step] = self._encode_checked(t, chunk, weights, start, safe=stored.within_fp16)
         return out
+
+    def quantizes_stored(self, t: TensorPlan, dtype: str) -> bool:
+        """Whether the kernels encode this tensor from its stored rows (and check them as they go)."""
+        return t.qtype not in (F16, BF16, F32) and self.backend.quantizes_stored(t.qtype, dtype)
 
     def _weights(self, t: TensorPlan) -> np.ndarray | None:
         """The imatrix weights of a tensor encoded in a block type (float outputs never consult the matrix)."""
@@ -252,9 +242,13 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
         _check_overrides(plan, o)
 
     def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
-        for t in first_plan.tensors:   # every output plans the same sources and transform for a tensor
+        for i, t in enumerate(first_plan.tensors):   # every output plans the same sources and transform for a tensor
             raw = [ckpt.read_raw(s) for s in t.spec.sources]
-            yield raw, prepare(t, raw)
+            # the kernels check the values as they quantize them when every output has them quantize this tensor
+            in_kernels = bool(t.source_dtypes) and all(
+                enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0]) and t.name not in done
+                for (plan, _), done in zip(outputs, given))
+            yield raw, prepare(t, raw, enc.backend, threads, scan=not in_kernels)
 
     def write(job: tuple[GGUFStreamWriter, TensorPlan, np.ndarray]) -> None:
         writer, t, data = job

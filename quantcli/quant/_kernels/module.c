@@ -1,12 +1,17 @@
-/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None).
+/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1).
  *
- * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread.
+ * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread. With widen
+ * 0 (F16) or 1 (BF16) src holds 16-bit rows, and each thread widens one row at a time into a buffer of its own
+ * before quantizing it: no float32 copy of the tensor is made, and widening runs on every thread. Such a call
+ * also scans the rows it widens (as scan() does) and returns what it found, so the caller need not read the
+ * tensor once more to check it.
  * Each row is quantized independently, so the bytes do not depend on the thread count. isa names the
  * instruction-set variant (dispatch.c); None takes the best one this machine runs. Every variant gives the
  * same bytes, so the choice only matters for speed and for tests that compare the variants. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include "dispatch.h"
 #include "parallel.h"
 
@@ -24,22 +29,58 @@ static const qc_variant *qc_variant_arg(PyObject *isa) {
     return v;
 }
 
+/* NaN/Inf count and largest magnitude bits of n 16-bit values whose exponent is all ones from `exp` up (F16
+ * 0x7C00, BF16 0x7F80); scan() and the widening quantizer share it. */
+static inline void qc_scan16(const uint16_t *x, int64_t n, uint16_t exp, int64_t *bad, uint16_t *top) {
+    int64_t b = 0;
+    uint16_t t = *top;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t m = (uint16_t)(x[i] & 0x7FFFu);
+        b += (m >= exp);
+        t = m > t ? m : t;
+    }
+    *bad += b;
+    *top = t;
+}
+
 typedef struct {
     qc_row_quantizer fn;
-    const float *src;
+    qc_converter widen;          /* NULL: src holds float32 rows */
+    uint16_t exp;                /* with widen: the stored type's all-ones exponent, for the scan */
+    int64_t nonfinite;           /* with widen: what the scan of this job's rows found */
+    uint16_t max_bits;
+    const uint8_t *src;
     uint8_t *dst;
     const float *qw;
     int64_t n_per_row;
+    int64_t src_row_bytes;
     int64_t row_bytes;
     int64_t row_begin;
     int64_t row_end;
+    int failed;                  /* set when the row buffer could not be allocated */
 } qc_job;
 
 static void *qc_run_job(void *arg) {
-    const qc_job *job = (const qc_job *)arg;
-    for (int64_t r = job->row_begin; r < job->row_end; r++) {
-        job->fn(job->src + r * job->n_per_row, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
+    qc_job *job = (qc_job *)arg;
+    float *row = NULL;
+    if (job->widen != NULL && job->row_end > job->row_begin) {
+        /* one row stays in L1/L2 between widening and quantizing, so the float32 values never reach memory */
+        row = (float *)malloc((size_t)job->n_per_row * sizeof(float));
+        if (row == NULL) {
+            job->failed = 1;
+            return NULL;
+        }
     }
+    for (int64_t r = job->row_begin; r < job->row_end; r++) {
+        const uint8_t *src = job->src + r * job->src_row_bytes;
+        if (row != NULL) {
+            /* the row is in L1 here, so checking it costs a few instructions per value, not a pass over memory */
+            qc_scan16((const uint16_t *)src, job->n_per_row, job->exp, &job->nonfinite, &job->max_bits);
+            job->widen(src, row, job->n_per_row);
+        }
+        job->fn(row != NULL ? row : (const float *)src, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
+    }
+    free(row);
     return NULL;
 }
 
@@ -59,12 +100,12 @@ void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
 }
 
 static PyObject *qc_quantize(PyObject *self, PyObject *args) {
-    int type_id, threads;
+    int type_id, threads, widen = -1;
     Py_buffer src, dst, qw;
     PyObject *qw_obj, *isa = NULL;
     Py_ssize_t n_per_row;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*nw*Oi|O", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa)) {
+    if (!PyArg_ParseTuple(args, "iy*nw*Oi|Oi", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa, &widen)) {
         return NULL;
     }
     qw.buf = NULL;
@@ -76,6 +117,10 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_NotImplementedError, "no C kernel for ggml type %d", type_id);
         goto done;
     }
+    if (widen < -1 || widen > 1) {
+        PyErr_SetString(PyExc_ValueError, "widen must be -1 (float32 rows), 0 (F16) or 1 (BF16)");
+        goto done;
+    }
     /* The kernels trust their arguments: every size is checked here, before any byte is written. */
     if (n_per_row <= 0 || n_per_row % kernel->block_values != 0 ||
         n_per_row > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(float)) {
@@ -83,10 +128,11 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
                      n_per_row, kernel->block_values, type_id);
         goto done;
     }
-    const Py_ssize_t src_row = n_per_row * (Py_ssize_t)sizeof(float);
+    const Py_ssize_t src_row = n_per_row * (Py_ssize_t)(widen < 0 ? sizeof(float) : sizeof(uint16_t));
+    const Py_ssize_t qw_len = n_per_row * (Py_ssize_t)sizeof(float);
     if (src.len % src_row != 0) {
-        PyErr_Format(PyExc_ValueError, "src holds %zd bytes, not a whole number of float32 rows of %zd values",
-                     src.len, n_per_row);
+        PyErr_Format(PyExc_ValueError, "src holds %zd bytes, not a whole number of %s rows of %zd values",
+                     src.len, widen < 0 ? "float32" : "16-bit", n_per_row);
         goto done;
     }
     const int64_t nrows = src.len / src_row;
@@ -98,7 +144,7 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     }
     if (qw_obj != Py_None) {
         if (PyObject_GetBuffer(qw_obj, &qw, PyBUF_SIMPLE) < 0) goto done;
-        if (qw.len != src_row) {
+        if (qw.len != qw_len) {
             PyErr_SetString(PyExc_ValueError, "imatrix must hold one float32 per column");
             goto done;
         }
@@ -112,11 +158,27 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int64_t begin = 0;
     for (int t = 0; t < threads; t++) {
         const int64_t count = per + (t < extra ? 1 : 0);
-        jobs[t] = (qc_job){kernel->fn, (const float *)src.buf, (uint8_t *)dst.buf, (const float *)qw.buf,
-                           n_per_row, row_bytes, begin, begin + count};
+        jobs[t] = (qc_job){kernel->fn, widen < 0 ? NULL : variant->convert[widen], widen == 0 ? 0x7C00 : 0x7F80, 0, 0,
+                           (const uint8_t *)src.buf,
+                           (uint8_t *)dst.buf, (const float *)qw.buf, n_per_row, src_row, row_bytes, begin,
+                           begin + count, 0};
         begin += count;
     }
     if (nrows > 0) qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
+    int64_t bad = 0;
+    uint16_t top = 0;
+    for (int t = 0; t < threads; t++) {
+        if (jobs[t].failed) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        bad += jobs[t].nonfinite;
+        top = jobs[t].max_bits > top ? jobs[t].max_bits : top;
+    }
+    if (widen >= 0) {
+        result = Py_BuildValue("(LI)", (long long)bad, (unsigned int)top);
+        goto done;
+    }
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -177,6 +239,77 @@ done:
     return result;
 }
 
+/* scan(kind, src, threads) -> (nonfinite, max_abs_bits) over F16 (kind 0), BF16 (1) or F32 (2) values: how many
+ * are NaN or Inf (an all-ones exponent) and the largest magnitude as a bit pattern without the sign. Magnitude
+ * bits order like the magnitudes they encode, so comparing max_abs_bits with a limit's bits tells whether every
+ * value is within it (NaN and Inf lie above every finite pattern). One pass, split across threads: it replaces
+ * three NumPy passes and their temporaries over every tensor of a conversion (issue 11). */
+typedef struct {
+    int kind;
+    const uint8_t *src;
+    int64_t begin, end;
+    int64_t nonfinite;
+    uint32_t max_bits;
+} qc_scan_job;
+
+static void *qc_run_scan(void *arg) {
+    qc_scan_job *job = (qc_scan_job *)arg;
+    int64_t bad = 0;
+    uint32_t top = 0;
+    if (job->kind == 2) {
+        const uint32_t *x = (const uint32_t *)job->src;
+        for (int64_t i = job->begin; i < job->end; i++) {
+            const uint32_t m = x[i] & 0x7FFFFFFFu;
+            bad += (m >= 0x7F800000u);
+            top = m > top ? m : top;
+        }
+    } else {
+        uint16_t top16 = 0;
+        qc_scan16((const uint16_t *)job->src + job->begin, job->end - job->begin, job->kind == 0 ? 0x7C00u : 0x7F80u,
+                  &bad, &top16);
+        top = top16;
+    }
+    job->nonfinite = bad;
+    job->max_bits = top;
+    return NULL;
+}
+
+static PyObject *qc_scan(PyObject *self, PyObject *args) {
+    int kind, threads;
+    Py_buffer src;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iy*i", &kind, &src, &threads)) return NULL;
+    PyObject *result = NULL;
+    const int64_t size = kind == 2 ? 4 : 2;
+    if (kind < 0 || kind > 2) {
+        PyErr_SetString(PyExc_ValueError, "scan kind must be 0 (F16), 1 (BF16) or 2 (F32)");
+        goto done;
+    }
+    if (src.len % size != 0) {
+        PyErr_SetString(PyExc_ValueError, "src is not a whole number of values");
+        goto done;
+    }
+    const int64_t n = src.len / size;
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    if (n < (1 << 18)) threads = 1;  /* a thread costs more than scanning a small tensor */
+    qc_scan_job jobs[64];
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (qc_scan_job){kind, (const uint8_t *)src.buf, n * t / threads, n * (t + 1) / threads, 0, 0};
+    }
+    qc_parallel(qc_run_scan, jobs, sizeof(qc_scan_job), threads);
+    int64_t bad = 0;
+    uint32_t top = 0;
+    for (int t = 0; t < threads; t++) {
+        bad += jobs[t].nonfinite;
+        top = jobs[t].max_bits > top ? jobs[t].max_bits : top;
+    }
+    result = Py_BuildValue("(LI)", (long long)bad, (unsigned int)top);
+done:
+    PyBuffer_Release(&src);
+    return result;
+}
+
 static PyObject *qc_has_type(PyObject *self, PyObject *arg) {
     (void)self;
     long type_id = PyLong_AsLong(arg);
@@ -226,7 +359,11 @@ static PyMethodDef qc_methods[] = {
     {"gptq_block", qc_gptq_block, METH_VARARGS,
      "gptq_block(w, cols, i1, u, group_of, fresh, g, bits, sym, dtype, scale, zp, q, err, threads): GPTQ's column loop."},
     {"quantize", qc_quantize, METH_VARARGS,
-     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None): quantize float32 rows of src into dst."},
+     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1): quantize rows of src into dst; "
+     "src holds float32 rows, or with widen 0/1 F16/BF16 rows widened one at a time, and then returns scan()'s "
+     "(nonfinite, max_abs_bits) of them."},
+    {"scan", qc_scan, METH_VARARGS,
+     "scan(kind, src, threads) -> (nonfinite, max_abs_bits) of F16 (0), BF16 (1) or F32 (2) values."},
     {"convert", qc_convert, METH_VARARGS,
      "convert(kind, src, dst, threads, isa=None): 0 f16->f32, 1 bf16->f32, 2 f32->f16 (round to nearest even)."},
     {"has_type", qc_has_type, METH_O, "has_type(type_id) -> bool: whether a C kernel exists for the type."},
