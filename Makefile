@@ -93,6 +93,12 @@ demo: install
 quality: models llama-tools
 	$(PYTHON) -m benchmarks.quality --models $(MODELS) --out docs/quality.md
 
+# docs/quality.md's INT4/INT8 folder table: compressed-tensors (RTN min-max, RTN-MSE, HQQ), NF4, W8A16, W8A8 beside
+# GGUF Q4_K_M and Q8_0, scored as verify scores them (about 35 min on a busy 2-core machine).
+.PHONY: quality-folders
+quality-folders: models
+	$(PYTHON) -m benchmarks.quality --models $(MODELS) --out docs/quality.md --int-folders --chunks 4
+
 lint: dev
 	$(BIN)/ruff check --select F quantcli tests benchmarks
 

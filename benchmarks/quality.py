@@ -8,14 +8,27 @@ ctx 512, llama-perplexity's way (quantcli.stages.verify_model). Then llama.cpp's
 files is set beside ours (ctx 128, 4 chunks, as tests/interop/test_perplexity_agreement.py does).
 
 Only the part of --out between the two marker lines is rewritten; the prose around it stays.
+
+    python -m benchmarks.quality --models models --out docs/quality.md --int-folders [--chunks 4]
+
+scores the integer folders instead (compressed-tensors W4A16 / W4A16_ASYM at group 64 with RTN min-max, RTN-MSE
+and HQQ, bitsandbytes NF4, W8A16, W8A8) beside the GGUF Q4_K_M and Q8_0 files of the same model, and rewrites the
+int-folders section. Each folder is written by `quantcli convert` (the CLI, in a subprocess) and scored with the
+function `quantcli verify FOLDER --source MODEL --data builtin:eval --json` uses (stages.verify_model), the source
+run once for all of them; the figures are the ones verify prints for each folder alone.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import math
+import re
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from .run import machine
@@ -24,6 +37,23 @@ TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 AGREEMENT_TYPES = ("F32", "F16", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K")
 MODEL = "SmolLM2-135M-Instruct"
 BEGIN, END = "<!-- quality:begin (benchmarks/quality.py) -->", "<!-- quality:end -->"
+INT_BEGIN, INT_END = "<!-- int-folders:begin (benchmarks/quality.py --int-folders) -->", "<!-- int-folders:end -->"
+# label -> quantcli convert arguments of an integer folder. Group 64: 128 does not divide SmolLM2's 576-wide rows.
+INT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "W4A16 g64, RTN min-max": ("--format", "compressed-tensors", "--scheme", "W4A16", "--group-size", "64"),
+    "W4A16 g64, RTN-MSE": ("--format", "compressed-tensors", "--scheme", "W4A16", "--group-size", "64",
+                           "--method", "mse"),
+    "W4A16_ASYM g64, RTN min-max": ("--format", "compressed-tensors", "--scheme", "W4A16_ASYM", "--group-size", "64"),
+    "W4A16_ASYM g64, RTN-MSE": ("--format", "compressed-tensors", "--scheme", "W4A16_ASYM", "--group-size", "64",
+                                "--method", "mse"),
+    "W4A16_ASYM g64, HQQ": ("--format", "compressed-tensors", "--scheme", "W4A16_ASYM", "--group-size", "64",
+                            "--method", "hqq"),
+    "bnb-nf4 (blocks of 64, double quant)": ("--format", "bnb-nf4"),
+    "W8A16 g64, RTN min-max": ("--format", "compressed-tensors", "--scheme", "W8A16", "--group-size", "64"),
+    "W8A8 (per channel, int8 per-token activations)": ("--format", "compressed-tensors", "--scheme", "W8A8"),
+}
+INT_GGUF = ("Q4_K_M", "Q8_0")
+LINEAR_GGUF = re.compile(r"blk\.\d+\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight")
 
 
 def log(message: str) -> None:
@@ -111,13 +141,108 @@ def render(results: dict[str, object], agreement: list[tuple[str, float, float]]
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else f"# Quality\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else f"# Quality\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     path.write_text(head + section + tail, encoding="utf-8")
+
+
+def convert_folder(source: Path, args: tuple[str, ...], out: Path) -> tuple[Path, float]:
+    """An integer folder written by the quantcli CLI (kept when --work already holds it); (path, seconds)."""
+    if (out / "config.json").is_file():
+        return out, float("nan")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "quantcli.cli.app", "convert", str(source), *args, "-o", str(out),
+                    "--threads", "2", "--verify", "none"], check=True, stdout=subprocess.DEVNULL)
+    return out, time.monotonic() - started
+
+
+def folder_bits(path: Path) -> float:
+    """Bits per weight of a folder's quantized Linear weights, scales and zero points included (as inspect)."""
+    from quantcli.io.checkpoint import Checkpoint
+    from quantcli.io.quantized_folder import open_folder_reader
+
+    ckpt = Checkpoint.open(path)
+    reader = open_folder_reader(ckpt)
+    assert reader is not None, path
+    stored = sum(m.stored_bytes(ckpt) for m in reader.modules.values())
+    return 8.0 * stored / sum(m.shape[0] * m.shape[1] for m in reader.modules.values())
+
+
+def gguf_bits(path: Path) -> float:
+    """Bits per weight of a GGUF file's block Linear weights (the tensors the folders quantize)."""
+    from gguf import GGUFReader
+
+    tensors = [t for t in GGUFReader(path).tensors if LINEAR_GGUF.fullmatch(t.name)]
+    return 8.0 * sum(int(t.n_bytes) for t in tensors) / sum(int(t.n_elements) for t in tensors)
+
+
+def int_folder_rows(source: Path, work: Path, ctx: int, chunks: int,
+                    only: tuple[str, ...] = ()) -> list[tuple[str, float, float, object]]:
+    """(label, bits per weight, convert seconds, PerplexityResult) for every folder and the two GGUF files (or
+    only those whose label contains one of `only`)."""
+    from quantcli.engine import Engine
+    from quantcli.stages.calibration_data import builtin_text
+    from quantcli.stages.chunks import chunk_tokens
+    from quantcli.stages.eval_text import text_tokens
+    from quantcli.stages.perplexity import PerplexityResult
+    from quantcli.stages.verify_model import BATCH_CHUNKS, score_outputs, special_ids
+
+    items: list[tuple[str, Path, float, float]] = []
+    for i, (label, args) in enumerate(INT_FOLDERS.items()):
+        if only and not any(o in label for o in only):
+            continue
+        path, secs = convert_folder(source, args, work / f"int{i}")
+        items.append((f"{label}", path, folder_bits(path), secs))
+        log(f"{label}: {items[-1][2]:.3f} bits per weight, written in {secs:.1f} s")
+    for qtype in INT_GGUF:
+        if only and not any(o in f"GGUF {qtype}" for o in only):
+            continue
+        path = convert(source, qtype, work / f"{qtype}.gguf", None)
+        items.append((f"GGUF {qtype}", path, gguf_bits(path), float("nan")))
+    # figures of earlier runs with --work, per output, until that output is written again
+    cache_file = work / f"int-results-{ctx}x{chunks}.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    for label, _, _, secs in items:
+        if not math.isnan(secs):
+            cache.pop(label, None)
+    todo = [item for item in items if item[0] not in cache]
+    if todo:
+        special = special_ids(items[0][1], source)
+        chunked = chunk_tokens(text_tokens(source, builtin_text("eval").text, special), ctx, chunks)
+        src = Engine.from_hf(source, threads=2)
+        outs = [Engine.from_hf(p, threads=2) if p.is_dir() else Engine.from_gguf(p, source=source, threads=2)
+                for _, p, _, _ in todo]
+        try:
+            results = score_outputs(src, outs, chunked, special.bos, batch=BATCH_CHUNKS,
+                                    progress=lambda done, total: log(f"scored {done}/{total} chunks"))
+        finally:
+            for engine in [src, *outs]:
+                engine.close()
+        for (label, _, _, _), r in zip(todo, results):
+            cache[label] = asdict(r)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    return [(label, bits, secs, PerplexityResult(**cache[label])) for label, _, bits, secs in items]
+
+
+def render_int(rows: list[tuple[str, float, float, object]], ctx: int, seconds: float) -> str:
+    first = rows[0][3]
+    lines = [INT_BEGIN, "",
+             f"{MODEL}, `builtin:eval`, ctx {ctx}, {first.n_chunks} chunks ({first.n_scored} scored tokens). PPL of "  # type: ignore[attr-defined]
+             f"the source (float32): **{first.ppl_source:.4f}**. Bits per weight: the quantized Linear weights with "  # type: ignore[attr-defined]
+             "their scales and zero points (float32 here, the checkpoint's dtype); for GGUF the same block matrices.",
+             "", "| output | bits per weight | PPL | ln(PPL ratio) | KLD mean | KLD median | KLD 99% | KLD max | "
+             "same top-1 | RMS Δp |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, bits, _, r in rows:
+        lines.append(f"| {label} | {bits:.2f} | {r.ppl:.4f} | {r.ln_ppl_ratio:.5f} | {r.kld_mean:.5f} | "  # type: ignore[attr-defined]
+                     f"{r.kld_median:.5f} | {r.kld_p99:.5f} | {r.kld_max:.4f} | {100 * r.same_top1:.2f} % | "  # type: ignore[attr-defined]
+                     f"{100 * r.rms_dp:.2f} % |")  # type: ignore[attr-defined]
+    lines += ["", f"Measured {dt.date.today()} on {machine()}, in {seconds / 60:.0f} min (load from other work on "
+              "the machine slows the run, never changes a figure).", "", INT_END]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -131,9 +256,24 @@ def main() -> None:
     ap.add_argument("--no-imatrix", action="store_true", help="Only the files without an importance matrix.")
     ap.add_argument("--no-agreement", action="store_true", help="Skip the llama.cpp comparison.")
     ap.add_argument("--work", type=Path, help="Keep the files here (an imatrix.gguf already there is reused).")
+    ap.add_argument("--int-folders", action="store_true",
+                    help="Score the integer folders (and GGUF Q4_K_M, Q8_0) instead of the GGUF types.")
+    ap.add_argument("--only", default="", help="--int-folders: only the outputs whose label contains one of these "
+                    "comma-separated strings.")
     args = ap.parse_args()
     source = args.models / MODEL
     start = time.monotonic()
+    if args.int_folders:
+        with tempfile.TemporaryDirectory(prefix="quality-int-") as tmp:
+            work = args.work or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            rows = int_folder_rows(source, work, args.ctx, args.chunks,
+                                   tuple(o for o in args.only.split(",") if o))
+            for label, bits, _, r in rows:
+                log(f"{label}: {bits:.2f} bpw, PPL {r.ppl:.4f} KLD {r.kld_mean:.5f}")  # type: ignore[attr-defined]
+            write_section(args.out, render_int(rows, args.ctx, time.monotonic() - start), INT_BEGIN, INT_END)
+            log(f"wrote {args.out}")
+        return
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

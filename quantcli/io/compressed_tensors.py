@@ -236,6 +236,9 @@ class CompressedTensorsReader(FolderReader):
                              hint="The folder is incomplete; re-create or re-download it.")
         return (int(out), int(n)), tuple(names)
 
+    def input_activations(self, module: str) -> dict[str, Any] | None:
+        return self.args[module].activations
+
     def dense(self, module: str, dtype: str | None = None) -> np.ndarray:
         """As the FolderReader; `dtype` rounds to another dtype than the scale's (e.g. "F32" for a loader that
         widens the scales before multiplying)."""

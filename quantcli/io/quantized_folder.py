@@ -65,6 +65,11 @@ class FolderReader(ABC):
     def dense(self, module: str) -> np.ndarray:
         """The module's weight (out, in) float32 as the format's loader rebuilds it."""
 
+    def input_activations(self, module: str) -> dict[str, Any] | None:
+        """The quantization_config block that says how the loader rounds this module's input at run time
+        (compressed-tensors' input_activations), None when the input stays in the model's float dtype."""
+        return None
+
     def stored_names(self) -> set[str]:
         """Every tensor of the folder that belongs to a quantized module."""
         return {n for m in self.modules.values() for n in m.tensors}

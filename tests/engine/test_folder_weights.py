@@ -121,6 +121,10 @@ def test_engine_on_a_folder_equals_the_engine_on_its_dense_twin(case: str, sourc
     twin = dense_twin(folder, source, tmp_path / "dense")
     engine = Engine.from_hf(folder)
     assert isinstance(engine.source, QuantizedFolderWeights)
+    # W8A8 also rounds every quantized Linear's input (test_w8a8_rounds_each_linear_input_per_token); the twin
+    # holds only the weights, so the weights are compared here with that rounding switched off
+    assert bool(engine.source.inputs) == (case == "w8a8")
+    engine.source.inputs.clear()
     got = list(engine.run(TOKENS))
     want = list(Engine.from_hf(twin).run(TOKENS))
     for a, b in zip(got, want, strict=True):
@@ -239,3 +243,47 @@ def test_engine_runs_gptq_and_awq_folders(fields: dict, source: Path, tmp_path: 
         np.testing.assert_array_equal(a, b)
     reader = open_folder_reader(Checkpoint.open(folder))
     assert reader is not None and reader.scheme["quant_method"] == fmt and len(reader.modules) == 14
+
+
+def _per_token_int8(x: np.ndarray) -> np.ndarray:
+    """compressed-tensors' dynamic symmetric token rule for 8 bits, written out: scale = max |x| of the row / 127.5
+    (float32 eps where that is 0), codes clamped to [-128, 127] and rounded half to even, times the scale."""
+    scale = (np.abs(x).max(axis=-1, keepdims=True) / np.float32(127.5)).astype(np.float32)
+    scale[scale == 0] = np.finfo(np.float32).eps
+    return np.rint(np.clip(x / scale, -128, 127)).astype(np.float32) * scale
+
+
+def test_w8a8_rounds_each_linear_input_per_token(source: Path, tmp_path: Path) -> None:
+    folder = convert(source, tmp_path / "w8a8", **CASES["w8a8"])
+    weights = Engine.from_hf(folder).source
+    assert isinstance(weights, QuantizedFolderWeights)
+    reader = open_folder_reader(Checkpoint.open(folder))
+    assert reader is not None and set(weights.inputs) == set(reader.modules)
+    assert {r.bits for r in weights.inputs.values()} == {8}
+    dense = expected_dense(folder)
+    rng = np.random.default_rng(3)
+    for t in weights.spec.tensors:
+        name = weights.name(t)
+        if name not in dense:
+            continue
+        w = weights.load(t)
+        np.testing.assert_array_equal(np.asarray(w), dense[name])
+        x = (rng.standard_normal((2, 7, w.shape[1])) * 4).astype(np.float32)
+        x[0, 2] = 0                               # an all-zero token takes the eps scale and stays 0
+        got = x @ w.T
+        np.testing.assert_array_equal(got, _per_token_int8(x) @ dense[name].T)
+        assert not np.array_equal(got, x @ dense[name].T)
+    # and the engine's logits change with the rounding
+    engine = Engine.from_hf(folder)
+    rounded = next(engine.run(TOKENS))
+    engine.source.inputs.clear()
+    assert not np.array_equal(rounded, next(engine.run(TOKENS)))
+
+
+def test_activation_rounding_the_engine_cannot_simulate_is_refused(source: Path, tmp_path: Path) -> None:
+    folder = convert(source, tmp_path / "w8a8", **CASES["w8a8"])
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["config_groups"]["group_0"]["input_activations"]["dynamic"] = False
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match="input_activations"):
+        Engine.from_hf(folder)

@@ -92,14 +92,37 @@ def test_asymmetric_zero_point_maps_min_to_qmin() -> None:
 
 @pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM"])
 def test_mse_never_worse_than_minmax(name: str) -> None:
+    # the search's loss, written out in float64: the sum of |error|^2.5 over each group
     w = _weights(64, 256, seed=11)
     scheme = scheme_named(name)
+    groups = w.reshape(-1, 128).astype(np.float64)
     errs = {}
     for method in ("minmax", "mse"):
         c = encode(w, scheme, "F32", method)
-        errs[method] = ((c.dequantize("F32", scheme.group_size) - w) ** 2).reshape(-1, 128).sum(axis=1)
-    assert np.all(errs["mse"] <= errs["minmax"] * (1 + 1e-6))
+        d = c.dequantize("F32", scheme.group_size).reshape(-1, 128) - groups
+        errs[method] = (np.abs(d) ** 2.5).sum(axis=1)
+    assert np.all(errs["mse"] <= errs["minmax"] * (1 + 1e-5))
     assert errs["mse"].sum() < errs["minmax"].sum()
+
+
+def test_mse_clips_a_groups_largest_weight_less_than_a_plain_squared_error_would() -> None:
+    # one large weight among many small ones: the range the plain squared error picks (brute force over the same
+    # shrink factors, float64, compressed-tensors' asymmetric rule) clips it; the |error|^2.5 search clips it less
+    w = np.full((1, 64), 0.03, dtype=np.float32) * np.sin(np.arange(64, dtype=np.float32))
+    w[0, 7] = 0.2
+    x = w[0].astype(np.float64)
+    lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+
+    def dense(p: float) -> np.ndarray:
+        scale = (hi - lo) * p / 15
+        zp = np.clip(np.rint(-8 - lo * p / scale), -8, 7)
+        return (np.clip(np.rint(x / scale + zp), -8, 7) - zp) * scale
+
+    plain = min((dense(1 - i / 100) for i in range(21)), key=lambda d: float(((d - x) ** 2).sum()))
+    c = encode(w, scheme_named("W4A16_ASYM").with_options(group_size=64), "F32", "mse")
+    ours = c.dequantize("F32", 64)[0]
+    assert abs(plain[7] - x[7]) > c.scale_f32()[0, 0] / 2          # the plain choice clips the large weight
+    assert abs(ours[7] - x[7]) < abs(plain[7] - x[7])
 
 
 def test_bf16_scale_rounds_to_nearest_even() -> None:
