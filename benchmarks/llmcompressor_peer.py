@@ -13,7 +13,7 @@ Rows, each pair run back to back (quantcli first, then the peer) so both see abo
   own calibration_tokens and saved to an .npy that the peer reads, so both calibrate on the same token ids:
   `quantcli convert ... --method gptq --act-order` against llm-compressor's GPTQModifier with its defaults (blocks of
   128 columns, dampening 0.01, static act-order, which is what quantcli's --act-order does).
-Every SmolLM2 folder, ours and the peer's, is then scored by `quantcli verify FOLDER --source MODEL --data
+Every SmolLM2 folder, ours and the peer's, is scored after its pair (outside the timing) by `quantcli verify FOLDER --source MODEL --data
 builtin:eval` (a text not used for calibration). bench-llama-168m has random weights, so it is timed only.
 
 The peer runs in its own venv (benchmarks/peer_venv.py, `make peers`). Each command is its own process, measured
@@ -197,6 +197,15 @@ def main() -> None:
         # after every step, so a run cut short still leaves what it measured
         replace_section(args.out, SECTION, report(rows, args, state["gptq_chunks"], (start_load, os.getloadavg()[0])))
 
+    def score_last_pair() -> None:
+        # right after the pair, outside its timing, so each pair's KLD is on the page as soon as it is known
+        for row in rows[-2:]:
+            if row.model == QUALITY_MODEL:
+                log(f"verify {row.folder.name}")
+                row.quality = quality(row.folder, args.models / row.model, args.eval_chunks, args.ctx,
+                                      args.threads, env)
+        write()
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if not args.skip_rtn:
@@ -206,7 +215,7 @@ def main() -> None:
                     pair(rows, model, f"{scheme} g{group} RTN",
                          lambda o, s=scheme, g=group, src=src: ours(src, o, s, g, args.threads, env),
                          lambda o, b=bits, g=group, src=src: peer(src, o, b, g, args.threads, env), tmp)
-                    write()
+                    score_last_pair()
         if args.gptq_chunks:
             src = args.models / QUALITY_MODEL
             tokens = tmp / "calibration-tokens.npy"
@@ -214,13 +223,7 @@ def main() -> None:
             pair(rows, QUALITY_MODEL, f"W4A16 g64 GPTQ {n}x{args.ctx}",
                  lambda o: ours(src, o, "W4A16", 64, args.threads, env, (n, args.ctx)),
                  lambda o: peer(src, o, 4, 64, args.threads, env, tokens), tmp)
-            write()
-        for row in rows:
-            if row.model == QUALITY_MODEL:
-                log(f"verify {row.folder.name}")
-                row.quality = quality(row.folder, args.models / row.model, args.eval_chunks, args.ctx,
-                                      args.threads, env)
-                write()
+            score_last_pair()
     print(report(rows, args, state["gptq_chunks"], (start_load, os.getloadavg()[0])))
 
 
