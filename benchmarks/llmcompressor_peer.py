@@ -14,7 +14,7 @@ Rows, each pair run back to back (quantcli first, then the peer) so both see abo
   `quantcli convert ... --method gptq --act-order` against llm-compressor's GPTQModifier with its defaults (blocks of
   128 columns, dampening 0.01, static act-order, which is what quantcli's --act-order does).
 Every SmolLM2 folder, ours and the peer's, is scored after its pair (outside the timing) by `quantcli verify FOLDER --source MODEL --data
-builtin:eval` (a text not used for calibration). bench-llama-168m has random weights, so it is timed only.
+builtin:eval` (a text not used for calibration), and the two folders of a pair are compared tensor by tensor. bench-llama-168m has random weights, so it is timed only.
 
 The peer runs in its own venv (benchmarks/peer_venv.py, `make peers`). Each command is its own process, measured
 by benchmarks/measure.py (wall time, the child's own peak RSS). The section between this module's markers in
@@ -58,6 +58,21 @@ np.save(out, tokens)
 print(tokens.shape[0])
 """
 
+SAME_TENSORS = """
+import sys
+from pathlib import Path
+import numpy as np
+from safetensors.numpy import load_file
+def tensors(folder):
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+same = a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+print("yes" if same else "no")
+"""
+
 
 @dataclass
 class Row:
@@ -70,6 +85,7 @@ class Row:
     folder: Path
     phases: dict[str, float] = field(default_factory=dict)   # the peer's own import/load/quantize/save seconds
     quality: dict[str, float] = field(default_factory=dict)  # verify --json's figures
+    same_tensors: str = ""  # on the peer's row: "yes" when both folders hold the same tensors, bit for bit
 
 
 def log(message: str) -> None:
@@ -105,6 +121,13 @@ def quality(folder: Path, src: Path, eval_chunks: int, ctx: int, threads: int, e
     if res.returncode not in (0, 1):  # 1: a threshold failed, the figures are still there
         raise RuntimeError(f"{' '.join(cmd)} failed with {res.returncode}:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout)
+
+
+def same_tensors(a: Path, b: Path, env: dict[str, str]) -> str:
+    """"yes" when two folders hold the same tensor names, dtypes and bytes; in a child, as export_tokens."""
+    res = subprocess.run([sys.executable, "-c", SAME_TENSORS, str(a), str(b)], env=env, capture_output=True,
+                         text=True, check=True)
+    return res.stdout.strip()
 
 
 def export_tokens(src: Path, ctx: int, chunks: int, out: Path, env: dict[str, str]) -> int:
@@ -146,8 +169,8 @@ def report(rows: list[Row], args: argparse.Namespace, gptq_chunks: int, loads: t
              f"--ctx {args.ctx} --chunks {args.eval_chunks}` on both folders (the evaluation text is not the "
              "calibration text); bench-llama-168m has random weights and is timed only.", "",
              "| model | scheme | writer | seconds | ratio | peak RSS MB | load | KLD mean | KLD 99% | PPL | same top-1 "
-             "| peer phases (s) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| same tensors | peer phases (s) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for i in range(0, len(rows), 2):
         a, b = rows[i], rows[i + 1]
         for row in (a, b):
@@ -158,7 +181,7 @@ def report(rows: list[Row], args: argparse.Namespace, gptq_chunks: int, loads: t
                          f"{row.peak_rss_mb:.0f} | {row.load:.1f} | {fmt(q.get('kld_mean'), '.4f')} | "
                          f"{fmt(q.get('kld_p99'), '.3f')} | {fmt(q.get('ppl'), '.2f')} | "
                          f"{fmt(100 * q['same_top1'] if 'same_top1' in q else None, '.1f')}{' %' if q else ''} | "
-                         f"{phases} |")
+                         f"{row.same_tensors} | {phases} |")
     gptq = [r for r in rows if "GPTQ" in r.what]
     if len(gptq) == 2:
         tokens = gptq_chunks * args.ctx
@@ -199,6 +222,7 @@ def main() -> None:
 
     def score_last_pair() -> None:
         # right after the pair, outside its timing, so each pair's KLD is on the page as soon as it is known
+        rows[-1].same_tensors = same_tensors(rows[-2].folder, rows[-1].folder, env)
         for row in rows[-2:]:
             if row.model == QUALITY_MODEL:
                 log(f"verify {row.folder.name}")
