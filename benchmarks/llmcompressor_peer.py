@@ -2,7 +2,7 @@
 divergence of every SmolLM2 folder next to its time.
 
     python -m benchmarks.llmcompressor_peer --models models --out docs/int-benchmarks.md \
-        [--threads 2] [--gptq-chunks 128] [--ctx 512] [--eval-chunks 4]
+        [--threads 2] [--gptq-chunks 128] [--ctx 512] [--eval-chunks 4] [--peer-timeout 2400]
 
 Rows, each pair run back to back (quantcli first, then the peer) so both see about the same load:
 - W4A16 and W8A16 round to nearest (min-max), symmetric, every Linear but lm_head, on bench-llama-168m (groups of
@@ -12,7 +12,9 @@ Rows, each pair run back to back (quantcli first, then the peer) so both see abo
 - GPTQ W4A16 g64 on SmolLM2 over --gptq-chunks sequences of --ctx tokens of `builtin:calibration`, cut by quantcli's
   own calibration_tokens and saved to an .npy that the peer reads, so both calibrate on the same token ids:
   `quantcli convert ... --method gptq --act-order` against llm-compressor's GPTQModifier with its defaults (blocks of
-  128 columns, dampening 0.01, static act-order, which is what quantcli's --act-order does).
+  128 columns, dampening 0.01, static act-order, which is what quantcli's --act-order does). The peer's GPTQ is
+  stopped after --peer-timeout seconds (40 minutes by default; on a shared 2-core machine it needs about 3 minutes
+  per layer of SmolLM2 even at 8 sequences) and is then reported as a lower bound, the ratio as an upper bound.
 Every SmolLM2 folder, ours and the peer's, is scored after its pair (outside the timing) by `quantcli verify FOLDER --source MODEL --data
 builtin:eval` (a text not used for calibration), and the two folders of a pair are compared tensor by tensor. bench-llama-168m has random weights, so it is timed only.
 
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .doc_section import replace_section
-from .measure import measure
+from .measure import TimedOut, measure
 from .peer_venv import LLMCOMPRESSOR_VERSION
 from .peer_venv import python as peer_python
 from .run import machine
@@ -86,6 +88,7 @@ class Row:
     phases: dict[str, float] = field(default_factory=dict)   # the peer's own import/load/quantize/save seconds
     quality: dict[str, float] = field(default_factory=dict)  # verify --json's figures
     same_tensors: str = ""  # on the peer's row: "yes" when both folders hold the same tensors, bit for bit
+    stopped: bool = False   # ran past --peer-timeout and was killed: seconds is a lower bound, no folder
 
 
 def log(message: str) -> None:
@@ -104,13 +107,17 @@ def ours(src: Path, out: Path, scheme: str, group: int, threads: int, env: dict[
 
 
 def peer(src: Path, out: Path, bits: int, group: int, threads: int, env: dict[str, str],
-         tokens: Path | None = None) -> tuple[float, float, dict[str, float]]:
+         tokens: Path | None = None, timeout: float | None = None) -> tuple[float, float, dict[str, float]]:
+    """(seconds, peak RSS MB, the job's phases); past `timeout` the job is killed and (timeout, 0, {}) returned."""
     times = out.with_name(out.name + ".times.json")
     cmd = [str(peer_python()), str(JOB), str(src), str(out), "--bits", str(bits), "--group", str(group),
            "--threads", str(threads), "--times", str(times)]
     if tokens:
         cmd += ["--gptq", str(tokens)]
-    m = measure("llm-compressor", cmd, 1, env)
+    try:
+        m = measure("llm-compressor", cmd, 1, env, timeout)
+    except TimedOut:
+        return float(timeout or 0), 0.0, {}
     return m.seconds, m.peak_rss_mb, json.loads(times.read_text(encoding="utf-8"))
 
 
@@ -149,8 +156,9 @@ def pair(rows: list[Row], model: str, what: str, run_ours: object, run_peer: obj
     log(f"  {s:.1f} s; llm-compressor")
     b = tmp / f"{model}-{slug}-llmcompressor"
     s, r, phases = run_peer(b)  # type: ignore[operator]
-    rows.append(Row(model, what, f"llm-compressor {LLMCOMPRESSOR_VERSION}", s, r, load, b, phases))
-    log(f"  {s:.1f} s")
+    stopped = not phases  # a finished job always writes its phases; a stopped one has none
+    rows.append(Row(model, what, f"llm-compressor {LLMCOMPRESSOR_VERSION}", s, r, load, b, phases, stopped=stopped))
+    log(f"  {s:.1f} s{' (stopped: --peer-timeout)' if stopped else ''}")
 
 
 def fmt(v: float | None, spec: str) -> str:
@@ -175,15 +183,20 @@ def report(rows: list[Row], args: argparse.Namespace, gptq_chunks: int, loads: t
         a, b = rows[i], rows[i + 1]
         for row in (a, b):
             q = row.quality
-            ratio = f"{a.seconds / b.seconds:.2f}x" if row is a else ""
+            ratio = f"{'< ' if b.stopped else ''}{a.seconds / b.seconds:.2f}x" if row is a else ""
+            seconds = f"> {row.seconds:.0f} (stopped)" if row.stopped else f"{row.seconds:.1f}"
+            rss = "" if row.stopped else f"{row.peak_rss_mb:.0f}"
             phases = " / ".join(f"{row.phases[k]:.0f}" for k in ("import", "load", "quantize", "save")) if row.phases else ""
-            lines.append(f"| {row.model} | {row.what} | {row.writer} | {row.seconds:.1f} | {ratio} | "
-                         f"{row.peak_rss_mb:.0f} | {row.load:.1f} | {fmt(q.get('kld_mean'), '.4f')} | "
+            lines.append(f"| {row.model} | {row.what} | {row.writer} | {seconds} | {ratio} | "
+                         f"{rss} | {row.load:.1f} | {fmt(q.get('kld_mean'), '.4f')} | "
                          f"{fmt(q.get('kld_p99'), '.3f')} | {fmt(q.get('ppl'), '.2f')} | "
                          f"{fmt(100 * q['same_top1'] if 'same_top1' in q else None, '.1f')}{' %' if q else ''} | "
                          f"{row.same_tensors} | {phases} |")
     gptq = [r for r in rows if "GPTQ" in r.what]
-    if len(gptq) == 2:
+    if len(gptq) == 2 and gptq[1].stopped:
+        lines += ["", f"llm-compressor's GPTQ ran past --peer-timeout ({gptq[1].seconds:.0f} s) and was stopped: its "
+                      "time is a lower bound and the ratio an upper bound."]
+    elif len(gptq) == 2:
         tokens = gptq_chunks * args.ctx
         a, b = gptq
         lines += ["", f"GPTQ calibrated on {gptq_chunks} x {args.ctx} = {tokens} tokens of `builtin:calibration` "
@@ -206,6 +219,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512, help="Tokens per calibration and evaluation sequence.")
     ap.add_argument("--eval-chunks", type=int, default=4, help="Chunks of builtin:eval that verify scores.")
     ap.add_argument("--skip-rtn", action="store_true", help="Only the GPTQ pair.")
+    ap.add_argument("--peer-timeout", type=float, default=2400,
+                    help="Stop the peer's GPTQ after this many seconds and report a lower bound (0: no limit).")
     args = ap.parse_args()
     os.environ["QUANTCLI_MODELS"] = str(args.models)
     peer_python()  # fail now, with the fix, rather than after the first quantcli runs
@@ -222,9 +237,10 @@ def main() -> None:
 
     def score_last_pair() -> None:
         # right after the pair, outside its timing, so each pair's KLD is on the page as soon as it is known
-        rows[-1].same_tensors = same_tensors(rows[-2].folder, rows[-1].folder, env)
+        if not rows[-1].stopped:
+            rows[-1].same_tensors = same_tensors(rows[-2].folder, rows[-1].folder, env)
         for row in rows[-2:]:
-            if row.model == QUALITY_MODEL:
+            if row.model == QUALITY_MODEL and not row.stopped:
                 log(f"verify {row.folder.name}")
                 row.quality = quality(row.folder, args.models / row.model, args.eval_chunks, args.ctx,
                                       args.threads, env)
@@ -246,7 +262,7 @@ def main() -> None:
             n = state["gptq_chunks"] = export_tokens(src, args.ctx, args.gptq_chunks, tokens, env)
             pair(rows, QUALITY_MODEL, f"W4A16 g64 GPTQ {n}x{args.ctx}",
                  lambda o: ours(src, o, "W4A16", 64, args.threads, env, (n, args.ctx)),
-                 lambda o: peer(src, o, 4, 64, args.threads, env, tokens), tmp)
+                 lambda o: peer(src, o, 4, 64, args.threads, env, tokens, args.peer_timeout or None), tmp)
             score_last_pair()
     print(report(rows, args, state["gptq_chunks"], (start_load, os.getloadavg()[0])))
 

@@ -44,3 +44,25 @@ def test_missing_page_is_created(tmp_path: Path) -> None:
     page = tmp_path / "new.md"
     replace_section(page, "s", "body")
     assert page.read_text(encoding="utf-8") == "<!-- s:begin -->\nbody\n<!-- s:end -->\n"
+
+
+def test_a_command_past_its_timeout_is_stopped() -> None:
+    import sys
+
+    from benchmarks.measure import TimedOut, run_once
+
+    with pytest.raises(TimedOut, match="stopped after 1 s"):
+        run_once([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+    assert run_once([sys.executable, "-c", "pass"], timeout=60).seconds > 0
+
+
+def test_a_stopped_peer_is_reported_as_a_bound() -> None:
+    import argparse
+
+    from benchmarks.llmcompressor_peer import Row, report
+
+    rows = [Row("m", "W4A16 g64 GPTQ 8x512", "quantcli", 900.0, 300, 20.0, Path("a")),
+            Row("m", "W4A16 g64 GPTQ 8x512", "llm-compressor", 2400.0, 0.0, 20.0, Path("b"), stopped=True)]
+    text = report(rows, argparse.Namespace(threads=2, ctx=512, eval_chunks=4), 8, (20.0, 21.0))
+    assert "| 900.0 | < 0.38x |" in text and "| > 2400 (stopped) |" in text and "lower bound" in text
+    assert "ms per token" not in text
