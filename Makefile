@@ -64,12 +64,21 @@ test-portable: dev
 test-fast: dev
 	$(PYTEST) -x -m "not slow"
 
-bench: models llama-tools
+bench: models llama-tools peers
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
+	$(PYTHON) -m benchmarks.llmcompressor_peer --models $(MODELS) --out docs/int-benchmarks.md
 	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --bench-out docs/benchmarks.md --quality-out docs/quality.md
 	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --model bench-llama-168m --steps calibrate,ppl,kld,more-threads --bench-out docs/benchmarks.md
+
+# The peers' own venvs, under $(MODELS)/.cache/peers/ (benchmarks/peer_venv.py): llm-compressor pins transformers
+# and compressed-tensors versions other than the test venv's, so it gets a venv of its own, with torch held at
+# $(TORCH_VERSION) (any other torch pulls the CUDA wheels; the install is refused if it would). Idempotent; only
+# `make bench` uses it, `make test` does not.
+.PHONY: peers
+peers: dev
+	$(PYTHON) -m benchmarks.peer_venv --models $(MODELS) --torch $(TORCH_VERSION)
 
 # llama.cpp's command-line tools (llama-perplexity, llama-imatrix, llama-quantize), built once with cmake from the
 # pinned sdist into $(MODELS)/.cache/llama-tools/bin, portably (benchmarks/llama_tools.py). Only the benchmarks

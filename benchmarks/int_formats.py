@@ -1,11 +1,12 @@
 """Time and peak RSS of quantcli writing INT4/INT8 safetensors folders, against the peer that runs here:
 bitsandbytes' own NF4 quantization through transformers (load with BitsAndBytesConfig on the CPU, save_pretrained).
-llm-compressor's oneshot needs a venv of its own (it pins other transformers/compressed-tensors versions), so
-its W4A16 RTN run is not part of this script.
+llm-compressor's oneshot needs a venv of its own (it pins other transformers/compressed-tensors versions); it is
+measured by benchmarks/llmcompressor_peer.py, which owns another section of the same page.
 
     python -m benchmarks.int_formats --models models --out docs/int-benchmarks.md [--threads 2]
 
-Each command runs once as its own process, one after the other, same threads, same machine.
+Each command runs once as its own process, one after the other, same threads, same machine. Only the section
+between this module's markers in --out is rewritten.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .doc_section import replace_section
 from .measure import measure
 from .run import machine
 
+SECTION = "int-formats"
 MODELS = ("bench-llama-168m", "SmolLM2-135M-Instruct")
 # (label, extra quantcli arguments); SmolLM2's 576-wide rows take groups of 64, not 128.
 OUTPUTS = (("W4A16 RTN", ["--format", "compressed-tensors", "--scheme", "W4A16"]),
@@ -57,10 +60,10 @@ def main() -> None:
             peer = measure("transformers + bitsandbytes NF4", [sys.executable, "-c", PEER_NF4, str(src),
                                                                 str(Path(tmp) / f"{model}-peer"), str(args.threads)], 1, env)
             rows.append((model, peer.label, peer.seconds, peer.peak_rss_mb))
-    lines = [f"# INT4/INT8 folder benchmarks ({dt.date.today()})", "", f"Machine: {machine()}; "
+    lines = [f"## quantcli against bitsandbytes NF4 ({dt.date.today()})", "", f"Machine: {machine()}; "
              f"{args.threads} threads; one run each.", "", "| model | writer | seconds | peak RSS MB |", "|---|---|---|---|"]
     lines += [f"| {m} | {label} | {s:.2f} | {r:.0f} |" for m, label, s, r in rows]
-    args.out.write_text("\n".join(lines) + "\n")
+    replace_section(args.out, SECTION, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -29,18 +30,37 @@ class Measurement:
         return max(s.peak_rss_mb for s in self.samples)
 
 
-def run_once(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> Sample:
+class TimedOut(RuntimeError):
+    """The command ran longer than its timeout and was killed."""
+
+
+def run_once(cmd: Sequence[str], env: Mapping[str, str] | None = None, timeout: float | None = None) -> Sample:
+    """With a timeout, the child is polled every 0.2 s (so the time may read up to 0.2 s long) and killed, raising
+    TimedOut, when it runs past the timeout."""
     full_env = {**os.environ, **(env or {})}
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-        raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}:\n{tail}")
+    # stderr goes to a file, not a pipe: nothing reads a pipe until the child ends, so a chatty child (progress
+    # bars, per-layer logs) would fill its 64 KiB and block forever
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), env=full_env, stdout=subprocess.DEVNULL, stderr=err)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, 0 if timeout is None else os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - start > timeout:  # type: ignore[operator]
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise TimedOut(f"{' '.join(cmd)} was stopped after {timeout:.0f} s")
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed with {proc.returncode}:\n{tail}")
     return Sample(elapsed, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
 
 
-def measure(label: str, cmd: Sequence[str], repeats: int, env: Mapping[str, str] | None = None) -> Measurement:
-    return Measurement(label, tuple(run_once(cmd, env) for _ in range(repeats)))
+def measure(label: str, cmd: Sequence[str], repeats: int, env: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> Measurement:
+    return Measurement(label, tuple(run_once(cmd, env, timeout) for _ in range(repeats)))

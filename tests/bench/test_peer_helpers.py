@@ -1,0 +1,68 @@
+"""The benchmark helpers that decide something without running a peer: which install plans the peer venv refuses,
+and how a benchmark rewrites only its own section of a shared Markdown page."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.doc_section import markers, replace_section
+from benchmarks.peer_venv import refused
+
+
+def plan(*names: str) -> dict:
+    """A pip --dry-run --report with these distributions (name==version) to install."""
+    return {"install": [{"metadata": {"name": n.split("==")[0], "version": n.split("==")[1]}} for n in names]}
+
+
+def test_cpu_plan_is_accepted_with_the_nvml_binding() -> None:
+    assert refused(plan("torch==2.13.0+cpu", "llmcompressor==0.14.0.1", "nvidia-ml-py==13.615.71")) == []
+
+
+@pytest.mark.parametrize("cuda", ["nvidia-cublas-cu12==12.8.4.1", "nvidia_cudnn_cu12==9.10.2.21", "triton==3.5.0"])
+def test_cuda_packages_are_refused(cuda: str) -> None:
+    bad = refused(plan("torch==2.14.1", cuda, "nvidia-ml-py==13.615.71"))
+    assert len(bad) == 1 and bad[0].replace("_", "-").startswith(cuda.split("==")[0].replace("_", "-"))
+
+
+def test_section_is_appended_then_replaced_and_the_rest_is_kept(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nhand-written intro\n", encoding="utf-8")
+    replace_section(page, "one", "first table")
+    replace_section(page, "two", "other table")
+    page.write_text(page.read_text(encoding="utf-8") + "\nprose after\n", encoding="utf-8")
+    replace_section(page, "one", "new table")
+    text = page.read_text(encoding="utf-8")
+    begin, end = markers("one")
+    assert "first table" not in text and f"{begin}\nnew table\n{end}" in text
+    assert text.startswith("# Page\n\nhand-written intro\n") and "other table" in text and text.endswith("prose after\n")
+    assert text.index("new table") < text.index("other table")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_page_is_created(tmp_path: Path) -> None:
+    page = tmp_path / "new.md"
+    replace_section(page, "s", "body")
+    assert page.read_text(encoding="utf-8") == "<!-- s:begin -->\nbody\n<!-- s:end -->\n"
+
+
+def test_a_command_past_its_timeout_is_stopped() -> None:
+    import sys
+
+    from benchmarks.measure import TimedOut, run_once
+
+    with pytest.raises(TimedOut, match="stopped after 1 s"):
+        run_once([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+    assert run_once([sys.executable, "-c", "pass"], timeout=60).seconds > 0
+
+
+def test_a_stopped_peer_is_reported_as_a_bound() -> None:
+    import argparse
+
+    from benchmarks.llmcompressor_peer import Row, report
+
+    rows = [Row("m", "W4A16 g64 GPTQ 8x512", "quantcli", 900.0, 300, 20.0, Path("a")),
+            Row("m", "W4A16 g64 GPTQ 8x512", "llm-compressor", 2400.0, 0.0, 20.0, Path("b"), stopped=True)]
+    text = report(rows, argparse.Namespace(threads=2, ctx=512, eval_chunks=4), 8, (20.0, 21.0))
+    assert "| 900.0 | < 0.38x |" in text and "| > 2400 (stopped) |" in text and "lower bound" in text
+    assert "ms per token" not in text
