@@ -71,9 +71,10 @@ class Hessians:
             raise ValueError(f"{name}: no inputs were captured")
         return self._sum[name] * (2.0 / n)
 
-    def release(self) -> None:
-        """Drop every sum (after the names' layers are quantized), and the cached last input."""
-        self._sum.clear()
+    def release(self, names: Iterable[str] | None = None) -> None:
+        """Drop the sums of `names` (default: all) once their layers are quantized, and the cached last input."""
+        for name in (list(self._sum) if names is None else names):
+            self._sum.pop(name, None)
         self._last_x = self._last_gram = None
 
 
