@@ -16,7 +16,7 @@ quantize the group's linears in between (docs/engine.md, "Walking the blocks").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,13 @@ class _Block:
         if self.reads is not None:
             self.reads.add(role)
         return self.w.get(role)
+
+    def overridden(self, weights: Mapping[str, np.ndarray]) -> "_Block":
+        """A copy sharing every array, with some roles' weights replaced (for one call, not recorded)."""
+        other = _Block.__new__(_Block)
+        other.w = {**self.w, **weights}
+        other.names, other.reads = self.names, None
+        return other
 
     def group_names(self, group: int) -> list[str]:
         """Tensor names of the linears of GROUPS[group] that this block has, in forward order."""
@@ -553,6 +560,30 @@ class BlockStep:
             return None
         finally:
             self._block.reads = None
+
+    def attention(self, h: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None,
+                  sequences: slice | None = None) -> np.ndarray:
+        """The attention sub-layer on `h`, the q/k/v linears' input for whole sequences [n_seq, ctx, hidden]: the
+        output projection's input [n_seq * ctx, n_head * head_dim]. `weights` (by tensor name) replace the step's
+        for this call only; `sequences` says which sequences `h` holds, for a padding mask."""
+        n_seq, ctx, hidden = h.shape
+        mask = None if self._mask is None else self._mask[sequences if sequences is not None else slice(None)]
+        block = self._with(weights)
+        with _threads_limit(self._engine.threads):
+            return self._engine._attention(self.index, block, np.asarray(h, dtype=F32).reshape(n_seq * ctx, hidden),
+                                           n_seq, ctx, mask)
+
+    def mlp(self, h: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """The MLP up to the down projection's input, from the gate/up linears' input h [tokens, hidden]: [tokens,
+        ffn]. `weights` (by tensor name) replace the step's for this call only."""
+        block = self._with(weights)
+        with _threads_limit(self._engine.threads):
+            return self._engine._ffn_inner(block, np.asarray(h, dtype=F32).reshape(-1, h.shape[-1]))
+
+    def _with(self, weights: Mapping[str, np.ndarray] | None) -> _Block:
+        if not weights:
+            return self._block
+        return self._block.overridden({self._role[n]: np.ascontiguousarray(w, dtype=F32) for n, w in weights.items()})
 
     def output(self) -> np.ndarray:
         """The block's outputs for every sequence with the current weights: the last walk's, when no weight it
