@@ -68,6 +68,7 @@ bench: models llama-tools
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS) --bench
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
+	$(PYTHON) -m benchmarks.calibrated_speed --models $(MODELS) --out docs/int-benchmarks.md
 	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --bench-out docs/benchmarks.md --quality-out docs/quality.md
 
 # llama.cpp's command-line tools (llama-perplexity, llama-imatrix, llama-quantize), built once with cmake from the
