@@ -151,3 +151,21 @@ def test_gptq_through_the_walk_equals_one_forward_per_group(model: str) -> None:
     vocab = Engine.from_hf(folder).vocab_size
     ids = np.random.default_rng(3).integers(0, vocab, size=(9, 256))   # chunks of 8 and 1 sequences
     _assert_same_gptq(folder, ids, scheme_named("W4A16").with_options(group_size=32), act_order=False)
+
+
+def test_sub_layers_reproduce_the_walks_next_inputs_and_take_candidate_weights(
+        random_model: Callable[..., Path]) -> None:
+    step = next(Engine.from_hf(random_model(seed=2)).blocks(RNG.integers(0, 97, size=(2, 16))))
+    seen: dict[str, list[np.ndarray]] = {}
+    step.walk(capture=_collect(seen))
+    role = {step.role(n): n for n in step.linears}
+    h = seen[role["attn_q"]][0]
+    np.testing.assert_array_equal(step.attention(h.reshape(2, 16, -1)), seen[role["attn_out"]][0])
+    np.testing.assert_array_equal(step.mlp(seen[role["ffn_gate"]][0]), seen[role["ffn_down"]][0])
+    # a candidate weight changes the result of that call only
+    v = role["attn_v"]
+    before = step.weight(v).copy()
+    changed = step.attention(h.reshape(2, 16, -1), weights={v: before * np.float32(2)})
+    assert not np.array_equal(changed, seen[role["attn_out"]][0])
+    np.testing.assert_array_equal(step.weight(v), before)
+    np.testing.assert_array_equal(step.attention(h.reshape(2, 16, -1)), seen[role["attn_out"]][0])
