@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, data, sample.seconds, sample.peak_rss_mb, f"{before:.1f} → {after:.1f}"))
             print(f"{label}: {sample.seconds:.1f} s, {sample.peak_rss_mb:.0f} MB (load {before:.1f} -> {after:.1f})",
                   file=sys.stderr, flush=True)
-    write_section(args.out, table(rows, args.chunks, args.ctx, args.threads))
+            # after every row, so an interrupted run still leaves the rows it measured
+            write_section(args.out, table(rows, args.chunks, args.ctx, args.threads))
     return 0
 
 
