@@ -69,6 +69,7 @@ bench: models llama-tools peers
 	$(PYTHON) -m benchmarks.run --models $(MODELS) --out docs/benchmarks.md
 	$(PYTHON) -m benchmarks.int_formats --models $(MODELS) --out docs/int-benchmarks.md
 	$(PYTHON) -m benchmarks.llmcompressor_peer --models $(MODELS) --out docs/int-benchmarks.md
+	$(PYTHON) -m benchmarks.calibrated_speed --models $(MODELS) --out docs/int-benchmarks.md
 	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --bench-out docs/benchmarks.md --quality-out docs/quality.md
 	$(PYTHON) -m benchmarks.engine_vs_llama --models $(MODELS) --model bench-llama-168m --steps calibrate,ppl,kld,more-threads --bench-out docs/benchmarks.md
 

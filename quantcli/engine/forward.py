@@ -8,12 +8,15 @@ arrays of one chunk of sequences (see docs/engine.md for the bound). The loop is
 
 Families differ only through the spec's data (norm kind, activation, biases, fused projections, q/k norms,
 post norms, rope kind, soft-capping, sliding windows, encoder or decoder); there is one block function for all
-the pre-norm decoders and one for BERT's post-norm encoder.
+the pre-norm decoders and one for BERT's post-norm encoder. Each is a generator over one chunk of sequences that
+pauses at the block's sub-layer groups (GROUPS): running it to the end is the plain forward, and
+BlockStep.walk advances every chunk to a group before any chunk goes past it, so a calibrated method can
+quantize the group's linears in between (docs/engine.md, "Walking the blocks").
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -26,6 +29,16 @@ from . import ops
 from .weights import GGUFWeights, HFWeights, WeightSource
 
 Capture = Callable[[str, np.ndarray], None]
+# A block's linears in groups that read one input, in forward order: the points where a block's generator pauses.
+# Each generator yields (index into GROUPS, the group's input [tokens, in_features]); a group's roles that the
+# block does not have are skipped (q/k/v or the fused qkv; gate/up, the fused gate_up, or up alone).
+GROUPS: tuple[tuple[str, ...], ...] = (
+    ("attn_qkv", "attn_q", "attn_k", "attn_v"),
+    ("attn_out",),
+    ("ffn_gate_up", "ffn_gate", "ffn_up"),
+    ("ffn_down",),
+)
+Stages = Generator[tuple[int, np.ndarray], None, None]
 F32 = np.float32
 # Tokens per chunk of sequences sent through a block at once: large enough for efficient BLAS calls, small
 # enough that the FFN's intermediate arrays (chunk x ffn floats, a few of them) stay modest.
@@ -37,14 +50,37 @@ QUERY_BLOCK = 128
 
 
 class _Block:
-    """One block's weights by role, float32, loaded on entry."""
+    """One block's weights by role, float32, loaded on entry.
+
+    The block functions read weights through `weight` and `get`; while `reads` is a set, the roles they read are
+    added to it (BlockStep.walk's record of which weights its results already depend on).
+    """
 
     def __init__(self, source: WeightSource, tensors: dict[str, ModelTensor]) -> None:
         self.w = {role: source.load(t) for role, t in tensors.items()}
         self.names = {role: source.name(t) for role, t in tensors.items()}
+        self.reads: set[str] | None = None
+
+    def weight(self, role: str) -> np.ndarray:
+        if self.reads is not None:
+            self.reads.add(role)
+        return self.w[role]
 
     def get(self, role: str) -> np.ndarray | None:
+        if self.reads is not None:
+            self.reads.add(role)
         return self.w.get(role)
+
+    def overridden(self, weights: Mapping[str, np.ndarray]) -> "_Block":
+        """A copy sharing every array, with some roles' weights replaced (for one call, not recorded)."""
+        other = _Block.__new__(_Block)
+        other.w = {**self.w, **weights}
+        other.names, other.reads = self.names, None
+        return other
+
+    def group_names(self, group: int) -> list[str]:
+        """Tensor names of the linears of GROUPS[group] that this block has, in forward order."""
+        return [self.names[r] for r in GROUPS[group] if r in self.names]
 
 
 @cache
@@ -211,7 +247,9 @@ class Engine:
         for i in range(self.spec.n_layer):
             step = BlockStep(self, i, _Block(self.source, self.spec.block(i)), x, mask)
             yield step
-            x = step.forward()
+            if i + 1 == self.spec.n_layer:
+                break       # nothing reads the last block's outputs
+            x = step.output()
             del step
 
     def _forward(self, tokens: np.ndarray, capture: Capture | None, mask: np.ndarray | None,
@@ -223,18 +261,30 @@ class Engine:
 
     def _run_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None, mask: np.ndarray | None,
                    out: np.ndarray | None = None) -> np.ndarray:
-        """Block i over hidden states [n_seq, ctx, hidden], in chunks of sequences; `out` may be `x` itself."""
-        n_seq, ctx, _ = x.shape
+        """Block i over hidden states [n_seq, ctx, hidden], chunk after chunk; `out` may be `x` itself."""
         out = np.empty_like(x) if out is None else out
+        for stages in self._chunk_stages(i, block, x, mask, out):
+            for group, h in stages:
+                if capture is not None:
+                    for name in block.group_names(group):
+                        capture(name, h)
+        return out
+
+    def _chunk_stages(self, i: int, block: _Block, x: np.ndarray, mask: np.ndarray | None,
+                      out: np.ndarray) -> list[Stages]:
+        """One generator per chunk of about CHUNK_TOKENS tokens (whole sequences); each writes its chunk of `out`
+        when it finishes. A chunk reads its slice of `x` before it writes that slice of `out`, so they may alias."""
+        n_seq, ctx, _ = x.shape
         group = max(1, CHUNK_TOKENS // ctx)
+        gens: list[Stages] = []
         for s0 in range(0, n_seq, group):
-            chunk = x[s0:s0 + group]
+            chunk, dest = x[s0:s0 + group], out[s0:s0 + group]
             if self.spec.post_norm_block:
                 chunk_mask = None if mask is None else mask[s0:s0 + group]
-                out[s0:s0 + group] = self._encoder_block(i, block, chunk, capture, chunk_mask)
+                gens.append(self._encoder_block(i, block, chunk, dest, chunk_mask))
             else:
-                out[s0:s0 + group] = self._decoder_block(i, block, chunk, capture)
-        return out
+                gens.append(self._decoder_block(i, block, chunk, dest))
+        return gens
 
     def _embed_tokens(self, tokens: np.ndarray, token_types: np.ndarray | None) -> np.ndarray:
         spec = self.spec
@@ -254,10 +304,8 @@ class Engine:
                                self.source.load(spec.tensor("embd_norm_bias")), spec.norm_eps)
         return np.ascontiguousarray(x, dtype=F32)
 
-    def _linear(self, block: _Block, role: str, x: np.ndarray, capture: Capture | None) -> np.ndarray:
-        if capture is not None:
-            capture(block.names[role], x)
-        y = x @ block.w[role].T
+    def _linear(self, block: _Block, role: str, x: np.ndarray) -> np.ndarray:
+        y = x @ block.weight(role).T
         bias = block.get(role + "_bias")
         if bias is not None:
             y += bias
@@ -265,8 +313,8 @@ class Engine:
 
     def _norm(self, x: np.ndarray, block: _Block, role: str) -> np.ndarray:
         if self.spec.numerics.norm == "layer":
-            return ops.layer_norm(x, block.w[role], block.w[role + "_bias"], self.spec.norm_eps)
-        return ops.rms_norm(x, block.w[role], self.spec.norm_eps)
+            return ops.layer_norm(x, block.weight(role), block.weight(role + "_bias"), self.spec.norm_eps)
+        return ops.rms_norm(x, block.weight(role), self.spec.norm_eps)
 
     def _rope(self, ctx: int, local: bool) -> tuple[np.ndarray, np.ndarray]:
         key = (ctx, local)
@@ -276,28 +324,27 @@ class Engine:
             self._rope_cache[key] = ops.rope_tables(rope, ctx)
         return self._rope_cache[key]
 
-    def _qkv(self, block: _Block, h: np.ndarray, capture: Capture | None) -> tuple[np.ndarray, ...]:
+    def _qkv(self, block: _Block, h: np.ndarray) -> tuple[np.ndarray, ...]:
         spec = self.spec
         q_rows, kv_rows = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
         if spec.fused_qkv:
-            qkv = self._linear(block, "attn_qkv", h, capture)
+            qkv = self._linear(block, "attn_qkv", h)
             return qkv[:, :q_rows], qkv[:, q_rows:q_rows + kv_rows], qkv[:, q_rows + kv_rows:]
-        return (self._linear(block, "attn_q", h, capture), self._linear(block, "attn_k", h, capture),
-                self._linear(block, "attn_v", h, capture))
+        return self._linear(block, "attn_q", h), self._linear(block, "attn_k", h), self._linear(block, "attn_v", h)
 
-    def _attention(self, i: int, block: _Block, h: np.ndarray, n_seq: int, ctx: int, capture: Capture | None,
+    def _attention(self, i: int, block: _Block, h: np.ndarray, n_seq: int, ctx: int,
                    key_mask: np.ndarray | None) -> np.ndarray:
         """Self-attention of a chunk: h [n_seq * ctx, hidden] -> the output projection's input [n_seq * ctx, q_rows]."""
         spec = self.spec
         nh, nkv, hd = spec.n_head, spec.n_head_kv, spec.head_dim
         group = nh // nkv
-        q, k, v = self._qkv(block, h, capture)
+        q, k, v = self._qkv(block, h)
         q = q.reshape(n_seq, ctx, nh, hd)
         k = k.reshape(n_seq, ctx, nkv, hd)
         v = v.reshape(n_seq, ctx, nkv, hd)
         if spec.numerics.qk_norm:
-            q = ops.rms_norm(q, block.w["attn_q_norm"], spec.norm_eps)
-            k = ops.rms_norm(k, block.w["attn_k_norm"], spec.norm_eps)
+            q = ops.rms_norm(q, block.weight("attn_q_norm"), spec.norm_eps)
+            k = ops.rms_norm(k, block.weight("attn_k_norm"), spec.norm_eps)
         if spec.rope is not None:
             cos, sin = self._rope(ctx, spec.sliding_layers[i])
             q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
@@ -358,44 +405,65 @@ class Engine:
                 self._mask_cache[key] = np.where(allowed, F32(0), F32(-np.inf)).astype(F32)
         return self._mask_cache[key]
 
-    def _ffn(self, block: _Block, h: np.ndarray, capture: Capture | None) -> np.ndarray:
+    def _ffn_inner(self, block: _Block, h: np.ndarray) -> np.ndarray:
+        """The MLP up to the down projection's input [tokens, ffn] float32."""
         act = ops.ACTIVATIONS[self.spec.numerics.activation]
         if self.spec.fused_gate_up:
-            gate_up = self._linear(block, "ffn_gate_up", h, capture)
+            gate_up = self._linear(block, "ffn_gate_up", h)
             gate, up = gate_up[:, :self.spec.ffn], gate_up[:, self.spec.ffn:]
             inner = act(gate)
             inner *= up
         elif self.spec.numerics.gated_ffn:
-            inner = act(self._linear(block, "ffn_gate", h, capture))
-            inner *= self._linear(block, "ffn_up", h, capture)
+            inner = act(self._linear(block, "ffn_gate", h))
+            inner *= self._linear(block, "ffn_up", h)
         else:
-            inner = act(self._linear(block, "ffn_up", h, capture))
-        return self._linear(block, "ffn_down", np.ascontiguousarray(inner, dtype=F32), capture)
+            inner = act(self._linear(block, "ffn_up", h))
+        return np.ascontiguousarray(inner, dtype=F32)
 
-    def _decoder_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None) -> np.ndarray:
+    # The block functions. Each pauses before every group of linears with (group, its input) and drops what it no
+    # longer needs before pausing, since BlockStep.walk keeps every chunk's generator suspended at once.
+    def _decoder_block(self, i: int, block: _Block, x: np.ndarray, out: np.ndarray) -> Stages:
         spec = self.spec
         n_seq, ctx, hidden = x.shape
         flat = x.reshape(n_seq * ctx, hidden)
+        res = out.reshape(n_seq * ctx, hidden)      # the residual stream lives in the output rows
         h = self._norm(flat, block, "attn_norm")
-        a = self._attention(i, block, h, n_seq, ctx, capture, None)
-        a = self._linear(block, "attn_out", a, capture)
+        yield 0, h
+        a = self._attention(i, block, h, n_seq, ctx, None)
+        del h
+        yield 1, a
+        a = self._linear(block, "attn_out", a)
         if spec.numerics.post_norms:
             a = self._norm(a, block, "post_attn_norm")
-        flat = flat + a
-        f = self._ffn(block, self._norm(flat, block, "ffn_norm"), capture)
+        np.add(flat, a, out=res)
+        del a, flat
+        h = self._norm(res, block, "ffn_norm")
+        yield 2, h
+        inner = self._ffn_inner(block, h)
+        del h
+        yield 3, inner
+        f = self._linear(block, "ffn_down", inner)
+        del inner
         if spec.numerics.post_norms:
             f = self._norm(f, block, "post_ffn_norm")
-        return (flat + f).reshape(n_seq, ctx, hidden)
+        res += f
 
-    def _encoder_block(self, i: int, block: _Block, x: np.ndarray, capture: Capture | None,
-                       mask: np.ndarray | None) -> np.ndarray:
+    def _encoder_block(self, i: int, block: _Block, x: np.ndarray, out: np.ndarray,
+                       mask: np.ndarray | None) -> Stages:
         n_seq, ctx, hidden = x.shape
         flat = x.reshape(n_seq * ctx, hidden)
-        a = self._attention(i, block, flat, n_seq, ctx, capture, mask)
-        a = self._linear(block, "attn_out", a, capture)
+        yield 0, flat
+        a = self._attention(i, block, flat, n_seq, ctx, mask)
+        yield 1, a
+        a = self._linear(block, "attn_out", a)
         flat = self._norm(a + flat, block, "attn_out_norm")
-        f = self._ffn(block, flat, capture)
-        return self._norm(f + flat, block, "layer_out_norm").reshape(n_seq, ctx, hidden)
+        del a
+        yield 2, flat
+        inner = self._ffn_inner(block, flat)
+        yield 3, inner
+        f = self._linear(block, "ffn_down", inner)
+        del inner
+        out[...] = self._norm(f + flat, block, "layer_out_norm").reshape(n_seq, ctx, hidden)
 
     def _logits(self, x: np.ndarray, head: ModelTensor, name: str, capture: Capture | None) -> Iterator[np.ndarray]:
         """Final norm, then logits per sequence (one sequence's logits in memory at a time)."""
@@ -414,12 +482,18 @@ class Engine:
             yield np.ascontiguousarray(out, dtype=F32)
 
 
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal float32 arrays bit for bit (so -0.0 differs from 0.0 and a NaN equals itself)."""
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 class BlockStep:
     """Block `index` of a layer-sequential walk (Engine.blocks): its inputs, its weights, and a way to run it.
 
     `inputs` are the hidden states entering the block for every sequence, [n_seq, ctx, hidden] float32 (read
     only). Weights are keyed by the source checkpoint's tensor names (the names `capture` reports); `linears`
-    lists the block's matmul weights in the order the forward pass uses them.
+    lists the block's matmul weights in the order the forward pass uses them. `walk` runs the block once over
+    every sequence, pausing at each group of linears; `output` gives the outputs the next block starts from.
     """
 
     def __init__(self, engine: Engine, index: int, block: _Block, inputs: np.ndarray,
@@ -429,6 +503,11 @@ class BlockStep:
         self._engine, self._block, self._mask = engine, block, mask
         self._role = {name: role for role, name in block.names.items()}
         self.inputs.flags.writeable = False
+        # the last walk: the roles its block functions read (None before any walk), and its outputs while they
+        # still equal what the current weights give
+        self._walk_reads: set[str] | None = None
+        self._walk_out: np.ndarray | None = None
+        self._stale = False
 
     @property
     def spec(self) -> ModelSpec:
@@ -455,12 +534,99 @@ class BlockStep:
         return self._block.w[self._role[name]]
 
     def set_weight(self, name: str, value: np.ndarray) -> None:
-        """Replace a weight for every later `forward` of this step and for the outputs passed to the next block."""
-        old = self.weight(name)
+        """Replace a weight for every later `forward` of this step and for the outputs passed to the next block.
+
+        During or after a `walk`, replacing a weight the walk has already used with different bits drops the
+        walk's outputs (`output` then runs the block again); the walk's later captures, if it is still running,
+        saw the old value.
+        """
+        role = self._role[name]
+        old = self._block.w[role]
         value = np.asarray(value, dtype=F32)
         if value.shape != old.shape:
             raise ValueError(f"{name}: replacement has shape {value.shape}, the weight {old.shape}")
-        self._block.w[self._role[name]] = np.ascontiguousarray(value)
+        value = np.ascontiguousarray(value)
+        if self._walk_reads is not None and role in self._walk_reads and not _same_bits(old, value):
+            self._walk_out, self._stale = None, True      # until the next walk
+        self._block.w[role] = value
+
+    def walk(self, capture: Capture | None = None,
+             on_group: Callable[[list[str]], None] | None = None) -> np.ndarray:
+        """Run the block over every sequence once, stage by stage; returns its outputs [n_seq, ctx, hidden].
+
+        The sequences go in the chunks `forward` uses. Every chunk runs up to the input of a group of linears
+        (GROUPS: q/k/v, o, gate/up, down) before any chunk goes on: `capture(name, x)` then receives each chunk's
+        input for each linear of the group, in chunk order, and `on_group(names)` may `set_weight` those linears
+        (or any later weight); every chunk then continues with the weights as they are. The captures and outputs
+        are bit for bit those of calling `forward(capture=...)` once per group with the earlier groups' weights
+        replaced. The outputs are kept for `output` unless a weight the walk already used is replaced afterwards.
+
+        Memory: besides `inputs` and the outputs, the input of the group being processed for every sequence
+        (at the down projection: [n_seq * ctx, ffn] float32) - see docs/engine.md.
+        """
+        engine, block = self._engine, self._block
+        out = np.empty_like(self.inputs)
+        self._walk_reads, self._walk_out, self._stale = set(), None, False
+        with _threads_limit(engine.threads):
+            gens = engine._chunk_stages(self.index, block, self.inputs, self._mask, out)
+            pending = [self._advance(g) for g in gens]
+            while pending and pending[0] is not None:
+                group = pending[0][0]
+                names = block.group_names(group)
+                for stage in pending:
+                    assert stage is not None and stage[0] == group, "the chunks of a block pause at the same groups"
+                    if capture is not None:
+                        for name in names:
+                            capture(name, stage[1])
+                if on_group is not None and names:
+                    on_group(names)
+                for c, g in enumerate(gens):
+                    pending[c] = None                          # let the chunk drop this group's input
+                    pending[c] = self._advance(g)
+        if not self._stale:
+            self._walk_out = out
+        return out
+
+    def _advance(self, gen: Stages) -> tuple[int, np.ndarray] | None:
+        """Run one chunk's generator to its next pause (None: the chunk is done), recording the weights it reads."""
+        self._block.reads = self._walk_reads
+        try:
+            return next(gen)
+        except StopIteration:
+            return None
+        finally:
+            self._block.reads = None
+
+    def attention(self, h: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None,
+                  sequences: slice | None = None) -> np.ndarray:
+        """The attention sub-layer on `h`, the q/k/v linears' input for whole sequences [n_seq, ctx, hidden]: the
+        output projection's input [n_seq * ctx, n_head * head_dim]. `weights` (by tensor name) replace the step's
+        for this call only; `sequences` says which sequences `h` holds, for a padding mask."""
+        n_seq, ctx, hidden = h.shape
+        mask = None if self._mask is None else self._mask[sequences if sequences is not None else slice(None)]
+        block = self._with(weights)
+        with _threads_limit(self._engine.threads):
+            return self._engine._attention(self.index, block, np.asarray(h, dtype=F32).reshape(n_seq * ctx, hidden),
+                                           n_seq, ctx, mask)
+
+    def mlp(self, h: np.ndarray, *, weights: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """The MLP up to the down projection's input, from the gate/up linears' input h [tokens, hidden]: [tokens,
+        ffn]. `weights` (by tensor name) replace the step's for this call only."""
+        block = self._with(weights)
+        with _threads_limit(self._engine.threads):
+            return self._engine._ffn_inner(block, np.asarray(h, dtype=F32).reshape(-1, h.shape[-1]))
+
+    def _with(self, weights: Mapping[str, np.ndarray] | None) -> _Block:
+        if not weights:
+            return self._block
+        return self._block.overridden({self._role[n]: np.ascontiguousarray(w, dtype=F32) for n, w in weights.items()})
+
+    def output(self) -> np.ndarray:
+        """The block's outputs for every sequence with the current weights: the last walk's, when no weight it
+        used has changed since, else a fresh `forward`."""
+        if self._walk_out is not None:
+            return self._walk_out
+        return self.forward()
 
     def forward(self, x: np.ndarray | None = None, *, capture: Capture | None = None,
                 sequences: slice | None = None) -> np.ndarray:

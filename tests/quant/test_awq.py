@@ -5,7 +5,7 @@ norms) and phi3 (fused qkv and gate_up) are written from their specs; the engine
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +216,18 @@ class UniformStep:
                 capture(self._names[name], np.ones((len(rows), self._w[self._names[name]].shape[1]), np.float32))
         if capture is not None:
             capture(self._names["attn_out"], rows)
+        return self.inputs
+
+    def walk(self, capture: Callable[[str, np.ndarray], None] | None = None,
+             on_group: Callable[[list[str]], None] | None = None) -> np.ndarray:
+        for roles in (("attn_q", "attn_k", "attn_v"), ("attn_out",), ("ffn_gate", "ffn_up"), ("ffn_down",)):
+            names = [self._names[r] for r in roles]
+            x = self._x if roles == ("attn_out",) else np.ones((16, self._w[names[0]].shape[1]), np.float32)
+            for name in names:
+                if capture is not None:
+                    capture(name, x)
+            if on_group is not None:
+                on_group(names)
         return self.inputs
 
 

@@ -72,6 +72,26 @@ def test_inverse_cholesky_factor_and_dampening() -> None:
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(d), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("cols", [1, 2, 96, 97, 300])
+def test_inverse_factor_by_halves_matches_the_general_inverse(cols: int) -> None:
+    """U from the triangular inverse by halves: upper triangular, U^T U = H^-1, and within rounding of U taken
+    from LAPACK's general inverse of the Cholesky factor; sizes below, at and above the leaf size."""
+    h = _hessian(_correlated(4 * cols + 8, cols, seed=cols)) + 0.01 * np.eye(cols)
+    u = inverse_cholesky_upper(h)
+    assert u.flags.c_contiguous and np.array_equal(u, np.triu(u)) and np.all(np.diag(u) > 0)
+    m = np.linalg.cholesky(h[::-1, ::-1])
+    general = np.triu(np.linalg.inv(m)[::-1, ::-1])
+    np.testing.assert_allclose(u, general, rtol=0, atol=1e-12 * np.abs(general).max())
+    np.testing.assert_allclose(u.T @ u @ h, np.eye(cols), rtol=0, atol=1e-9)
+
+
+def test_prepare_dampens_as_dampen_does() -> None:
+    h = _hessian(_correlated(300, 24, seed=9))
+    u, _, frac = prepare(h, None, 0.03)
+    assert frac == 0.03
+    np.testing.assert_array_equal(u, inverse_cholesky_upper(dampen(h, 0.03)))
+
+
 def test_singular_hessian_raises_the_dampening_until_it_factors() -> None:
     x = np.ones((10, 4), dtype=np.float32)            # rank 1: H + 0 * I cannot be factored
     u, dead, frac = prepare(_hessian(x), None, 0.0)

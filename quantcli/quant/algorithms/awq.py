@@ -10,7 +10,14 @@ model is unchanged while the quantizer sees larger salient weights. Per block, f
    group's weights `W * s` are fake-quantized with the plan's scheme (round-to-nearest min-max, the encoding the
    pack stage uses), divided back by `s`, and the output the group feeds (attention, MLP, or the linear itself) is
    compared with the float output; the alpha with the least mean squared error wins (alpha = 0 is no scaling);
-3. the winning scales are folded into the weights at once, so the next group sees the folded block.
+3. the winning scales are folded into the weights.
+
+All of this comes from one staged walk of the block (BlockStep.walk) over every calibration sequence: at each
+group's pause, the statistics over every token are complete and the first sequences' inputs (the search tokens,
+`max_tokens`) are kept; the loss runs only the sub-layer between the group and what it compares (the attention for
+q/k/v, gate/up and the activation for the MLP) on those kept inputs. The walk runs the float block throughout and
+the folds are applied after it: a fold is an exact change of variables, so the later groups' inputs are those of
+the folded block up to float rounding (the clip search divides a group's kept input by its scales).
 
 Then the clip search: per linear (AWQ leaves q and k alone, whose errors pass through the softmax), per output
 row and scale group, the range is shrunk to max|w| * (1 - i / 20) for i < 10, and the clip with the least error of
@@ -23,9 +30,9 @@ norm offset), not from a per-family table; see docs/awq.md.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,13 +51,9 @@ SCALE_FLOOR = 1e-4          # AWQ's lower bound on a channel scale before normal
 CLIP_GRID = 20              # the clip search shrinks by 1/CLIP_GRID per step ...
 CLIP_MAX_SHRINK = 0.5       # ... down to half the range (AWQ's auto_clip defaults)
 NO_CLIP_ROLES = ("attn_q", "attn_k", "attn_qkv")
-# Sequences per early-stopped forward; at most the engine's chunk (2048 tokens), so that stopping at the first
-# captured input of the probe loses no sequence of the call.
+# Search tokens per call of the sub-layer the loss runs through (whole sequences; at least one), bounding its
+# working arrays as the engine's chunks do.
 PROBE_TOKENS = 2048
-
-
-class _Stop(Exception):
-    """Raised from a capture callback once it has the input it wants: the rest of the block need not run."""
 
 
 @dataclass(frozen=True)
@@ -170,19 +173,35 @@ class AWQ:
         for name, scheme in targets.items():
             scheme.check_row(name, step.weight(name).shape[1])
         n_seq, ctx = step.inputs.shape[:2]
-        sample = slice(0, max(1, min(n_seq, self.max_tokens // ctx)))
-        act_mean = self._act_means(step, {g.linears[0] for g in groups})
+        n_sample = max(1, min(n_seq, self.max_tokens // ctx))
+        by_first = {g.linears[0]: g for g in groups}
+        data = _Collected(n_sample * ctx)
+        scales: dict[str, np.ndarray] = {}
+
+        def on_group(linears: list[str]) -> None:
+            # every token has reached this group's input, with the block's float weights: its statistics are
+            # complete and the search runs on the first sequences' inputs, kept by the capture
+            group = by_first.get(linears[0])
+            if group is not None and any(n in targets for n in group.linears):
+                scales[group.linears[0]] = self._search(step, group, data.mean(group.linears[0]), data, targets, ctx)
+
+        # One pass over the block gives every group's activation statistics and search inputs. The walk keeps
+        # the float weights: folding a group's scales is an exact change of variables, so the later groups'
+        # inputs are those of the folded block, and every fold is applied after the walk.
+        step.walk(capture=data, on_group=on_group)
         changed: set[str] = set()
         for group in groups:
-            if not any(n in targets for n in group.linears):
-                continue    # nothing of the group is quantized: scaling it cannot help
-            s = self._search(step, group, act_mean[group.linears[0]], targets, sample)
-            changed |= self._fold(step, group, s, names)
+            if group.linears[0] in scales:
+                changed |= self._fold(step, group, scales[group.linears[0]], names)
         if self.clip:
-            clip_names = [n for n in step.linears if n in targets and step.role(n) not in NO_CLIP_ROLES]
-            inputs = _inputs(step, clip_names, sample)
-            for name in clip_names:
-                step.set_weight(name, clip_search(step.weight(name), inputs[name], targets[name], self.scale_dtype))
+            of_group = {n: g for g in groups for n in g.linears}
+            for name in (n for n in step.linears if n in targets and step.role(n) not in NO_CLIP_ROLES):
+                x = data.sample(name)
+                g = of_group.get(name)
+                s = None if g is None else scales.get(g.linears[0])
+                if s is not None and not np.all(s == 1):
+                    x = x / s          # the input after the fold: the producing operation was divided by s
+                step.set_weight(name, clip_search(step.weight(name), x, targets[name], self.scale_dtype))
         offset = F32(spec.numerics.norm_weight_offset)
         chosen = [Chosen(name, dense=step.weight(name).copy()) for name in step.linears if name in targets]
         for name in sorted(changed - set(targets)):
@@ -194,63 +213,55 @@ class AWQ:
         return chosen
 
     # -- steps ----------------------------------------------------------------------------------------------
-    def _act_means(self, step: BlockStep, names: set[str]) -> dict[str, np.ndarray]:
-        """Mean |x| per input channel of each named linear over every calibration token (one block forward)."""
-        sums: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
-
-        def capture(name: str, x: np.ndarray) -> None:
-            if name in names:
-                flat = x.reshape(-1, x.shape[-1])
-                sums[name] = sums.get(name, 0) + np.abs(flat).sum(axis=0, dtype=np.float64)
-                counts[name] = counts.get(name, 0) + len(flat)
-
-        step.forward(capture=capture)
-        return {n: (sums[n] / counts[n]).astype(F32) for n in names}
-
-    def _search(self, step: BlockStep, group: ScaleGroup, act_mean: np.ndarray, targets: Mapping[str, IntScheme],
-                sample: slice) -> np.ndarray:
+    def _search(self, step: BlockStep, group: ScaleGroup, act_mean: np.ndarray, data: "_Collected",
+                targets: Mapping[str, IntScheme], ctx: int) -> np.ndarray:
         """The grid over alpha; returns the best scales (all ones when alpha = 0 wins)."""
-        originals = {n: step.weight(n).copy() for n in group.linears}
-        loss = self._loss_fn(step, group, sample, originals)
+        originals = {n: step.weight(n) for n in group.linears}
+        loss = self._loss_fn(step, group, data.sample(group.linears[0]), ctx, originals)
         best_loss, best_alpha, best_s = np.inf, 0.0, np.ones_like(act_mean)
-        try:
-            for k in range(self.n_grid):
-                alpha = k / self.n_grid
-                s = awq_scales(act_mean, alpha)
-                candidate = {n: (fake_quantize(w * s, targets[n], self.scale_dtype) / s if n in targets else w)
-                             for n, w in originals.items()}
-                value = loss(candidate)
-                if value < best_loss:
-                    best_loss, best_alpha, best_s = value, alpha, s
-        finally:
-            for n, w in originals.items():
-                step.set_weight(n, w)
+        for k in range(self.n_grid):
+            alpha = k / self.n_grid
+            s = awq_scales(act_mean, alpha)
+            candidate = {n: (fake_quantize(w * s, targets[n], self.scale_dtype) / s if n in targets else w)
+                         for n, w in originals.items()}
+            value = loss(candidate)
+            if value < best_loss:
+                best_loss, best_alpha, best_s = value, alpha, s
         self.alphas[group.linears[0]] = best_alpha
         return best_s
 
-    def _loss_fn(self, step: BlockStep, group: ScaleGroup, sample: slice,
+    def _loss_fn(self, step: BlockStep, group: ScaleGroup, x: np.ndarray, ctx: int,
                  originals: Mapping[str, np.ndarray]) -> Callable[[Mapping[str, np.ndarray]], float]:
-        """loss(candidate weights) -> mean squared error of the inspected output against the float one."""
+        """loss(candidate weights) -> mean squared error of the inspected output against the float one, over the
+        search tokens `x` (the group's input, whole sequences of `ctx` tokens)."""
         if group.probe is None:
             (name,) = group.linears
-            x = _inputs(step, [name], sample, stop=name)[name]
             w = originals[name]
 
             def direct(candidate: Mapping[str, np.ndarray]) -> float:
                 return float(np.mean(np.square(x @ (candidate[name] - w).T), dtype=np.float64))
             return direct
 
-        probe = group.probe
-        w_probe = step.weight(probe)
-        reference = _inputs(step, [probe], sample, stop=probe)[probe] @ w_probe.T
+        # only the sub-layer between the group and the probe runs (the attention for q/k/v, the MLP's gate/up
+        # and activation for gate/up), from the group's kept input, a few sequences at a time
+        w_probe = step.weight(group.probe)
+        attention = step.role(group.probe) == "attn_out"
+        per = max(1, PROBE_TOKENS // ctx) * ctx
+        pieces = [x[t0:t0 + per] for t0 in range(0, len(x), per)]
 
-        def through_block(candidate: Mapping[str, np.ndarray]) -> float:
-            for n, w in candidate.items():
-                step.set_weight(n, w)
-            out = _inputs(step, [probe], sample, stop=probe)[probe] @ w_probe.T
-            return float(np.mean(np.square(out - reference), dtype=np.float64))
-        return through_block
+        def probe_out(piece: np.ndarray, weights: Mapping[str, np.ndarray] | None) -> np.ndarray:
+            inner = (step.attention(piece.reshape(-1, ctx, piece.shape[-1]), weights=weights) if attention
+                     else step.mlp(piece, weights=weights))
+            return inner @ w_probe.T
+
+        reference = [probe_out(piece, None) for piece in pieces]
+        total = sum(r.size for r in reference)
+
+        def through_sublayer(candidate: Mapping[str, np.ndarray]) -> float:
+            err = sum(float(np.sum(np.square(probe_out(piece, candidate) - ref), dtype=np.float64))
+                      for piece, ref in zip(pieces, reference))
+            return err / total
+        return through_sublayer
 
     def _fold(self, step: BlockStep, group: ScaleGroup, s: np.ndarray, names: Mapping[str, str]) -> set[str]:
         """Divide the producing operation by s and multiply the group's input columns by s (exact in float)."""
@@ -281,32 +292,41 @@ def _norm_roles(names: Mapping[str, str]) -> set[str]:
     return {r for r in names if r.endswith("_norm")}
 
 
-def _chunks(sample: slice, ctx: int) -> Iterator[slice]:
-    per = max(1, PROBE_TOKENS // ctx)
-    for s0 in range(sample.start or 0, sample.stop, per):
-        yield slice(s0, min(sample.stop, s0 + per))
+class _Collected:
+    """The walk's capture: per input of the block's linears (linears that read one array share its entry), the
+    sum of |x| per channel over every token, and the first `keep` tokens' rows (the search tokens: whole
+    sequences, since the engine's chunks hold whole sequences in order)."""
 
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.key: dict[str, str] = {}
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self._last: tuple[np.ndarray, str] | None = None
 
-def _inputs(step: BlockStep, wanted: list[str], sample: slice, stop: str | None = None) -> dict[str, np.ndarray]:
-    """The inputs of the `wanted` linears over the sequences of `sample` ([tokens, in] each), with the step's
-    current weights. With `stop`, each forward ends as soon as that linear's input is seen."""
-    ctx = step.inputs.shape[1]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        if self._last is not None and self._last[0] is x:      # q/k/v, gate/up: one array, one entry
+            self.key[name] = self._last[1]
+            return
+        self._last = (x, name)
+        self.key[name] = name
+        flat = x.reshape(-1, x.shape[-1])
+        self.sums[name] = self.sums.get(name, 0) + np.abs(flat).sum(axis=0, dtype=np.float64)
+        seen = self.counts.get(name, 0)
+        if seen < self.keep:
+            self.rows.setdefault(name, []).append(np.array(flat[:self.keep - seen], dtype=F32))
+        self.counts[name] = seen + len(flat)
 
-    def capture(name: str, x: Any) -> None:
-        if name in parts:
-            parts[name].append(np.array(x, dtype=F32).reshape(-1, x.shape[-1]))
-            if name == stop:
-                raise _Stop
+    def mean(self, name: str) -> np.ndarray:
+        """Mean |x| per input channel over every token."""
+        key = self.key[name]
+        return (self.sums[key] / self.counts[key]).astype(F32)
 
-    for part in _chunks(sample, ctx):
-        try:
-            step.forward(capture=capture, sequences=part)
-        except _Stop:
-            pass
-    out = {n: np.concatenate(p) for n, p in parts.items()}
-    expected = (sample.stop - (sample.start or 0)) * ctx
-    for n, x in out.items():
-        if len(x) != expected:  # pragma: no cover - the engine chunks more finely than PROBE_TOKENS assumes
-            raise RuntimeError(f"captured {len(x)} rows of {n}, expected {expected}")
-    return out
+    def sample(self, name: str) -> np.ndarray:
+        """The search tokens' inputs [tokens, in_features]."""
+        key = self.key[name]
+        rows = self.rows[key]
+        if len(rows) > 1:
+            self.rows[key] = rows = [np.concatenate(rows)]
+        return rows[0]

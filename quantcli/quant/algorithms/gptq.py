@@ -45,15 +45,6 @@ from .hessian import Hessians, prepare
 if TYPE_CHECKING:
     from ...engine import BlockStep
 
-# The block's sub-layers in true-sequential order: each group is quantized, put back into the block, and the
-# next group's inputs are captured again with the quantized weights in place. Linears of one group share an input.
-SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (
-    ("attn_qkv", "attn_q", "attn_k", "attn_v"),
-    ("attn_out",),
-    ("ffn_gate_up", "ffn_gate", "ffn_up"),
-    ("ffn_down",),
-)
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -196,6 +187,10 @@ def dequantize(codes: IntCodes, scheme: IntScheme, scale_dtype: str, g_idx: np.n
 class GPTQ:
     """GPTQ as a BlockMethod: Hessians captured per sub-layer group, true-sequentially within the block.
 
+    One staged walk of the block (BlockStep.walk) serves every group: the walk pauses before each group of linears
+    that share an input (q/k/v, o, gate/up, down), the group is quantized from the Hessian of the inputs captured so
+    far, and the walk continues with the quantized weights, so each group sees the earlier ones quantized.
+
     damp: dampening as a fraction of mean(diag H); act_order: columns by descending diag(H); block_size: columns
     per lazy batch update; static_groups: group scales from the original weights (see the module docstring).
     scale_dtype: the dtype the pack stage stores scales in (the weight's own dtype), one for all tensors or one per
@@ -228,33 +223,43 @@ class GPTQ:
 
     def _process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
         backend = self.backend or get_backend()
-        names = step.names
         chosen: list[Chosen] = []
-        done: set[str] = set()
-        for roles in SEQUENTIAL_GROUPS:
-            group = [names[r] for r in roles if r in names and names[r] in targets]
+        hessians = Hessians(targets)
+
+        def on_group(names: list[str]) -> None:
+            # every chunk has reached this group's linears, with every earlier group already quantized
+            group = [n for n in names if n in targets]
             if not group:
-                continue
-            hessians = Hessians(group)
-            step.forward(capture=hessians.capture)            # inputs with every earlier group already quantized
-            # linears of one group share their input, so their Hessians are equal: prepare each distinct one once
-            seen: list[tuple[np.ndarray, Prepared]] = []
-            for name in group:
-                h = hessians.hessian(name)
-                prep = next((p for other, p in seen if np.array_equal(other, h)), None)
-                if prep is None:
-                    prep = prepare_hessian(h, self.damp, self.act_order)
-                    seen.append((h, prep))
-                self.damps[name] = prep.damp
-                dtype = self._dtype(name)
-                codes, g_idx = quantize_weight(step.weight(name), prep, targets[name], dtype,
-                                               block_size=self.block_size, static_groups=self.static_groups,
-                                               backend=backend, threads=self.threads, name=name)
-                step.set_weight(name, dequantize(codes, targets[name], dtype, g_idx))
-                chosen.append(Chosen(name, codes=codes, g_idx=g_idx))
-                done.add(name)
-            hessians.release()
-        missing = sorted(set(targets) - done)
+                return
+            with threadpool_limits(limits=max(1, self.threads), user_api="blas"):
+                chosen.extend(self._quantize_group(step, group, hessians, targets, backend))
+            hessians.release(group)
+
+        # one pass over the block: the walk pauses at each sub-layer group, and its outputs (with every group
+        # quantized) are the next block's inputs, so the block runs once instead of once per group plus once
+        step.walk(capture=hessians.capture, on_group=on_group)
+        missing = sorted(set(targets) - {c.name for c in chosen})
         if missing:
             raise ValueError(f"GPTQ cannot place {missing} in block {step.index}'s sub-layer order")
+        return chosen
+
+    def _quantize_group(self, step: "BlockStep", group: list[str], hessians: Hessians,
+                        targets: Mapping[str, IntScheme], backend: Backend) -> list[Chosen]:
+        """GPTQ the linears of one sub-layer group (they share one input) and put their dequantized values back."""
+        chosen = []
+        # linears of one group share their input, so their Hessians are equal: prepare each distinct one once
+        seen: list[tuple[np.ndarray, Prepared]] = []
+        for name in group:
+            h = hessians.hessian(name)
+            prep = next((p for other, p in seen if np.array_equal(other, h)), None)
+            if prep is None:
+                prep = prepare_hessian(h, self.damp, self.act_order)
+                seen.append((h, prep))
+            self.damps[name] = prep.damp
+            dtype = self._dtype(name)
+            codes, g_idx = quantize_weight(step.weight(name), prep, targets[name], dtype,
+                                           block_size=self.block_size, static_groups=self.static_groups,
+                                           backend=backend, threads=self.threads, name=name)
+            step.set_weight(name, dequantize(codes, targets[name], dtype, g_idx))
+            chosen.append(Chosen(name, codes=codes, g_idx=g_idx))
         return chosen

@@ -71,9 +71,10 @@ class Hessians:
             raise ValueError(f"{name}: no inputs were captured")
         return self._sum[name] * (2.0 / n)
 
-    def release(self) -> None:
-        """Drop every sum (after the names' layers are quantized), and the cached last input."""
-        self._sum.clear()
+    def release(self, names: Iterable[str] | None = None) -> None:
+        """Drop the sums of `names` (default: all) once their layers are quantized, and the cached last input."""
+        for name in (list(self._sum) if names is None else names):
+            self._sum.pop(name, None)
         self._last_x = self._last_gram = None
 
 
@@ -97,19 +98,43 @@ def dampen(h: np.ndarray, damp: float) -> np.ndarray:
     return out
 
 
+# Below this size a triangular block is inverted by LAPACK's general inverse; above it, by halves (below).
+TRIANGLE_LEAF = 96
+
+
+def _invert_lower_inplace(m: np.ndarray) -> None:
+    """Replace the lower triangular `m` (float64, a view may do) by its inverse, in place.
+
+    By halves: for m = [[A, 0], [B, C]], m^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]], so each level costs two
+    half-size products and the whole about n^3/3 multiply-adds in large BLAS calls, against about 2n^3 for an
+    LU-based general inverse (what LAPACK's trtri does, which NumPy does not expose). The upper triangle of the
+    result is exactly zero.
+    """
+    n = m.shape[0]
+    if n <= TRIANGLE_LEAF:
+        inv = np.linalg.inv(m)
+        m[...] = np.tril(inv)      # the general inverse may leave rounding residue above the diagonal
+        return
+    k = n // 2
+    _invert_lower_inplace(m[:k, :k])
+    _invert_lower_inplace(m[k:, k:])
+    m[k:, :k] = -((m[k:, k:] @ m[k:, :k]) @ m[:k, :k])
+
+
 def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
     """Upper triangular U with H^-1 = U^T U, in float64. Raises np.linalg.LinAlgError if H is not positive
     definite (the caller raises the dampening and retries).
 
     With J the order-reversing permutation and J H J = M M^T (Cholesky), H^-1 = (J M^-1 J)^T (J M^-1 J) and
     J M^-1 J is upper triangular with a positive diagonal, so it is U: one factorisation and one triangular
-    inverse, without forming H^-1. LAPACK runs on one thread here: these are small matrices, and OpenBLAS's
-    threaded factorisation slows down by an order of magnitude when the cores are busy.
+    inverse (by halves, in place in M's storage), without forming H^-1. LAPACK runs on one thread here: these
+    are small matrices, and OpenBLAS's threaded factorisation slows down by an order of magnitude when the
+    cores are busy. Besides `h`, one [cols, cols] float64 array is live at the end (two while it is returned).
     """
     with threadpool_limits(limits=1, user_api="blas"):
         m = np.linalg.cholesky(h[::-1, ::-1])
-        # inv() solves by LU and may leave rounding residue below the diagonal, where U is zero by construction
-        return np.ascontiguousarray(np.triu(np.linalg.inv(m)[::-1, ::-1]))
+        _invert_lower_inplace(m)
+        return np.ascontiguousarray(m[::-1, ::-1])
 
 
 def prepare(h: np.ndarray, w: np.ndarray | None, damp: float, perm: np.ndarray | None = None,
@@ -120,16 +145,21 @@ def prepare(h: np.ndarray, w: np.ndarray | None, damp: float, perm: np.ndarray |
     With `perm` (act-order), U is that of H with rows and columns permuted (dead columns are found in the
     original order). Returns (U float64, dead mask in the original order, the dampening fraction that worked):
     when H + damp is not positive definite (float rounding on a nearly singular H), the fraction is multiplied
-    by 10 and tried again, up to `max_tries` times.
+    by 10 and tried again, up to `max_tries` times. One working copy of `h` is dampened in place (its diagonal
+    is kept aside for the retries), so the [cols, cols] float64 arrays alive at once are `h`, the copy and U's.
     """
     h = np.array(h, dtype=np.float64, copy=True)
     dead = dead_columns(h, w if w is not None else np.empty((0, h.shape[0]), dtype=np.float32))
     if perm is not None:
-        h = h[perm][:, perm]
+        h = h[np.ix_(perm, perm)]
+    idx = np.arange(h.shape[0])
+    diag = h[idx, idx].copy()
+    mean = float(np.mean(diag))
     frac = damp
     for attempt in range(max_tries):
+        h[idx, idx] = diag + frac * mean          # = dampen(h, frac), without another copy of h
         try:
-            return inverse_cholesky_upper(dampen(h, frac)), dead, frac
+            return inverse_cholesky_upper(h), dead, frac
         except np.linalg.LinAlgError:
             if attempt + 1 == max_tries:
                 raise np.linalg.LinAlgError(f"Hessian is not positive definite even with dampening {frac:g}") from None
