@@ -122,7 +122,7 @@ def main() -> None:
     from quantcli.io.checkpoint import Checkpoint
     from quantcli.pipeline.convert_split import SplitConvertRequest, convert_split
     from quantcli.quant.int import scheme_named
-    from quantcli.safetensors_plan import IntOptions, make_int_plan
+    from quantcli.plan.safetensors import IntOptions, make_int_plan
     from quantcli.stages.calibration_data import builtin_text
     from quantcli.stages.eval_text import SpecialIds, text_tokens
     from quantcli.stages.perplexity import chunk_tokens

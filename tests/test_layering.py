@@ -24,7 +24,7 @@ RANKS: dict[str, int] = {
     "pipeline": 6, "inspect": 6,
     "stages": 5,
     "recipe": 4,
-    "plan": 3, "safetensors_plan": 3, "engine": 3,
+    "plan": 3, "engine": 3,
     "models": 2, "quant": 2,
     "io": 1,
     "errors": 0, "__init__": 0, "data": 0, "_kernels": 0,

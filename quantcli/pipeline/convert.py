@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType
 
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
-from ..plan import FLOAT_TYPES, Plan, QuantOptions, TensorPlan
+from ..plan.gguf import FLOAT_TYPES, Plan, QuantOptions, TensorPlan
 from ..quant.mixes import MixOptions
 from ..recipe.schema import OutputSpec, Recipe
 from ..stages.download import Snapshot

@@ -24,7 +24,7 @@ from ..io.checkpoint import Checkpoint
 from ..quant.algorithms.registry import CALIBRATED, is_calibrated, method_options
 from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
 from ..recipe.schema import Recipe
-from ..safetensors_plan import (
+from ..plan.safetensors import (
     FORMATS,
     PACKED_FORMATS,
     IntOptions,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..plan import Plan
+from ..plan.gguf import Plan
 from .cache import StageKey, file_sha256, hash_parts
 
 STAGE_VERSIONS: dict[str, int] = {

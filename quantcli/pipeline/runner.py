@@ -39,8 +39,8 @@ from ..recipe.schema import FolderOutputSpec, Recipe
 
 if TYPE_CHECKING:
     from ..io.checkpoint import Checkpoint
-    from ..plan import Plan, TensorPlan
-    from ..safetensors_plan import ModulePlan
+    from ..plan.gguf import Plan, TensorPlan
+    from ..plan.safetensors import ModulePlan
     from ..stages.download import Snapshot
     from .cache import StageCache
     from .convert import ConvertRequest, ConvertResult
@@ -228,7 +228,7 @@ class _GGUFs:
 
 def _plan_ggufs(run: Run, snapshot: Snapshot, ckpt: Checkpoint) -> _GGUFs:
     """The GGUF plans (metadata only), with the imatrix they are quantized with, checked against the model."""
-    from ..plan import SourceModel, make_plan
+    from ..plan.gguf import SourceModel, make_plan
     from ..quant.imatrix import load_imatrix
     from .calibrate import calibration_target
     from .convert import imatrix_targets, quant_options

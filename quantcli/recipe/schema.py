@@ -177,7 +177,7 @@ def _folder_output(ctx: YamlContext, node: yaml.Node, items: dict, what: str) ->
     from ..errors import InputError
     from ..quant.algorithms.registry import method_options
     from ..quant.int.scheme import scheme_named
-    from ..safetensors_plan import FORMATS
+    from ..plan.safetensors import FORMATS
 
     check_keys(ctx, items, _FOLDER_KEYS, what)
     fmt = scalar(ctx, items["format"][1], "format", str).lower()
@@ -412,7 +412,7 @@ def recipe_json_schema() -> dict[str, Any]:
     }
     from ..quant.algorithms.registry import METHOD_NAMES
     from ..quant.int.scheme import SCHEMES
-    from ..safetensors_plan import FORMATS
+    from ..plan.safetensors import FORMATS
 
     # One object for both kinds of output: `format` absent or gguf needs a `type`; a folder format takes the
     # folder keys (what `convert --format` takes on the command line).

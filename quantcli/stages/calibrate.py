@@ -158,7 +158,7 @@ def calibrate(source: Path, data: CalibrationText, options: CalibrateOptions,
     """The importance matrix of the HF checkpoint in `source` on `data` (see the module docstring)."""
     from ..engine import Engine
     from ..io.checkpoint import Checkpoint
-    from ..plan import SourceModel
+    from ..plan.gguf import SourceModel
     from .eval_text import text_tokens
 
     model = SourceModel.open(Checkpoint.open(Path(source)))

@@ -34,7 +34,7 @@ from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight
 from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
 from ..quant.int.scheme import IntScheme
-from ..safetensors_plan import IntPlan, ModulePlan
+from ..plan.safetensors import IntPlan, ModulePlan
 from .chunks import calibration_chunks, resolve_ctx
 from .calibration_data import CalibrationText
 from .pack_safetensors import scale_dtype
@@ -81,7 +81,7 @@ def calibration_tokens(source: Path, data: CalibrationText, options: CalibratedO
                        n_ctx_train: int) -> np.ndarray:
     """The calibration text as [n_chunks, ctx] token ids, the calibrate stage's way. Bad sizes are InputErrors."""
     from ..io.checkpoint import Checkpoint
-    from ..plan import SourceModel
+    from ..plan.gguf import SourceModel
     from .calibrate import special_ids
     from .eval_text import text_tokens
 

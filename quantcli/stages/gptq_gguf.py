@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
-from ..plan import FLOAT_TYPES, Plan, TensorPlan
+from ..plan.gguf import FLOAT_TYPES, Plan, TensorPlan
 from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
 from ..quant.algorithms.hessian import Hessians
 from ..quant.backend import get_backend

@@ -31,7 +31,7 @@ from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight, nf4_kernels
 from ..quant.int.nf4 import encode_nf4
 from ..quant.int.rtn import IntCodes
-from ..safetensors_plan import PACKED_FORMATS, IntPlan, ModulePlan
+from ..plan.safetensors import PACKED_FORMATS, IntPlan, ModulePlan
 from .spool import ChoiceSpool, Spooled
 
 # Files of a model folder that a quantized folder does not carry over: the weights and their index (rewritten),

@@ -28,7 +28,7 @@ from ..quant.algorithms.splitquant import SplitLinear, split_linear
 from ..quant.backend import Backend, get_backend
 from ..quant.int.rtn import round_to
 from ..quant.int.scheme import IntScheme
-from ..safetensors_plan import IntPlan, ModulePlan
+from ..plan.safetensors import IntPlan, ModulePlan
 from .pack_safetensors import SKIP_NAMES, SKIP_SUFFIXES, scale_dtype
 
 # weight (rows, n) float32, its bias or None -> the dense float32 weight that replaces it

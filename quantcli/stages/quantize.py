@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType
 from ..errors import InputError, OutputError
 from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
-from ..plan import Plan, TensorPlan
+from ..plan.gguf import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
 from ..quant.base import quant_class
 from ..quant.imatrix import ImportanceMatrix

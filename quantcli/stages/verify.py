@@ -29,7 +29,7 @@ from ..errors import InputError, UnsupportedError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..io.gguf_layout import GGUFLayout, TensorSpan, read_layout
 from ..io.safetensors import to_float32
-from ..plan import SourceModel
+from ..plan.gguf import SourceModel
 
 # Per-type SNR floors (dB) used when a recipe sets none: well below what each type gives on real weights,
 # so a failure means a broken file, not an unlucky tensor.

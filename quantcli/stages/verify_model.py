@@ -109,7 +109,7 @@ def special_ids(path: Path, source: Path) -> SpecialIds:
     if not Path(path).is_dir():
         return SpecialIds.from_metadata(gguf_metadata(path))
     from ..io.checkpoint import Checkpoint
-    from ..plan import SourceModel
+    from ..plan.gguf import SourceModel
 
     model = SourceModel.open(Checkpoint.open(Path(source)))
     return SpecialIds.from_metadata({kv.key: kv.value for kv in model.tokenizer(None)})

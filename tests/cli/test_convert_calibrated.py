@@ -94,7 +94,7 @@ def test_tiny_llama_end_to_end_with_a_test_method(tmp_path: Path, monkeypatch: p
     # the sequences the method saw are the text's tokens, 64 a chunk, the vocabulary's BOS rule applied
     from quantcli.stages.calibrate import special_ids
     from quantcli.stages.chunks import chunk_tokens, with_bos
-    from quantcli.plan import SourceModel
+    from quantcli.plan.gguf import SourceModel
     from quantcli.stages.eval_text import encode
     from tests.fixtures.block_methods import DenseShrink
 

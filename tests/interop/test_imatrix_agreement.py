@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from quantcli.io.checkpoint import Checkpoint
-from quantcli.plan import SourceModel
+from quantcli.plan.gguf import SourceModel
 from quantcli.stages.calibrate import CalibrateOptions, calibrate, routes_for, special_ids
 from quantcli.stages.chunks import chunk_tokens, with_bos
 from quantcli.stages.calibration_data import CalibrationText, builtin_text

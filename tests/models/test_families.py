@@ -20,7 +20,7 @@ from quantcli.models.base import Architecture, Numerics, TensorSpec, adapter_for
 from quantcli.io.gguf_metadata import MetaKV
 from quantcli.models.spec import spec_from_adapter
 from quantcli.models.transforms import AddOne, Constant, Llama3RopeFactors, PermuteRope
-from quantcli.plan import gguf_tensors, hparams_metadata
+from quantcli.plan.gguf import gguf_tensors, hparams_metadata
 
 
 def gguf_specs(adapter: Architecture, tensors: dict[str, TensorInfo]) -> list[TensorSpec]:

@@ -11,7 +11,7 @@ from quantcli.errors import InputError, UnsupportedError
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.models.base import adapter_for
 from quantcli.models.spec import spec_from_config
-from quantcli.plan import ROLE_TENSORS, SourceModel, gguf_tensor_name
+from quantcli.plan.gguf import ROLE_TENSORS, SourceModel, gguf_tensor_name
 from tests.fixtures.paths import model_path
 from tests.models.test_families import LLAMA_CONFIG, gguf_metadata, gguf_specs, llama_tensors
 

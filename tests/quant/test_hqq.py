@@ -14,7 +14,7 @@ from quantcli.quant.int import scheme_named
 from quantcli.quant.int.encode import encode_weight
 from quantcli.io.int_packing import pack_int32
 from quantcli.quant.int.rtn import encode
-from quantcli.safetensors_plan import IntOptions, make_int_plan
+from quantcli.plan.safetensors import IntOptions, make_int_plan
 from tests.fixtures.paths import model_path
 
 pytestmark = pytest.mark.backend

@@ -254,7 +254,7 @@ def test_recipe_calibrate_section_is_strict() -> None:
 def test_a_dry_run_plans_as_if_calibrated_and_computes_nothing(tmp_path: Path) -> None:
     from quantcli.io.checkpoint import Checkpoint
     from quantcli.pipeline.convert import quant_options
-    from quantcli.plan import SourceModel, make_plan
+    from quantcli.plan.gguf import SourceModel, make_plan
 
     model = model_path("SmolLM2-135M-Instruct")          # 30 blocks: IQ4_XS's first-eighth rule applies
     recipe = parse_recipe("quantize: {type: IQ4_XS}\ncalibrate: {chunks: 2}\n", default_name="cal")

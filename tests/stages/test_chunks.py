@@ -70,7 +70,7 @@ def test_calibrate_and_verify_give_the_engine_the_same_chunks(name: str, tmp_pat
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcli.engine import Engine
     from quantcli.io.checkpoint import Checkpoint
-    from quantcli.plan import SourceModel
+    from quantcli.plan.gguf import SourceModel
     from tests.fixtures.paths import model_path
 
     model = model_path(name)

@@ -12,7 +12,7 @@ from quantcli.errors import InputError
 from quantcli.io.safetensors import to_float32
 from quantcli.models.base import IDENTITY, TensorSpec
 from quantcli.models.transforms import PermuteRope
-from quantcli.plan import TensorPlan
+from quantcli.plan.gguf import TensorPlan
 from quantcli.quant.backend import get_backend
 from quantcli.quant.imatrix import ImportanceMatrix
 from quantcli.stages import quantize as stage

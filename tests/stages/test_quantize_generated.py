@@ -14,7 +14,7 @@ from quantcli.io.checkpoint import Checkpoint
 from quantcli.models.base import TensorSpec
 from quantcli.io.gguf_metadata import kv_str
 from quantcli.models.transforms import Constant, Llama3RopeFactors
-from quantcli.plan import Plan, TensorPlan
+from quantcli.plan.gguf import Plan, TensorPlan
 from quantcli.quant.backend import get_backend
 from quantcli.stages.quantize import Encoder, write_ggufs
 

@@ -24,16 +24,16 @@ from typing import Mapping
 import gguf
 from gguf import GGMLQuantizationType, Keys, MODEL_TENSOR
 
-from . import __version__
-from .errors import InputError, UnsupportedError
-from .io.checkpoint import Checkpoint
-from .io.gguf_writer import TensorInfo as GGUFTensorInfo
-from .io.gguf_writer import planned_size
-from .io.safetensors import TensorInfo
-from .models.base import Architecture, TensorSpec, adapter_for, tensor_order
-from .io.gguf_metadata import MetaKV, check_text, kv_f32, kv_str, kv_u32
-from .models.spec import ModelSpec, checkpoint_names, spec_from_adapter
-from .quant.mixes import MIXES, MixContext, MixOptions, MixTensor, choose_types
+from .. import __version__
+from ..errors import InputError, UnsupportedError
+from ..io.checkpoint import Checkpoint
+from ..io.gguf_writer import TensorInfo as GGUFTensorInfo
+from ..io.gguf_writer import planned_size
+from ..io.safetensors import TensorInfo
+from ..models.base import Architecture, TensorSpec, adapter_for, tensor_order
+from ..io.gguf_metadata import MetaKV, check_text, kv_f32, kv_str, kv_u32
+from ..models.spec import ModelSpec, checkpoint_names, spec_from_adapter
+from ..quant.mixes import MIXES, MixContext, MixOptions, MixTensor, choose_types
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION: the block layouts we write
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
@@ -249,7 +249,7 @@ class SourceModel:
 
     def tokenizer(self, pre_tokenizer: str | None) -> list[MetaKV]:
         if pre_tokenizer not in self._tokenizer:
-            from .models.tokenizer import tokenizer_metadata
+            from ..models.tokenizer import tokenizer_metadata
 
             self._tokenizer[pre_tokenizer] = tokenizer_metadata(self.ckpt.path, self.ckpt.config, vocab_size=self.spec.vocab,
                                                                 pre_tokenizer=pre_tokenizer)
