@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .doc_section import replace_between, section_of
 from .measure import run_once
 from .run import machine
 
@@ -43,26 +44,28 @@ LABELS = {"gptq": "GPTQ W4A16 g{group}", "awq": "AWQ W4 g{group} (AWQ GEMM)",
           "splitquant": "SplitQuantV2 W4A16 per channel (no calibration)"}
 
 
-def table(rows: list[tuple[str, str, float, float, str]], chunks: int, ctx: int, threads: int) -> str:
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+HEADER = "| conversion | data | wall s | peak RSS MB | load before → after | measured (UTC) |"
+
+
+def table(rows: list[str], chunks: int, ctx: int, threads: int) -> str:
     lines = [BEGIN, "", f"### Calibrated conversions: time and memory ({MODEL})", "",
              f"{chunks} sequences of {ctx} tokens of `builtin:calibration` where the method calibrates, "
-             f"`--threads {threads}`, `--verify none`; {date}; {machine()}. Load average (1 min) before and after "
+             f"`--threads {threads}`, `--verify none`; {machine()}. Load average (1 min) before and after "
              "each run: other jobs on the machine slow every figure.", "",
-             "| conversion | data | wall s | peak RSS MB | load before → after |", "|---|---|---:|---:|---|"]
-    for label, data, seconds, rss, load in rows:
-        lines.append(f"| {label} | {data} | {seconds:.1f} | {rss:.0f} | {load} |")
-    lines += ["", "Written by `python -m benchmarks.calibrated_speed` (part of `make bench`).", "", END]
+             HEADER, "|---|---|---:|---:|---|---|", *rows,
+             "", "Written by `python -m benchmarks.calibrated_speed` (part of `make bench`); a run with `--only` "
+             "replaces its own rows and keeps the others.", "", END]
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
+def earlier_rows(path: Path) -> dict[str, str]:
+    """The table rows already in the page, by conversion label (a run with --only keeps the rows it skips)."""
+    rows = {}
+    for line in section_of(path, BEGIN, END).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and line != HEADER and len(cells) == HEADER.count("|") - 1:
+            rows[cells[0]] = line
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="gptq,awq,splitquant")
     args = ap.parse_args(argv)
     source = args.models / MODEL
-    rows = []
+    rows = {label: line for label, line in earlier_rows(args.out).items() if label in
+            {LABELS[k].format(group=args.group) for k in LABELS}}
     with tempfile.TemporaryDirectory(prefix="calibrated-speed-") as tmp:
         cmds = commands(source, Path(tmp), args.chunks, args.ctx, args.threads, args.group)
         for key in args.only.split(","):
@@ -85,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             after = os.getloadavg()[0]
             data = "none" if key == "splitquant" else f"{args.chunks} x {args.ctx}"
             label = LABELS[key].format(group=args.group)
-            rows.append((label, data, sample.seconds, sample.peak_rss_mb, f"{before:.1f} → {after:.1f}"))
+            when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            rows[label] = (f"| {label} | {data} | {sample.seconds:.1f} | {sample.peak_rss_mb:.0f} | "
+                           f"{before:.1f} → {after:.1f} | {when} |")
             print(f"{label}: {sample.seconds:.1f} s, {sample.peak_rss_mb:.0f} MB (load {before:.1f} -> {after:.1f})",
                   file=sys.stderr, flush=True)
             # after every row, so an interrupted run still leaves the rows it measured
-            write_section(args.out, table(rows, args.chunks, args.ctx, args.threads))
+            ordered = [rows[LABELS[k].format(group=args.group)] for k in LABELS
+                       if LABELS[k].format(group=args.group) in rows]
+            replace_between(args.out, BEGIN, END, table(ordered, args.chunks, args.ctx, args.threads))
     return 0
 
 

@@ -28,9 +28,23 @@ def markers(name: str) -> tuple[str, str]:
 
 def replace_section(path: Path, name: str, body: str) -> None:
     """Put `body` between the `name` markers of `path`, replacing what was there; append the section when the
-    file (or the markers) is absent. Written to a temporary file and renamed, so a crash leaves the old page."""
+    file (or the markers) is absent."""
     begin, end = markers(name)
-    section = f"{begin}\n{body.strip()}\n{end}"
+    replace_between(path, begin, end, f"{begin}\n{body.strip()}\n{end}")
+
+
+def section_of(path: Path, begin: str, end: str) -> str:
+    """The text from `begin` to `end` in `path` ('' when the file or a marker is missing)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if begin not in text or end not in text:
+        return ""
+    return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+
+
+def replace_between(path: Path, begin: str, end: str, section: str) -> None:
+    """Replace the text from `begin` to `end` (both included) with `section`, which carries the two markers
+    itself; append it when the file or a marker is absent. Written to a temporary file and renamed, so a crash
+    leaves the old page."""
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if begin in text and end in text:
         head, rest = text.split(begin, 1)

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .doc_section import replace_between
 from .llama_tools import tool
 from .run import machine
 
@@ -375,9 +376,9 @@ class Bench:
         # kept beside the logs, so a run resumed with --steps renders the figures of the earlier steps too
         (self.work / RESULTS).write_text(json.dumps(asdict(self.res), indent=1), encoding="utf-8")
         if self.bench_out:
-            write_section(self.bench_out, markers("engine-vs-llama", self.res.model), render_speed(self.res))
+            replace_between(self.bench_out, *markers("engine-vs-llama", self.res.model), render_speed(self.res))
         if self.quality_out:
-            write_section(self.quality_out, markers("tools-agreement", self.res.model), render_agreement(self.res))
+            replace_between(self.quality_out, *markers("tools-agreement", self.res.model), render_agreement(self.res))
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -458,16 +459,6 @@ def render_agreement(res: Results) -> str:
                       "", f"KLD difference: {100 * (im['kld_quantcli'] / im['kld_llama.cpp'] - 1):+.2f} %.", ""]
     lines += [*_when(res), "", end]
     return "\n".join(lines)
-
-
-def write_section(path: Path, markers: tuple[str, str], section: str) -> None:
-    """Replace the text between `markers` in `path` (appended at the end when the markers are missing)."""
-    begin, end = markers
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if begin not in text or end not in text:
-        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    path.write_text(head + section + rest.split(end, 1)[1], encoding="utf-8")
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .doc_section import replace_between
 from .run import machine
 
 TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
@@ -139,15 +140,6 @@ def render(results: dict[str, object], agreement: list[tuple[str, float, float]]
     lines += ["", f"Measured {dt.date.today()} on {machine()}, in {seconds / 60:.0f} min (load from other work on "
               "the machine slows the run, never changes a figure).", "", END]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else f"# Quality\n\n{begin}\n{end}\n"
-    if begin not in text or end not in text:
-        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(head + section + tail, encoding="utf-8")
 
 
 def convert_folder(source: Path, args: tuple[str, ...], out: Path) -> tuple[Path, float]:
@@ -271,7 +263,7 @@ def main() -> None:
                                    tuple(o for o in args.only.split(",") if o))
             for label, bits, _, r in rows:
                 log(f"{label}: {bits:.2f} bpw, PPL {r.ppl:.4f} KLD {r.kld_mean:.5f}")  # type: ignore[attr-defined]
-            write_section(args.out, render_int(rows, args.ctx, time.monotonic() - start), INT_BEGIN, INT_END)
+            replace_between(args.out, INT_BEGIN, INT_END, render_int(rows, args.ctx, time.monotonic() - start))
             log(f"wrote {args.out}")
         return
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
@@ -293,13 +285,13 @@ def main() -> None:
         for key, r in results.items():
             log(f"{key}: PPL {r.ppl:.4f} KLD {r.kld_mean:.5f}")
         # written now and again with the agreement table, so a long run leaves its main figures behind
-        write_section(args.out, render(results, [], args.ctx, args.chunks, args.calib_chunks, time.monotonic() - start))
+        replace_between(args.out, BEGIN, END, render(results, [], args.ctx, args.chunks, args.calib_chunks, time.monotonic() - start))
         log(f"wrote {args.out}")
         if not args.no_agreement:
             extra = {t: convert(source, t, work / f"{t}.gguf", None) for t in AGREEMENT_TYPES if t not in files}
             agreement = agreement_rows(source, {t: extra.get(t) or files[t] for t in AGREEMENT_TYPES})
-            write_section(args.out, render(results, agreement, args.ctx, args.chunks, args.calib_chunks,
-                                           time.monotonic() - start))
+            replace_between(args.out, BEGIN, END, render(results, agreement, args.ctx, args.chunks,
+                                                         args.calib_chunks, time.monotonic() - start))
             log(f"wrote {args.out} with the agreement table")
 
 

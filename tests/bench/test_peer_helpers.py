@@ -66,3 +66,21 @@ def test_a_stopped_peer_is_reported_as_a_bound() -> None:
     text = report(rows, argparse.Namespace(threads=2, ctx=512, eval_chunks=4), 8, (20.0, 21.0))
     assert "| 900.0 | < 0.38x |" in text and "| > 2400 (stopped) |" in text and "lower bound" in text
     assert "ms per token" not in text
+
+
+def test_a_partial_calibrated_speed_run_keeps_the_rows_it_did_not_repeat(tmp_path: Path) -> None:
+    from benchmarks import calibrated_speed as cs
+    from benchmarks.doc_section import replace_between
+
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n\nprose\n", encoding="utf-8")
+    gptq, awq = (cs.LABELS[k].format(group=64) for k in ("gptq", "awq"))
+    old = [f"| {gptq} | 128 x 512 | 900.0 | 950 | 9.0 → 9.0 | 2026-01-01 00:00 |",
+           f"| {awq} | 128 x 512 | 398.1 | 913 | 1.0 → 1.0 | 2026-01-01 00:10 |"]
+    replace_between(page, cs.BEGIN, cs.END, cs.table(old, 128, 512, 2))
+    assert cs.earlier_rows(page) == {gptq: old[0], awq: old[1]}
+    # a run with --only gptq replaces GPTQ's row and keeps AWQ's; the prose around the section stays
+    new = f"| {gptq} | 128 x 512 | 163.4 | 954 | 0.8 → 2.1 | 2026-11-28 01:48 |"
+    replace_between(page, cs.BEGIN, cs.END, cs.table([new, cs.earlier_rows(page)[awq]], 128, 512, 2))
+    assert cs.earlier_rows(page) == {gptq: new, awq: old[1]}
+    assert page.read_text(encoding="utf-8").startswith("# Page\n\nprose\n")
