@@ -24,9 +24,9 @@ from ..errors import InputError
 from ..io.checkpoint import Checkpoint
 from ..io.quantized_folder import FolderReader, open_folder_reader
 from ..models.base import Architecture, adapter_for
-from ..models.spec import ModelSpec, ModelTensor, spec_from_config
+from ..models.spec import ModelSpec, ModelTensor, checkpoint_names, spec_from_config
 from ..quant.int.activations import TokenActivations, token_activations
-from .weights import HFWeights, _check_shape, _hf_names
+from .weights import HFWeights, _check_shape
 
 
 class InputRoundingWeight(np.ndarray):
@@ -62,7 +62,7 @@ class QuantizedFolderWeights(HFWeights):
         # the folder's logical tensors: what is stored dense, and one `.weight` per quantized module
         quantized = {f"{m}.weight": m for m in reader.modules}
         present = (set(ckpt.tensors) - reader.stored_names()) | set(quantized)
-        self.names = _hf_names(adapter, spec, present)
+        self.names = checkpoint_names(adapter, spec, present)
         self.quantized: dict[str, str] = {}
         self.inputs: dict[str, TokenActivations] = {}     # module -> how its input is rounded, when it is
         for t in spec.tensors:

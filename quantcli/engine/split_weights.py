@@ -16,8 +16,8 @@ from ..errors import InputError
 from ..io import splitquant as sq
 from ..io.checkpoint import Checkpoint
 from ..models.base import Architecture, adapter_for
-from ..models.spec import ModelSpec, ModelTensor, spec_from_config
-from .weights import HFWeights, WeightSource, _check_shape, _hf_names
+from ..models.spec import ModelSpec, ModelTensor, checkpoint_names, spec_from_config
+from .weights import HFWeights, WeightSource, _check_shape
 
 
 def _block(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -43,7 +43,7 @@ class SplitWeights(HFWeights):
             if sq.ids_name(module) not in ckpt.tensors:
                 raise InputError(f"{ckpt.path}: module {module} is listed as split but has no {sq.IDS_SUFFIX} tensor.",
                                  hint="The folder is incomplete; convert the model again.")
-        self.names = _hf_names(adapter, spec, set(ckpt.tensors) | set(self.split))
+        self.names = checkpoint_names(adapter, spec, set(ckpt.tensors) | set(self.split))
         for t in spec.tensors:
             name = self.names[t.hf_name]
             if name not in self.split:

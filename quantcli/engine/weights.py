@@ -25,7 +25,7 @@ from ..io.checkpoint import Checkpoint
 from ..io.gguf_layout import TensorSpan, read_layout
 from ..io.safetensors import DTYPES, TensorInfo, to_float32
 from ..models.base import IDENTITY, Architecture, adapter_for
-from ..models.spec import ModelSpec, ModelTensor, spec_from_config
+from ..models.spec import ModelSpec, ModelTensor, checkpoint_names, spec_from_config
 from ..models.transforms import AddOne, PermuteRope
 from ..quant.base import quant_class
 
@@ -64,31 +64,10 @@ def _check_shape(t: ModelTensor, shape: tuple[int, ...], where: str) -> None:
                          f"describes {t.shape}.", hint="The weights do not belong to this config.json; check the folder.")
 
 
-def _hf_names(adapter: Architecture, spec: ModelSpec, present: set[str]) -> dict[str, str]:
-    """Canonical spec name -> the checkpoint's own name (prefixed classes, old gamma/beta names)."""
-    by_gguf: dict[str, str] = {}
-    for name in present:
-        g = adapter.gguf_name(name)
-        if g is not None:
-            by_gguf.setdefault(g, name)
-    out: dict[str, str] = {}
-    for t in spec.tensors:
-        if t.hf_name in present:
-            out[t.hf_name] = t.hf_name
-            continue
-        g = adapter.gguf_name(t.hf_name)
-        if g is None or g not in by_gguf:
-            raise InputError(f"the checkpoint has no tensor {t.hf_name!r} ({t.role} of block {t.layer}), which "
-                             f"config.json implies.", hint="The folder's weights and config.json do not match; "
-                             "re-download the model.")
-        out[t.hf_name] = by_gguf[g]
-    return out
-
-
 class HFWeights(WeightSource):
     def __init__(self, ckpt: Checkpoint, spec: ModelSpec, adapter: Architecture) -> None:
         self.ckpt, self.spec = ckpt, spec
-        self.names = _hf_names(adapter, spec, set(ckpt.tensors))
+        self.names = checkpoint_names(adapter, spec, set(ckpt.tensors))
         for t in spec.tensors:
             _check_shape(t, ckpt.tensors[self.names[t.hf_name]].shape, str(ckpt.path))
 
@@ -182,7 +161,7 @@ class GGUFWeights(WeightSource):
         # capture names are the source checkpoint's own when its weights are at hand
         names = {t.hf_name: t.hf_name for t in spec.tensors}
         if any(source.glob("*.safetensors")):
-            names = _hf_names(adapter, spec, set(Checkpoint.open(source).tensors))
+            names = checkpoint_names(adapter, spec, set(Checkpoint.open(source).tensors))
         return cls(path, spec, adapter, names)
 
     def name(self, t: ModelTensor) -> str:
