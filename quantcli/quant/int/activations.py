@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import UnsupportedError
+from .scheme import signed_range
 
 F32 = np.float32
 
@@ -32,11 +33,11 @@ class TokenActivations:
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1))
+        return signed_range(self.bits)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return signed_range(self.bits)[1]
 
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:
         """x (..., features) float32 -> the same shape, every row rounded to its own int grid and scaled back."""

@@ -16,6 +16,11 @@ INT_QUANTIZED = "int-quantized"
 GROUP_SIZES = (32, 64, 128)        # what --group-size accepts besides per-channel (0)
 
 
+def signed_range(bits: int) -> tuple[int, int]:
+    """The two's-complement code range of `bits`-bit integers: (-2^(bits-1), 2^(bits-1) - 1)."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
 @dataclass(frozen=True)
 class IntScheme:
     """One integer weight encoding. codes lie in [qmin, qmax] (signed, as compressed-tensors stores them)."""
@@ -29,11 +34,11 @@ class IntScheme:
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1))
+        return signed_range(self.bits)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return signed_range(self.bits)[1]
 
     def groups_per_row(self, n_per_row: int) -> int:
         return 1 if self.group_size is None else n_per_row // self.group_size
