@@ -30,6 +30,8 @@ EXAMPLES = """[bold]Examples[/]
   quantcli convert ./model --format compressed-tensors --scheme W4A16 --method gptq --calibrate calib.txt -o out/
   quantcli convert ./model --format compressed-tensors --method gptq --act-order --damp 0.05 --chunks 64
   quantcli convert ./model --format compressed-tensors --method awq -o out/   # built-in calibration text
+  quantcli convert ./model --recipe release -o out/ --publish me/SmolLM2-GGUF        # upload when all checks pass
+  quantcli convert ./model --recipe mixed.yaml -o out/ --publish 'me/{model}-quantized' --publish-private
 """
 
 
@@ -61,6 +63,8 @@ def convert(
     damp: Annotated[Optional[float], typer.Option("--damp", help="gptq: dampening of the Hessian's diagonal, a fraction of its mean. Default: 0.01.")] = None,
     act_order: Annotated[bool, typer.Option("--act-order", help="gptq: quantize columns in order of decreasing activation energy (groups stay contiguous).")] = False,
     method_option: Annotated[Optional[list[str]], typer.Option("--method-option", help="A calibrated method's option KEY=VALUE, e.g. block_size=64, static_groups=true, n_grid=10, clip=false. Repeatable.")] = None,
+    publish: Annotated[Optional[str], typer.Option("--publish", help="After every stage passed (verify thresholds too): upload every output and a model card to this hub repo, org/name or a template with {model} and {recipe}. Needs HF_TOKEN.")] = None,
+    publish_private: Annotated[Optional[bool], typer.Option("--publish-private/--publish-public", help="Visibility of a repo --publish creates. Default: the recipe's publish.private, else public.", show_default=False)] = None,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json: JsonOpt = False,
@@ -81,7 +85,7 @@ def convert(
             format=format, scheme=scheme, method=method, bits=bits, group_size=group_size, sym=sym,
             ignore=tuple(ignore or ()), splitquant_branches=splitquant_branches, double_quant=double_quant, ctx=ctx,
             chunks=chunks, damp=damp, act_order=act_order, method_option=tuple(method_option or ()),
-            threads=threads, force=force))
+            threads=threads, force=force, publish=publish, publish_private=publish_private))
         execute(request, json=json)
 
     run(body)
@@ -120,17 +124,18 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
                         "method": "splitquant", "scheme": split.plan.options.scheme.name, "branches": split.branches,
                         "split": [m.source for m in split.plan.modules if m.quantized],
                         "seconds": round(split.seconds, 3), "sha256": split.sha256, "cached": split.cached,
-                        "manifest": str(result.manifest) if result.manifest else None})
+                        "manifest": str(result.manifest) if result.manifest else None, "publish": result.publish})
             return
         for line in describe_split(split, request.dry_run):
             out.print(line, highlight=False)
         if not request.dry_run:
             if split.cached:
                 out.print("  same inputs and settings, sha256 re-checked; skipped (--force redoes it)", highlight=False)
+            print_publish(result.publish)
             err.print(f"done in {result.seconds:.2f} s", highlight=False)
         return
     if json:
-        print_json(convert_json(result, request))
+        print_json({**convert_json(result, request), "publish": result.publish})
         return
     if request.dry_run:
         for f in result.folders:
@@ -156,7 +161,17 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
         print_folder(f)
     if result.manifest is not None:
         err.print(f"manifest: {result.manifest}", highlight=False)
+    print_publish(result.publish)
     err.print(f"done in {result.seconds:.2f} s", highlight=False)
+
+
+def print_publish(record: dict | None) -> None:
+    """The publish stage's outcome: where the outputs went."""
+    if not record:
+        return
+    out.print(f"published {len(record.get('files') or [])} files to {record['url']}", highlight=False)
+    if record.get("commit_url"):
+        out.print(f"commit: {record['commit_url']}", highlight=False)
 
 
 def folder_json(f, dry_run: bool) -> dict:  # type: ignore[no-untyped-def]

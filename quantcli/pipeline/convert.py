@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..stages.gptq_gguf import GPTQResult
     from .convert_int import IntConvertRequest, IntConvertResult
     from .convert_split import SplitConvertRequest, SplitConvertResult
+    from .publish_stage import PublishRequest
     from .runner import Run, StageRecord
 
 VERIFY_LEVELS = ("none", "structure", "full")
@@ -63,6 +64,7 @@ class ConvertRequest:
     # Folder outputs given on their own (`convert --format`, or a SplitConvertRequest for --method splitquant);
     # without them, the recipe's folder outputs are written inside `output` (pipeline/convert_int.folder_requests).
     folders: tuple[IntConvertRequest | SplitConvertRequest, ...] = ()
+    publish: PublishRequest | None = None   # upload the outputs when every stage passed (pipeline/publish_stage.py)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class ConvertResult:
     gptq: list[dict] = field(default_factory=list)   # per written output, what the GPTQ pass did
     folders: list[IntConvertResult | SplitConvertResult] = field(default_factory=list)   # in recipe order
     stages: list[StageRecord] = field(default_factory=list)         # what every stage did (pipeline/runner.py)
+    publish: dict[str, Any] | None = None   # the publish stage: repo, url, commit, files (pipeline/publish_stage.py)
 
 
 def recipe_from_type(mix: str | None, *, output_tensor_type: str | None = None, token_embedding_type: str | None = None,

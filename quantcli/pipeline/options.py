@@ -57,6 +57,8 @@ class ConvertFlags:
     method_option: tuple[str, ...] = ()
     threads: int = 0
     force: bool = False
+    publish: str | None = None             # --publish REPO: upload the outputs when every stage passed
+    publish_private: bool | None = None    # --publish-private/--publish-public
 
     def gguf_options(self) -> bool:
         """Whether any option that only GGUF output takes was given."""
@@ -76,10 +78,28 @@ def request_from_flags(flags: ConvertFlags) -> ConvertRequest:
     outputs (a type or a recipe, which may list folder outputs too). Refuses flags that do not go together, before anything is read."""
     method = flags.method.lower()
     if method == "splitquant" or flags.splitquant_branches:
-        return _split_request(flags)
-    if flags.format.lower() != GGUF:
-        return _folder_request(flags)
-    return _gguf_request(flags)
+        request = _split_request(flags)
+    elif flags.format.lower() != GGUF:
+        request = _folder_request(flags)
+    else:
+        request = _gguf_request(flags)
+    return _with_publish(request, flags)
+
+
+def _with_publish(request: ConvertRequest, flags: ConvertFlags) -> ConvertRequest:
+    """--publish REPO (with --publish-private/--public) becomes the request's publish stage; the recipe's
+    publish section fills what the flags leave out (pipeline/publish_stage.check_publish)."""
+    from dataclasses import replace
+
+    from .publish_stage import PublishRequest
+
+    if flags.publish is None:
+        if flags.publish_private is not None and not request.recipe.publish.on_convert:
+            raise InputError("--publish-private/--publish-public set the visibility of the repo --publish creates.",
+                             hint="Add --publish you/model-GGUF, or drop the flag.")
+        return request if flags.publish_private is None else replace(
+            request, publish=PublishRequest(private=flags.publish_private))
+    return replace(request, publish=PublishRequest(repo=flags.publish, private=flags.publish_private))
 
 
 def _split_request(flags: ConvertFlags) -> ConvertRequest:

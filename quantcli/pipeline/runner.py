@@ -14,6 +14,7 @@ every stage that has a key:
 | verify | per output: structure, or full (error against the source) | `verify_key` (GGUF) |
 | verify_model | per output, when the recipe sets verify.max_kld or verify.max_ppl_ratio | `verify_model_key` |
 | record | once: the run manifest, every output with its sha256s, stages, timings and figures | none |
+| publish | once, when asked (`--publish`, a recipe's `publish.on_convert`) and every stage before passed: every output of the manifest to one hub repo (publish_stage.py) | none |
 
 `StageRecord`s say what each stage did (ran, hit, written, skipped), for which output, in how many seconds; the
 manifest keeps them. The stages' bodies live beside the runner: GGUF outputs in convert.py, integer folders in
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from .convert_split import SplitJob
     from .outputs import OutputLayout
 
-STAGES = ("download", "calibrate", "pack", "verify", "verify_model", "record")
+STAGES = ("download", "calibrate", "pack", "verify", "verify_model", "record", "publish")
 
 
 @dataclass
@@ -148,6 +149,11 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
         raise InputError(f"recipe {recipe.name!r} has no outputs.", hint="List at least one output in the recipe.")
     if request.method is not None:
         check_method(request)
+    from .publish_stage import check_publish, publish_outputs
+
+    publishing = check_publish(request)     # the repo id, offline mode, a token: refused before any work
+    if publishing is not None and not request.manifest:
+        request = run.request = replace(request, manifest=True)    # publishing reads the run manifest
     started = time.perf_counter()
 
     with run.stage("download"):
@@ -185,7 +191,9 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
     if request.dry_run:
         result.stages = run.stages
         return result
-    _run_locked(run, result, layout, gguf, jobs, ckpt, snapshot, started)
+    _run_locked(run, result, layout, gguf, jobs, ckpt, snapshot, started)    # raises when a stage failed
+    if publishing is not None:
+        publish_outputs(run, result, publishing)
     return result
 
 

@@ -27,6 +27,7 @@ DEFAULT_FILE = "{model}-{type}.gguf"
 FILE_FIELDS = ("model", "type", "recipe")
 GGUF_FORMAT = "gguf"
 FOLDER_FIELDS = ("model", "scheme", "method", "recipe")
+PUBLISH_FIELDS = ("model", "recipe")     # publish.repo: me/{model}-GGUF
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,12 @@ class VerifySpec:
 
 @dataclass(frozen=True)
 class PublishSpec:
-    repo: str | None = None
+    repo: str | None = None                # org/name, or a template with {model} and {recipe}
     private: bool = False
     max_shard_size: str | None = None      # e.g. "2G": larger files are split gguf-split style
+    on_convert: bool = False               # convert publishes the run's outputs as its last stage
+    base_model: str | None = None          # the card's base_model (default: the source's hub id)
+    quantized_by: str | None = None        # the card's quantized_by (default: the repo's namespace)
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,21 @@ def _section(ctx: YamlContext, node: yaml.Node, cls: type, what: str) -> Any:
     return cls(**kw)
 
 
+def _publish(ctx: YamlContext, node: yaml.Node) -> PublishSpec:
+    """The publish section; its repo may be a template over PUBLISH_FIELDS, expanded when a run publishes."""
+    spec = _section(ctx, node, PublishSpec, "publish")
+    if spec.repo is not None:
+        problem = template_problem(spec.repo, PUBLISH_FIELDS)
+        if problem is not None:
+            rnode = mapping(ctx, node, "publish")["repo"][1]
+            raise ctx.fail(rnode, f"publish.repo {spec.repo!r} {problem}.",
+                           hint=f"Write org/name; available: {', '.join('{%s}' % f for f in PUBLISH_FIELDS)}.")
+    if spec.on_convert and not spec.repo:
+        raise ctx.fail(node, "publish.on_convert needs publish.repo: convert has no repo to publish to.",
+                       hint="Add repo: you/{model}-GGUF, or drop on_convert.")
+    return spec
+
+
 def _check_threshold(ctx: YamlContext, node: yaml.Node, key: str, value: float, *, non_negative: bool) -> None:
     """A threshold must be a real number (a NaN compares false with everything and would disable the check)."""
     if not math.isfinite(value):
@@ -379,7 +398,7 @@ def parse_recipe(text: str, source: str = "<string>", default_name: str = "recip
     name = scalar(ctx, items["name"][1], "name", str) if "name" in items else default_name
     desc = scalar(ctx, items["description"][1], "description", str) if "description" in items else ""
     verify = _verify(ctx, items["verify"][1]) if "verify" in items else VerifySpec()
-    publish = _section(ctx, items["publish"][1], PublishSpec, "publish") if "publish" in items else PublishSpec()
+    publish = _publish(ctx, items["publish"][1]) if "publish" in items else PublishSpec()
     calibrate = _calibrate(ctx, items["calibrate"][1]) if "calibrate" in items else None
     return Recipe(name, desc, outputs, verify, publish, source, calibrate, folders)
 
@@ -449,7 +468,11 @@ def recipe_json_schema() -> dict[str, Any]:
                 "ctx": {"type": "integer", "minimum": 4, "description": "Tokens per chunk; default 512."},
                 "chunks": {"type": "integer", "minimum": 1, "description": "First n chunks; default: all."}}},
             "publish": {"type": "object", "additionalProperties": False, "properties": {
-                "repo": {"type": "string"}, "private": {"type": "boolean"}, "max_shard_size": {"type": "string"}}},
+                "repo": {"type": "string", "description": "org/name, or a template with {model} and {recipe}."},
+                "private": {"type": "boolean"}, "max_shard_size": {"type": "string"},
+                "on_convert": {"type": "boolean", "default": False,
+                               "description": "convert publishes the outputs as its last stage."},
+                "base_model": {"type": "string"}, "quantized_by": {"type": "string"}}},
             "calibrate": {"type": "object", "additionalProperties": False, "properties": {
                 "data": {"type": "string", "description": "Text file, folder, JSONL/parquet, or hub dataset id; "
                                                           "default: the built-in text."},

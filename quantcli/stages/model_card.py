@@ -31,6 +31,7 @@ class CardFile:
     sha256: str | None = None
     verify: dict | None = None              # the manifest's verify summary: ok, min_snr_db, max_rmse
     verify_level: str | None = None
+    quality: dict | None = None             # the manifest's model_verify figures (PPL, KLD), when computed
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def render_card(info: CardInfo) -> str:
                      f"{_figure(v.get('min_snr_db'), '.1f')} | {_figure(v.get('max_rmse'), '.3g')} | {ok} |")
     lines += ["", "SNR and RMSE compare each tensor with the source weights after the same transform (verify level "
               "`full`); the table shows the worst tensor of each file.", ""]
+    lines += quality_table([(f.name, f.quality) for f in info.files])
     lines += _how_to_run(info)
     lines += ["## Provenance", ""]
     if info.base_model:
@@ -141,6 +143,9 @@ def _how_to_run(info: CardInfo) -> list[str]:
         lines += ["Split files are loaded by giving llama.cpp the first part (`-00001-of-`); it finds the others "
                   "beside it.", ""]
     lines += ["### Ollama", "", "```sh", f"ollama run hf.co/{info.repo_id}:{first.type}", "```", ""]
+    lines += ["### LM Studio", "",
+              f"Search for `{info.repo_id}` in LM Studio's model search and pick a file, or from a terminal:", "",
+              "```sh", f"lms get {info.repo_id}", "```", ""]
     if len(info.files) > 1:
         lines += ["Replace the tag with another type from the table (" + ", ".join(f.type for f in info.files) + ").", ""]
     return lines
@@ -286,3 +291,201 @@ def _how_to_load(repo_id: str, loader: FolderLoader) -> list[str]:
             'inputs = tokenizer("Why is the sky blue?", return_tensors="pt")',
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))",
             "```", "", "### vLLM", "", "```sh", vllm, "```", "", note, ""]
+
+
+# ---- quality figures (the manifest's model_verify) -----------------------------------------------------------
+
+def quality_table(rows: list[tuple[str, dict | None]]) -> list[str]:
+    """The PPL/KLD figures convert computed for its outputs (a recipe's verify.max_kld / max_ppl_ratio), one row
+    per output that has them; embedding models get their cosine similarity instead. Nothing when none has."""
+    scored = [(name, q) for name, q in rows if q and (q.get("ppl") is not None or q.get("cos_mean") is not None)]
+    if not scored:
+        return []
+    q0 = scored[0][1]
+    lines = ["## Quality", "",
+             f"quantcli scored each output and its source in its float32 engine on `{q0.get('data')}` "
+             f"({q0.get('n_chunks')} chunks of {q0.get('ctx')} tokens) before uploading:", ""]
+    if any(q.get("ppl") is not None for _, q in scored):
+        lines += ["| Output | PPL (source) | PPL | KLD mean | KLD 99% | same top-1 |", "|---|---:|---:|---:|---:|---:|"]
+        for name, q in scored:
+            top1 = None if q.get("same_top1") is None else 100 * q["same_top1"]
+            lines.append(f"| {name} | {_figure(q.get('ppl_source'), '.4f')} | {_figure(q.get('ppl'), '.4f')} | "
+                         f"{_figure(q.get('kld_mean'), '.5f')} | {_figure(q.get('kld_p99'), '.5f')} | "
+                         f"{_figure(top1, '.2f')} % |")
+    else:
+        lines += ["| Output | cosine mean | cosine min |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_figure(q.get('cos_mean'), '.6f')} | {_figure(q.get('cos_min'), '.6f')} |"
+                  for name, q in scored]
+    lines += ["", "KLD is the mean KL divergence of the output's next-token distribution from the source's; lower "
+              "is closer to the source.", ""]
+    return lines
+
+
+# ---- the card of a run with folder outputs (GGUF files and/or safetensors folders) ----------------------------
+
+@dataclass(frozen=True)
+class RunCardFolder:
+    """One folder output of a published run."""
+
+    prefix: str                             # "" (the repo's root) or "<folder>/"
+    format: str                             # the manifest's: compressed-tensors, bnb-nf4, gptq, awq, dense, splitquant-branches
+    type: str                               # W4A16, NF4, splitquant, ...
+    method: str | None
+    size: int
+    scheme: dict | None                     # the folder reader's scheme (None: no quantization_config)
+    quality: dict | None
+    files: tuple[CardFile, ...]             # its weight files, with sha256
+
+
+@dataclass(frozen=True)
+class RunCardInfo:
+    repo_id: str
+    quantized_by: str
+    ggufs: list[CardFile]
+    folders: list[RunCardFolder]
+    base_model: str | None = None
+    source_commit: str | None = None
+    arch: str | None = None
+    recipe: str | None = None
+    quantcli_version: str | None = None
+
+
+@dataclass(frozen=True)
+class RunLoader:
+    """How a card tells users to load one folder format."""
+
+    label: str
+    tag: str                                # the hub tag of the format
+    packages: str                           # pip packages for transformers ("" : none beyond transformers)
+    vllm_flags: str | None                  # None: vLLM does not load it
+    note: str
+
+
+# the manifest's folder format -> how it is loaded (the formats quantcli writes, docs/int-formats.md)
+RUN_LOADERS: dict[str, RunLoader] = {
+    "compressed-tensors": RunLoader("compressed-tensors", "compressed-tensors", "transformers compressed-tensors", "",
+                                    "transformers decompresses it on load with the compressed-tensors package; vLLM "
+                                    "runs it with its compressed-tensors kernels."),
+    "gptq": RunLoader("GPTQ", "gptq", "transformers optimum gptqmodel", "",
+                      "transformers loads GPTQ through optimum and gptqmodel; vLLM reads its quantization_config."),
+    "awq": RunLoader("AWQ (GEMM)", "awq", "transformers optimum gptqmodel", "",
+                     "vLLM serves AWQ folders directly; transformers loads them through gptqmodel."),
+    "bnb-nf4": RunLoader("bitsandbytes NF4", "bitsandbytes", "transformers accelerate bitsandbytes",
+                         " --quantization bitsandbytes",
+                         "transformers loads it with bitsandbytes (a CUDA build on GPUs; quantcli's tests load it on a CPU)."),
+    "dense": RunLoader("SplitQuantV2, dense", "splitquant", "transformers", "",
+                       "A plain model: the weights are SplitQuantV2's dequantized sum in the source dtype, with no "
+                       "quantization_config, so every loader reads it as an ordinary checkpoint (no memory saving). "
+                       "The three-branch SplitQuantV2 form runs only in quantcli's engine."),
+    "splitquant-branches": RunLoader("SplitQuantV2, three INT4 branches", "splitquant", "", None,
+                                     "No stock loader runs three branches per layer: this form runs only in "
+                                     "quantcli's engine (docs/splitquant.md)."),
+}
+
+
+def run_loader(fmt: str) -> RunLoader:
+    return RUN_LOADERS.get(fmt, RunLoader(fmt, fmt, "transformers", "", "quantization_config in config.json says how."))
+
+
+def run_front_matter(info: RunCardInfo) -> str:
+    from huggingface_hub import ModelCardData
+
+    tags = ["quantized", "quantcli"]
+    if info.ggufs:
+        tags += ["gguf", "llama.cpp"]
+    tags += [run_loader(f.format).tag for f in info.folders]
+    bits = {f"{f.scheme.get('num_bits')}-bit" for f in info.folders if f.scheme and f.scheme.get("num_bits")}
+    tags += sorted(bits)
+    data = ModelCardData(base_model=info.base_model, base_model_relation="quantized" if info.base_model else None,
+                         tags=list(dict.fromkeys(tags)), library_name="gguf" if info.ggufs else "transformers",
+                         pipeline_tag="feature-extraction" if info.arch in EMBEDDING_ARCHS else "text-generation",
+                         quantized_by=info.quantized_by)
+    return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def _folder_label(f: RunCardFolder) -> str:
+    return f"`{f.prefix}`" if f.prefix else "the repo's root"
+
+
+def render_run_card(info: RunCardInfo) -> str:
+    """The README.md of a run's outputs: where each one is in the repo, how to load it, its figures."""
+    title = info.repo_id.split("/")[-1]
+    src = f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "the source model"
+    made = f"[quantcli]({QUANTCLI_URL})" + (f" {info.quantcli_version}" if info.quantcli_version else "")
+    n = len(info.ggufs) + len(info.folders)
+    lines = [run_front_matter(info), f"# {title}", "",
+             f"Quantized versions of {src}, made with {made} in one run"
+             + (f" (recipe `{info.recipe}`)" if info.recipe else "") + f": {n} output{'s' if n != 1 else ''}.", ""]
+    if info.ggufs and info.folders or len(info.folders) > 1:
+        lines += ["The GGUF files sit at the root of the repo, where llama.cpp, Ollama and LM Studio look for them; "
+                  "each safetensors folder has a subfolder of its own with its config.json, weights and tokenizer, "
+                  "so no two outputs share a path.", ""]
+    lines += ["## Outputs", "", "| Path in repo | Format | Type | Size | Load with |", "|---|---|---|---|---|"]
+    for g in info.ggufs:
+        name = g.parts[0] if g.parts else g.name
+        lines.append(f"| [{name}](https://huggingface.co/{info.repo_id}/blob/main/{name}) | GGUF | {g.type} | "
+                     f"{_size(g.size)} | llama.cpp, Ollama, LM Studio |")
+    for f in info.folders:
+        loader = run_loader(f.format)
+        users = "quantcli's engine only" if loader.vllm_flags is None else \
+            ("transformers, vLLM" if not loader.packages.replace("transformers", "").strip()
+             else f"transformers ({loader.packages.replace('transformers', '').strip()}), vLLM")
+        lines.append(f"| {f.prefix or '/'} | {loader.label} | {f.type} | {_size(f.size)} | {users} |")
+    lines.append("")
+    lines += quality_table([(g.name, g.quality) for g in info.ggufs]
+                           + [(f.prefix or "/", f.quality) for f in info.folders])
+    lines += ["## Load it", ""]
+    if info.ggufs:
+        gguf = CardInfo(repo_id=info.repo_id, quantized_by=info.quantized_by, files=info.ggufs)
+        lines += ["### GGUF files", ""] + [ln.replace("### ", "#### ") for ln in _how_to_run(gguf)[2:]]
+    for f in info.folders:
+        lines += _load_folder(info.repo_id, f)
+    lines += ["## Provenance", ""]
+    if info.base_model:
+        lines.append(f"- Source: `{info.base_model}`" + (f", commit `{info.source_commit}`" if info.source_commit else ""))
+    if info.recipe:
+        lines.append(f"- Recipe: `{info.recipe}`")
+    if info.quantcli_version:
+        lines.append(f"- quantcli {info.quantcli_version}")
+    lines += ["", "| File | sha256 |", "|---|---|"]
+    for g in info.ggufs:
+        label = g.name + (f" (before splitting into {len(g.parts)} parts)" if g.parts else "")
+        lines.append(f"| {label} | {'`' + g.sha256 + '`' if g.sha256 else '-'} |")
+    for f in info.folders:
+        lines += [f"| {f.prefix}{c.name} | {'`' + c.sha256 + '`' if c.sha256 else '-'} |" for c in f.files]
+    return "\n".join(lines) + "\n"
+
+
+def _load_folder(repo_id: str, f: RunCardFolder) -> list[str]:
+    """How to load one folder output, from its place in the repo."""
+    loader = run_loader(f.format)
+    s = f.scheme or {}
+    head = f"### {loader.label} ({f.type}) in {_folder_label(f)}"
+    details = []
+    if s.get("num_bits"):
+        group = "per output channel" if s.get("group_size") is None else str(s.get("group_size"))
+        details.append(f"{s.get('num_bits')}-bit weights, group size {group}, "
+                       + ("symmetric" if s.get("symmetric") else "asymmetric (zero points)")
+                       + (f", method {METHODS.get(f.method or '', f.method)}" if f.method else "") + ".")
+    lines = [head, "", *details, *([""] if details else []), loader.note, ""]
+    if loader.vllm_flags is None:
+        lines += ["```python", "from pathlib import Path", "from huggingface_hub import snapshot_download",
+                  "from quantcli.engine import Engine", "from quantcli.engine.split_weights import open_folder", "",
+                  f'folder = Path(snapshot_download("{repo_id}"' + (f', allow_patterns="{f.prefix}*"' if f.prefix else "")
+                  + "))" + (f' / "{f.prefix.rstrip("/")}"' if f.prefix else ""),
+                  "engine = Engine(open_folder(folder))", "```", ""]
+        return lines
+    sub = f', subfolder="{f.prefix.rstrip("/")}"' if f.prefix else ""
+    if loader.packages:
+        lines += ["```sh", f"pip install {loader.packages}", "```", ""]
+    lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{sub})',
+              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{sub})', "```", ""]
+    if f.prefix:
+        local = f.prefix.rstrip("/")
+        lines += ["vLLM serves a folder, not a subfolder of a repo: download it first.", "",
+                  "```sh", f"hf download {repo_id} --include '{f.prefix}*' --local-dir .",
+                  f"vllm serve ./{local}{loader.vllm_flags}", "```", ""]
+    else:
+        lines += ["```sh", f"vllm serve {repo_id}{loader.vllm_flags}", "```", ""]
+    return lines

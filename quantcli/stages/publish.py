@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from ..errors import InputError, OutputError
 from ..io.gguf_split import SHARD_PATTERN, parse_size, plan_shards, shard_name, split_gguf
-from .model_card import CardFile, CardInfo, FolderCardInfo, render_card, render_folder_card, scheme_name
+from .model_card import (CardFile, CardInfo, FolderCardInfo, RunCardFolder, RunCardInfo, render_card,
+                         render_folder_card, render_run_card, scheme_name)
 from .verify_model import VERIFY_RECORD
 
 HUB_FILE_LIMIT = parse_size("50G")       # the hub refuses single files above this
@@ -47,11 +48,30 @@ class ModelFile:
     verify: dict | None = None
     verify_level: str | None = None
     manifest: dict | None = None           # the whole manifest it is listed in
+    quality: dict | None = None            # the manifest's model_verify figures (PPL, KLD), when they were computed
     shards: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+
+@dataclass
+class FolderUpload:
+    """One folder output of a run (its manifest entry) and where its files go in the repo."""
+
+    path: Path
+    prefix: str                            # "" (the repo's root) or "<folder name>/"
+    format: str                            # the manifest's format: compressed-tensors, bnb-nf4, gptq, awq, dense, ...
+    type: str                              # W4A16, NF4, splitquant, ...
+    method: str | None
+    files: list[tuple[str, int, str | None]]   # (path relative to the folder, bytes, sha256 from the manifest)
+    quality: dict | None = None            # the manifest's model_verify figures
+    scheme: dict | None = None             # the folder reader's scheme, when it has a quantization_config
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n, _ in self.files)
 
 
 @dataclass
@@ -64,6 +84,7 @@ class PublishPlan:
     commit_message: str
     folder: Path
     kind: str = "gguf"                     # or "folder": a quantized safetensors folder, every file uploaded
+    outputs: list[FolderUpload] = field(default_factory=list)   # folder outputs of a run, each under its prefix
 
     def uploads(self) -> list[tuple[str, int]]:
         """(path in repo, bytes) of everything the commit adds, the card last."""
@@ -74,6 +95,8 @@ class PublishPlan:
                 out.extend(zip(f.shards, per))
             else:
                 out.append((f.name, f.size))
+        for up in self.outputs:
+            out.extend((up.prefix + name, size) for name, size, _ in up.files)
         out.append((CARD_NAME, len(self.card.encode("utf-8"))))
         return out
 
@@ -82,6 +105,8 @@ class PublishPlan:
                 "commit_message": self.commit_message,
                 "files": [{"file": f.name, "type": f.type, "bytes": f.size, "bits_per_weight": round(f.bits_per_weight, 4),
                            "sha256": f.sha256, "verify": f.verify, "shards": f.shards} for f in self.files],
+                "folders": [{"folder": str(up.path), "path_in_repo": up.prefix or "/", "format": up.format,
+                             "type": up.type} for up in self.outputs],
                 "uploads": [{"path_in_repo": p, "bytes": n} for p, n in self.uploads()],
                 "card": self.card}
 
@@ -121,8 +146,9 @@ def _manifest_entries(folder: Path) -> dict[Path, tuple[dict, dict]]:
 def _settings(manifests: list[dict], recipe: Any | None) -> dict[str, Any]:
     """The publish section to fall back on: --recipe's, else the one recorded in the folder's manifests."""
     if recipe is not None:
-        p = recipe.publish
-        return {"repo": p.repo, "private": p.private, "max_shard_size": p.max_shard_size}
+        from dataclasses import asdict
+
+        return asdict(recipe.publish)
     for m in manifests:
         section = (m.get("recipe") or {}).get("publish")
         if isinstance(section, dict):
@@ -133,71 +159,203 @@ def _settings(manifests: list[dict], recipe: Any | None) -> dict[str, Any]:
 def plan_publish(folder: Path, repo_id: str | None = None, *, private: bool | None = None,
                  max_shard_size: str | None = None, base_model: str | None = None, quantized_by: str | None = None,
                  recipe: Any | None = None, commit_message: str | None = None, warn: Warn | None = None) -> PublishPlan:
-    """Everything the upload will do, computed from the folder without network access or writing anything."""
-    from .. import __version__
-    from .download import HubRef, repo_id_problem
-
+    """Everything the upload will do, computed from the folder without network access or writing anything: its
+    GGUF files, and the folder outputs its run manifests list (each under a subfolder of its own)."""
     warn = warn or (lambda message: None)
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder.", hint="Give the output folder of quantcli convert/quantize.")
-    if (folder / "config.json").is_file() and not any(folder.glob("*.gguf")):
+    entries = _manifest_entries(folder)
+    outputs = [(path, entry, manifest) for path, (entry, manifest) in entries.items()
+               if entry.get("kind") == "folder" and path.is_dir()]
+    if (folder / "config.json").is_file() and not any(folder.glob("*.gguf")) and not outputs:
         return plan_folder_publish(folder, repo_id, private=private, base_model=base_model, quantized_by=quantized_by,
                                    recipe=recipe, commit_message=commit_message)
     ggufs = sorted(p for p in folder.glob("*.gguf") if not p.name.startswith(".") and p.is_file())
-    if not ggufs:
+    if not ggufs and not outputs:
         raise InputError(f"{folder} has no .gguf files to publish.",
                          hint="Convert into it first: quantcli convert MODEL --recipe release -o " + str(folder))
-    entries = _manifest_entries(folder)
     manifests = list({id(m): m for _, m in entries.values()}.values())
     settings = _settings(manifests, recipe)
-    repo_id = repo_id or settings.get("repo")
-    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id or repo_id_problem(repo_id):
-        why = f" ({repo_id_problem(repo_id)})" if repo_id and repo_id_problem(repo_id) else ""
-        raise InputError(f"{repo_id!r} is not a repo id to publish to{why}." if repo_id else "no repo to publish to.",
-                         hint="Pass --repo you/model-GGUF (or set publish.repo in the recipe).")
+    names = _template_names(manifests)
+    repo = publish_repo_id(repo_id, settings, "GGUF", **names)
+    gguf_entries = [(path, *entries.get(path.resolve(), (None, None))) for path in ggufs]
+    return _assemble(folder, repo, gguf_entries, sorted(outputs, key=lambda o: str(o[0])), settings,
+                     private=private, max_shard_size=max_shard_size, base_model=base_model,
+                     quantized_by=quantized_by, commit_message=commit_message, warn=warn)
+
+
+def plan_run_publish(manifest_path: Path, repo_id: str, *, private: bool | None = None,
+                     max_shard_size: str | None = None, base_model: str | None = None,
+                     quantized_by: str | None = None, commit_message: str | None = None,
+                     warn: Warn | None = None) -> PublishPlan:
+    """The publish stage of one run (pipeline/publish_stage.py): every output its manifest lists, GGUF files and
+    folders, to `repo_id` (already expanded and checked)."""
+    from ..io.files import load_json
+
+    manifest = load_json(Path(manifest_path), "run manifest")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), list):
+        raise InputError(f"{manifest_path} is not a run manifest.", hint="Run quantcli convert again to rewrite it.")
+    base = Path(manifest_path).parent
+    ggufs, outputs = [], []
+    for entry in manifest["outputs"]:
+        path = (base / entry["file"]).resolve()
+        if entry.get("kind") == "folder":
+            outputs.append((path, entry, manifest))
+        else:
+            ggufs.append((path, entry, manifest))
+    settings = _settings([manifest], None)
+    return _assemble(base, publish_repo_id(repo_id, {}, "GGUF"), ggufs, outputs, settings, private=private,
+                     max_shard_size=max_shard_size, base_model=base_model, quantized_by=quantized_by,
+                     commit_message=commit_message, warn=warn or (lambda message: None))
+
+
+def _assemble(folder: Path, repo_id: str, ggufs: list[tuple[Path, dict | None, dict | None]],
+              outputs: list[tuple[Path, dict, dict]], settings: dict[str, Any], *, private: bool | None,
+              max_shard_size: str | None, base_model: str | None, quantized_by: str | None,
+              commit_message: str | None, warn: Warn) -> PublishPlan:
+    """The plan for GGUF files (at the repo's root, split when too large) and folder outputs (each under its own
+    subfolder; a run whose only output is one folder puts it at the root, where loaders look for config.json)."""
+    from .. import __version__
+
     limit = parse_size(max_shard_size or settings.get("max_shard_size") or "50G")
     limit = min(limit, HUB_FILE_LIMIT)
-    files: list[ModelFile] = []
-    for path in ggufs:
-        if SHARD_PATTERN.match(path.name):
-            warn(f"{path.name} is already a shard; publishing it as is.")
-        mix, arch, size, bpw, sizes = _describe(path)
-        entry, manifest = entries.get(path.resolve(), (None, None))
-        f = ModelFile(path, mix, arch, size, bpw, sizes)
-        if entry is None:
-            warn(f"{path.name} has no run manifest beside it: its card row will have no verify figures.")
-        else:
-            f.type = str(entry.get("type") or mix)
-            f.sha256 = entry.get("sha256")
-            f.verify = entry.get("verify_summary")
-            f.verify_level = entry.get("verify_level")
-            f.manifest = manifest
-            if entry.get("bytes") not in (None, size):
-                raise InputError(f"{path.name} has {size} bytes but its manifest says {entry.get('bytes')}.",
-                                 hint="It changed after it was made; re-create it with quantcli convert.")
-            if isinstance(f.verify, dict) and f.verify.get("ok") is False:
-                raise InputError(f"{path.name} failed verification when it was made; it will not be published.",
-                                 hint="Fix the recipe's thresholds or the model, re-run convert, or remove the file.")
-        if len(plan_shards(sizes, limit)) > 1:
-            count = len(plan_shards(sizes, limit))
-            f.shards = [shard_name(path.name.removesuffix(".gguf"), i, count) for i in range(count)]
-        files.append(f)
-    card = render_card(_card_info(repo_id, files, base_model, quantized_by, __version__))
-    types = ", ".join(f.type for f in files)
-    message = commit_message or f"Upload {len(files)} GGUF file{'s' if len(files) != 1 else ''} ({types}) with quantcli {__version__}"
+    files = [_gguf_file(path, entry, manifest, limit, warn) for path, entry, manifest in ggufs]
+    root = not files and len(outputs) == 1
+    uploads = [_folder_upload(path, entry, "" if root else path.name + "/") for path, entry, _ in outputs]
+    _refuse_shared_paths(files, uploads)
+    base = base_model or settings.get("base_model")
+    by = quantized_by or settings.get("quantized_by")
+    if uploads:
+        card = render_run_card(_run_card_info(repo_id, files, uploads, [m for _, _, m in outputs], base, by,
+                                              __version__))
+    else:
+        card = render_card(_card_info(repo_id, files, base, by, __version__))
+    kinds = [f.type for f in files] + [f"{up.type} {up.format}" for up in uploads]
+    count = len(files) + len(uploads)
+    what = "GGUF file" if not uploads else "output"
+    message = (commit_message or settings.get("message")
+               or f"Upload {count} {what}{'s' if count != 1 else ''} ({', '.join(kinds)}) with quantcli {__version__}")
     is_private = private if private is not None else bool(settings.get("private", False))
-    return PublishPlan(repo_id, is_private, limit, files, card, message, folder)
+    return PublishPlan(repo_id, is_private, limit, files, card, message, folder, outputs=uploads)
 
 
-def _repo_id(repo_id: str | None, settings: dict[str, Any], suffix: str) -> str:
+def _gguf_file(path: Path, entry: dict | None, manifest: dict | None, limit: int, warn: Warn) -> ModelFile:
+    """One GGUF with what its manifest entry says, refused when it failed a check or changed since."""
+    if not path.is_file():
+        raise InputError(f"{path} is listed in its run manifest but is not there.",
+                         hint="Re-create it with quantcli convert, then publish again.")
+    if SHARD_PATTERN.match(path.name):
+        warn(f"{path.name} is already a shard; publishing it as is.")
+    mix, arch, size, bpw, sizes = _describe(path)
+    f = ModelFile(path, mix, arch, size, bpw, sizes)
+    if entry is None:
+        warn(f"{path.name} has no run manifest beside it: its card row will have no verify figures.")
+    else:
+        f.type = str(entry.get("type") or mix)
+        f.sha256 = entry.get("sha256")
+        f.verify = entry.get("verify_summary")
+        f.verify_level = entry.get("verify_level")
+        f.quality = entry.get("model_verify")
+        f.manifest = manifest
+        if entry.get("bytes") not in (None, size):
+            raise InputError(f"{path.name} has {size} bytes but its manifest says {entry.get('bytes')}.",
+                             hint="It changed after it was made; re-create it with quantcli convert.")
+        _refuse_failed(path.name, entry)
+    count = len(plan_shards(sizes, limit))
+    if count > 1:
+        f.shards = [shard_name(path.name.removesuffix(".gguf"), i, count) for i in range(count)]
+    return f
+
+
+def _refuse_failed(name: str, entry: dict) -> None:
+    """An output whose verify or model-level verify failed when it was made is never published."""
+    summary, quality = entry.get("verify_summary"), entry.get("model_verify")
+    if isinstance(summary, dict) and summary.get("ok") is False:
+        raise InputError(f"{name} failed verification when it was made; it will not be published.",
+                         hint="Fix the recipe's thresholds or the model, re-run convert, or remove the file.")
+    if isinstance(quality, dict) and quality.get("ok") is False:
+        raise InputError(f"{name} missed its verify thresholds ({quality.get('failure')}); it will not be published.",
+                         hint="Re-quantize, or relax the recipe's verify.max_kld / max_ppl_ratio and re-run convert.")
+
+
+def _folder_upload(path: Path, entry: dict, prefix: str) -> FolderUpload:
+    """A folder output as its manifest lists it: every file with its sha256, checked against the disk now (sizes)
+    and again at upload (sha256). quantcli's verify record stays local; the folder's own README.md gives way to
+    the repo's card at the root."""
+    from ..io.checkpoint import Checkpoint
+    from ..io.quantized_folder import open_folder_reader
+
+    if not path.is_dir():
+        raise InputError(f"{path} is listed in its run manifest but is not there.",
+                         hint="Re-create it with quantcli convert, then publish again.")
+    _refuse_failed(path.name + "/", entry)
+    listed = entry.get("files")
+    if not isinstance(listed, dict) or not listed:
+        raise InputError(f"the manifest entry of {path} lists no files.", hint="Re-create it with quantcli convert.")
+    on_disk = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+    if set(listed) != on_disk:
+        diff = sorted(set(listed) ^ on_disk)[0]
+        raise InputError(f"{path} changed since it was made ({diff} was added or removed).",
+                         hint="Re-create it with quantcli convert, then publish again.")
+    files = [(name, (path / name).stat().st_size, sha) for name, sha in sorted(listed.items())
+             if name != VERIFY_RECORD and not (prefix == "" and name == CARD_NAME)]
+    scheme = None
+    try:
+        reader = open_folder_reader(Checkpoint.open(path))
+        scheme = reader.scheme if reader is not None else None
+    except InputError:
+        scheme = None            # the three-branch SplitQuantV2 form: no loader reads it, the card says so
+    return FolderUpload(path, prefix, str(entry.get("format") or "?"), str(entry.get("type") or "?"),
+                        entry.get("method"), files, entry.get("model_verify"), scheme)
+
+
+def _refuse_shared_paths(files: list[ModelFile], uploads: list[FolderUpload]) -> None:
+    """No two outputs may write the same path in the repo (nor the card's)."""
+    taken: dict[str, str] = {CARD_NAME: "the model card"}
+    for f in files:
+        for name in f.shards or [f.name]:
+            if name in taken:
+                raise InputError(f"{f.name} and {taken[name]} would both be {name} in the repo.",
+                                 hint="Rename one of the outputs (its recipe `file:`), then publish again.")
+            taken[name] = f.name
+    for up in uploads:
+        top = up.prefix.rstrip("/")
+        if top and top in taken:
+            raise InputError(f"the folder {up.path} and {taken[top]} would both be {top} in the repo.",
+                             hint="Give the folder output another `dir:` name, then publish again.")
+        if top:
+            taken[top] = str(up.path)
+
+
+def _template_names(manifests: list[dict]) -> dict[str, str]:
+    """{model} and {recipe} of a repo template, from the (newest) manifest of the folder."""
+    for m in reversed(manifests):
+        src = m.get("source") or {}
+        model = (src.get("repo_id") or "").split("/")[-1] or Path(str(src.get("path") or "")).name
+        return {"model": model, "recipe": str((m.get("recipe") or {}).get("name") or "")}
+    return {}
+
+
+def expand_repo_id(template: str, *, model: str, recipe: str) -> str:
+    """A publish.repo template ({model}, {recipe}; recipe/schema.py checks its fields) with the run's names."""
+    return template.replace("{model}", model).replace("{recipe}", recipe)
+
+
+def publish_repo_id(repo_id: str | None, settings: dict[str, Any], suffix: str, *, model: str | None = None,
+                    recipe: str | None = None, flag: str = "--repo") -> str:
+    """The repo to publish to (the command line's, else the publish section's), templates expanded, checked
+    against the hub's naming rules: no path traversal, no revision, org/name only."""
     from .download import HubRef, repo_id_problem
 
     repo_id = repo_id or settings.get("repo")
-    if not repo_id or HubRef.parse(repo_id) is None or "@" in repo_id or repo_id_problem(repo_id):
-        why = f" ({repo_id_problem(repo_id)})" if repo_id and repo_id_problem(repo_id) else ""
+    if repo_id and "{" in repo_id and model is not None:
+        repo_id = expand_repo_id(repo_id, model=model, recipe=recipe or "")
+    problem = repo_id_problem(repo_id) if repo_id else None
+    if not repo_id or problem or HubRef.parse(repo_id) is None or "@" in repo_id:
+        why = f" ({problem})" if problem else ""
         raise InputError(f"{repo_id!r} is not a repo id to publish to{why}." if repo_id else "no repo to publish to.",
-                         hint=f"Pass --repo you/model-{suffix} (or set publish.repo in the recipe).")
+                         hint=f"Pass {flag} you/model-{suffix} (or set publish.repo in the recipe).")
     return repo_id
 
 
@@ -219,7 +377,7 @@ def plan_folder_publish(folder: Path, repo_id: str | None = None, *, private: bo
                          hint="Publish the output of quantcli convert (GGUF files, or --format compressed-tensors|bnb-nf4).")
     settings = _settings([], recipe)
     name = scheme_name(reader.scheme).split()[0]
-    repo_id = _repo_id(repo_id, settings, name)
+    repo_id = publish_repo_id(repo_id, settings, name)
     paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name not in (CARD_NAME, VERIFY_RECORD) and ".partial" not in p.name)
     files = [ModelFile(p, "safetensors" if p.suffix == ".safetensors" else "file", ckpt.config.get("model_type", "?"),
@@ -253,11 +411,28 @@ def _card_info(repo_id: str, files: list[ModelFile], base_model: str | None, qua
     recipes = [(f.manifest.get("recipe") or {}).get("name") for f in files if f.manifest]
     base = base_model or next((s.get("repo_id") for s in sources if s.get("repo_id")), None)
     commit = next((s.get("commit") for s in sources if s.get("repo_id") == base and s.get("commit")), None)
-    card_files = [CardFile(f.name, f.type, f.size, f.bits_per_weight, tuple(f.shards), f.sha256, f.verify, f.verify_level)
-                  for f in files]
+    card_files = [CardFile(f.name, f.type, f.size, f.bits_per_weight, tuple(f.shards), f.sha256, f.verify, f.verify_level,
+                           f.quality) for f in files]
     return CardInfo(repo_id=repo_id, quantized_by=quantized_by or repo_id.split("/")[0], files=card_files,
                     base_model=base, source_commit=commit, arch=files[0].arch if files else None,
                     recipe=", ".join(sorted({r for r in recipes if r})) or None, quantcli_version=version)
+
+
+def _run_card_info(repo_id: str, files: list[ModelFile], uploads: list[FolderUpload], manifests: list[dict],
+                   base_model: str | None, quantized_by: str | None, version: str) -> RunCardInfo:
+    """The card of a run with folder outputs: the GGUF part as _card_info has it, plus each folder."""
+    gguf = _card_info(repo_id, files, base_model, quantized_by, version)
+    sources = [m.get("source") or {} for m in manifests]
+    base = gguf.base_model or next((s.get("repo_id") for s in sources if s.get("repo_id")), None)
+    commit = gguf.source_commit or next((s.get("commit") for s in sources if s.get("repo_id") == base), None)
+    recipes = {(m.get("recipe") or {}).get("name") for m in manifests} | ({gguf.recipe} if gguf.recipe else set())
+    folders = [RunCardFolder(up.prefix, up.format, up.type, up.method, up.size, up.scheme, up.quality,
+                             tuple(CardFile(n, "file", size, 0.0, (), sha) for n, size, sha in up.files
+                                   if n.endswith(".safetensors")))
+               for up in uploads]
+    return RunCardInfo(repo_id=repo_id, quantized_by=gguf.quantized_by, ggufs=gguf.files, folders=folders,
+                       base_model=base, source_commit=commit, arch=gguf.arch,
+                       recipe=", ".join(sorted(r for r in recipes if r)) or None, quantcli_version=version)
 
 
 @dataclass(frozen=True)
@@ -265,22 +440,33 @@ class PublishResult:
     repo_id: str
     commit_url: str | None
     uploaded: list[str]
+    commit: str | None = None              # the commit's id on the hub
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}"
+
+
+def hub_api() -> Any:
+    """The HfApi a real upload goes through, refused up front (before any conversion work) when it cannot work:
+    offline mode, or no token. Tests replace this function with a recording double."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise InputError("HF_HUB_OFFLINE is set, and publishing needs the hub.",
+                         hint="Unset HF_HUB_OFFLINE, or use --dry-run to see the plan.")
+    if not get_token():
+        raise InputError("publishing needs a Hugging Face token with write access, and none is set.",
+                         hint="Set HF_TOKEN (or run `hf auth login`); --dry-run shows the plan without one.")
+    return HfApi()
 
 
 def run_publish(plan: PublishPlan, *, api: Any | None = None, warn: Warn | None = None) -> PublishResult:
     """Split what must be split, create the repo, upload files + card in one commit; staging is removed after."""
-    from huggingface_hub import CommitOperationAdd, constants
+    from huggingface_hub import CommitOperationAdd
 
     if api is None:
-        from huggingface_hub import HfApi, get_token
-
-        if constants.HF_HUB_OFFLINE:
-            raise InputError("HF_HUB_OFFLINE is set, and publishing needs the hub.",
-                             hint="Unset HF_HUB_OFFLINE, or use --dry-run to see the plan.")
-        if not get_token():
-            raise InputError("publishing needs a Hugging Face token with write access, and none is set.",
-                             hint="Set HF_TOKEN (or run `hf auth login`); --dry-run shows the plan without one.")
-        api = HfApi()
+        api = hub_api()
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=plan.folder))
     try:
         operations = []
@@ -297,6 +483,13 @@ def run_publish(plan: PublishPlan, *, api: Any | None = None, warn: Warn | None 
                     raise InputError(f"{f.name} changed since it was made (its sha256 differs from the manifest).",
                                      hint="Re-create it with quantcli convert, then publish again.")
                 operations.append(op)
+        for up in plan.outputs:
+            for name, _, sha in up.files:
+                op = CommitOperationAdd(path_in_repo=up.prefix + name, path_or_fileobj=str(up.path / name))
+                if sha and op.upload_info.sha256.hex() != sha:
+                    raise InputError(f"{up.path / name} changed since it was made (its sha256 differs from the manifest).",
+                                     hint="Re-create the folder with quantcli convert, then publish again.")
+                operations.append(op)
         operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=plan.card.encode("utf-8")))
         try:
             api.create_repo(plan.repo_id, private=plan.private, exist_ok=True, repo_type="model")
@@ -306,19 +499,32 @@ def run_publish(plan: PublishPlan, *, api: Any | None = None, warn: Warn | None 
             if ours is None:
                 raise
             raise ours from exc
-        return PublishResult(plan.repo_id, getattr(info, "commit_url", None), [op.path_in_repo for op in operations])
+        return PublishResult(plan.repo_id, getattr(info, "commit_url", None), [op.path_in_repo for op in operations],
+                             getattr(info, "oid", None))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _hub_error(exc: Exception, repo_id: str) -> InputError | None:
-    from huggingface_hub.errors import HfHubHTTPError
+    """What the hub (or the way to it) said, as one line with the fix; None for errors that are not the hub's."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    if not isinstance(exc, HfHubHTTPError):
-        return None
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status in (401, 403):
-        return InputError(f"the hub refused to let this token write to {repo_id} (HTTP {status}).",
-                          hint="Use a token with write access to that namespace (HF_TOKEN or `hf auth login`).")
-    return InputError(f"the hub answered HTTP {status} while publishing to {repo_id}: {str(exc).splitlines()[0]}",
-                      hint="Run the same command again: files already uploaded are not sent twice.")
+    if isinstance(exc, OfflineModeIsEnabled):
+        return InputError("HF_HUB_OFFLINE is set, and publishing needs the hub.", hint="Unset HF_HUB_OFFLINE.")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if status in (401, 403):
+            return InputError(f"the hub refused to let this token write to {repo_id} (HTTP {status}).",
+                              hint="Use a token with write access to that namespace (HF_TOKEN or `hf auth login`).")
+        if status == 404:
+            return InputError(f"the hub has no repo {repo_id} this token can see (HTTP 404).",
+                              hint="Check the namespace in the repo id, and that the token may create repos in it.")
+        return InputError(f"the hub answered HTTP {status} while publishing to {repo_id}: {first}",
+                          hint="Run the same command again: files already uploaded are not sent twice.")
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, (ConnectionError, TimeoutError)) or module in ("httpx", "httpx2", "requests", "urllib3"):
+        return InputError(f"could not reach the hub while publishing to {repo_id} ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]}).",
+                          hint="Check the network (and HF_ENDPOINT), then run the same command again.")
+    return None

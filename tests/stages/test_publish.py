@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 from gguf import GGUFReader
-from huggingface_hub import HfApi
 
 from quantcli.errors import InputError
 from quantcli.io.gguf_layout import read_layout
@@ -22,6 +21,7 @@ from quantcli.pipeline.cache import file_sha256
 from quantcli.pipeline.convert import ConvertRequest, convert
 from quantcli.recipe import parse_recipe
 from quantcli.stages.publish import plan_publish, run_publish
+from tests.fixtures.hub_api import RecordingApi
 from tests.fixtures.paths import model_path
 from tests.stages.hub_fixtures import HubRepo, model_files, write_hub_cache
 
@@ -38,42 +38,6 @@ publish:
   private: true
   max_shard_size: 24M
 """
-
-
-class RecordingApi(HfApi):
-    """HfApi with its network calls replaced by recorders; everything else is the real class."""
-
-    def __init__(self, received: Path) -> None:
-        super().__init__(token="hf_recording_double")
-        self.calls: list[tuple[str, str, dict]] = []
-        self.uploaded: dict[str, dict] = {}
-        self.received = received            # what the hub would hold after the commit
-
-    def create_repo(self, repo_id: str, **kwargs: object) -> str:  # type: ignore[override]
-        self.calls.append(("create_repo", repo_id, dict(kwargs)))
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_commit(self, repo_id: str, operations, **kwargs: object):  # type: ignore[no-untyped-def, override]
-        self.calls.append(("create_commit", repo_id, dict(kwargs)))
-        for op in operations:
-            entry = {"size": op.upload_info.size, "sha256": op.upload_info.sha256.hex()}
-            src = op.path_or_fileobj
-            if isinstance(src, bytes):
-                entry["content"] = src.decode("utf-8")
-            else:
-                # The staging files only exist during the commit: keep what the hub would receive.
-                assert file_sha256(Path(src)) == entry["sha256"]
-                entry["received"] = self.received / op.path_in_repo
-                entry["received"].parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, entry["received"])
-                if op.path_in_repo.endswith(".gguf"):
-                    entry["layout"] = read_layout(entry["received"])
-            self.uploaded[op.path_in_repo] = entry
-
-        class Info:
-            commit_url = f"https://huggingface.co/{repo_id}/commit/0123abcd"
-
-        return Info()
 
 
 @pytest.fixture(scope="module")
