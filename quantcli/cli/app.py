@@ -23,7 +23,7 @@ app.command("quantize", short_help="The quantize stage alone, on a local snapsho
 app.command("inspect")(inspect.inspect)
 app.command("verify", short_help="Check a GGUF's structure, and its error against the source.")(verify.verify)
 app.command("version", short_help="Versions and the active quantization backend.")(version.version)
-app.command("publish", short_help="Upload GGUF files and a model card to the hub.")(publish.publish)
+app.command("publish", short_help="Upload GGUF files, quantized folders and a model card to the hub.")(publish.publish)
 app.command("batch", short_help="Models x recipes from a YAML file, for CI.")(batch.batch)
 app.add_typer(recipes.app, name="recipes")
 

@@ -1,5 +1,5 @@
-"""`quantcli publish FOLDER --repo me/model-GGUF`: upload the GGUF files of a folder (or a whole quantized
-safetensors folder) with a generated model card."""
+"""`quantcli publish FOLDER --repo me/model-GGUF`: upload the outputs of a folder (its GGUF files and the folder
+outputs its run manifests list, or a whole quantized safetensors folder) with a generated model card."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,11 +22,14 @@ def publish(
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="Commit message.")] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Publish GGUF files to the Hugging Face hub with a generated model card.
+    """Publish GGUF files and quantized folders to the Hugging Face hub with a generated model card.
 
     The card has the front matter the hub reads (base_model, tags gguf/quantized, quantized_by), a table of
     files with type, size, bits per weight and verify figures, and how to run them with llama.cpp and Ollama.
     Files above the shard size are split into <name>-00001-of-0000N.gguf parts that llama.cpp loads.
+    Folder outputs that the folder's run manifests list (a recipe's format: outputs) go up too, each under a
+    subfolder named after it, and the card says how to load each (convert --publish does the same at the end
+    of a run).
     A quantized safetensors folder (convert --format compressed-tensors|bnb-nf4) is uploaded whole; its card
     gives the scheme and method, how to load it with transformers and vLLM, and the PPL/KLD figures of
     `quantcli verify FOLDER --data` when that has been run.
@@ -77,6 +80,9 @@ def print_plan(plan) -> None:  # type: ignore[no-untyped-def]
         for s in f.shards:
             sources[s] = f"{f.name} ({f.type}), part of {len(f.shards)}"
         sources.setdefault(f.name, f.name if plan.kind == "folder" else f"{f.name} ({f.type}, {f.bits_per_weight:.2f} bits per weight)")
+    for up in plan.outputs:
+        for name, _, _ in up.files:
+            sources[up.prefix + name] = f"{up.path.name}/ ({up.type} {up.format})"
     for name, size in plan.uploads():
         table.add_row(name, human_bytes(size), sources.get(name, "generated model card"))
     out.print(table)

@@ -25,6 +25,10 @@ outputs:
   - format: compressed-tensors
     scheme: W4A16
     group_size: 32
+verify:
+  max_ppl_ratio: 1000
+  ctx: 32
+  chunks: 2
 publish:
   repo: me/{model}-{recipe}
   on_convert: true
@@ -191,6 +195,17 @@ def test_a_mixed_recipe_publishes_the_gguf_at_the_root_and_the_folder_under_its_
     assert {"gguf", "compressed-tensors"} <= set(front_matter(card)["tags"])
     assert f'subfolder="{folder.name}"' in card and "llama-cli -hf me/tiny-llama-mixed:Q4_0" in card
     assert f"| {folder.name}/ | compressed-tensors | W4A16 |" in card
+    # the model-level figures of both outputs, as the manifest holds them
+    manifest = json.loads(result.manifest.read_text())
+    for entry in manifest["outputs"]:
+        q = entry["model_verify"]
+        label = entry["file"] + ("/" if entry["kind"] == "folder" else "")
+        assert f"| {label} | {q['ppl_source']:.4f} | {q['ppl']:.4f} | {q['kld_mean']:.5f} |" in card
+    # `quantcli publish out/` plans the same uploads from the folder and its manifest
+    from quantcli.stages.publish import plan_publish
+
+    plan = plan_publish(out)
+    assert plan.repo_id == "me/tiny-llama-mixed" and [p for p, _ in plan.uploads()] == expected
 
 
 @pytest.mark.slow
