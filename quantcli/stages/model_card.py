@@ -1,5 +1,7 @@
 """The model card (README.md) that `quantcli publish` uploads beside the GGUF files, or with a quantized
-safetensors folder (render_folder_card: scheme, method, how to load it with transformers and vLLM, verify figures).
+safetensors folder (render_folder_card: scheme, method, how to load it with transformers and vLLM, verify figures),
+or with the outputs of a run that has folder outputs (render_run_card: where each output is in the repo, which
+loader reads it and how, PPL/KLD per output).
 
 YAML front matter the hub reads (base_model, tags gguf/quantized, quantized_by, library_name), then a table of
 files (type, size, bits per weight, verify figures), how to run them with llama.cpp and Ollama, and where

@@ -1,10 +1,13 @@
-"""The publish stage: the GGUF files of an output folder + a generated model card -> a Hugging Face model repo.
-A quantized safetensors folder (compressed-tensors, bnb-nf4) is published whole, with a card that says how to
-load it (plan_folder_publish).
+"""The publish stage: the outputs of a run (GGUF files and safetensors folders) + a generated model card -> a
+Hugging Face model repo. A quantized safetensors folder given by itself is published whole, with a card that
+says how to load it (plan_folder_publish).
 
-The plan (`plan_publish`) reads the folder: every GGUF, its run manifest (type, verify figures, source commit,
-recipe with its publish settings), and decides which files must be split (above `max_shard_size`, and always
-above the hub's 50 GB per-file limit). `run_publish` writes the shards into a hidden staging folder beside the
+The plan (`plan_publish` for a folder, `plan_run_publish` for the manifest of one run, which is what convert
+--publish uses) reads every GGUF and its manifest entry (type, verify figures, model-level figures, source commit,
+recipe with its publish settings), and every folder output its manifest lists, file by file. GGUF files go at the
+repo's root; each folder output under a subfolder named after it, except a run whose only output is one folder,
+which goes at the root where loaders look for config.json (docs/pipeline.md says why). The plan decides which
+GGUF files must be split (above `max_shard_size`, and always above the hub's 50 GB per-file limit). `run_publish` writes the shards into a hidden staging folder beside the
 outputs, then creates the repo and uploads everything in one commit with huggingface_hub (create_repo +
 create_commit, which pre-uploads large files through the hub's LFS/Xet path before committing). Nothing is
 uploaded when a file failed its verification or changed since its manifest was written.
