@@ -245,3 +245,22 @@ def test_a_hub_failure_exits_2_in_one_line_and_leaves_the_outputs(tmp_path: Path
     assert manifest["outputs"][0]["sha256"] == file_sha256(gguf)            # the output is intact
     assert manifest["publish"]["status"] == "failed" and says in manifest["publish"]["error"]
     assert not [p for p in out.iterdir() if p.name.startswith(".quantcli-publish-")]
+
+
+@pytest.mark.parametrize("fail, says", [(http_error(403), "refused to let this token write"),
+                                        (http_error(500), "answered HTTP 500"),
+                                        (None, "could not reach the hub")])
+def test_hub_failures_become_one_line_input_errors_and_others_propagate(tmp_path: Path, fail: Exception | None,
+                                                                        says: str) -> None:
+    import httpx2
+
+    from quantcli.stages.publish import PublishPlan, run_publish
+
+    plan = PublishPlan("me/x", False, 1 << 30, [], "card\n", "message", tmp_path)
+    api = RecordingApi(tmp_path / "hub-side", fail=fail or httpx2.ConnectError("[Errno -3] name resolution failed"))
+    with pytest.raises(InputError, match=says) as info:
+        run_publish(plan, api=api)
+    assert "\n" not in str(info.value) and info.value.hint
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-publish-")]
+    with pytest.raises(ValueError, match="a bug"):        # not the hub's: not disguised as one
+        run_publish(plan, api=RecordingApi(tmp_path / "hub-side", fail=ValueError("a bug")))
