@@ -203,7 +203,8 @@ class PlacedTensorWriter:
             raise ValueError(f"{self.folder}: {name!r} is {array.dtype}{array.shape}, planned {want}{e.shape}")
         fp = self._files[i][1]
         fp.seek(offset)
-        fp.write(np.ascontiguousarray(array).astype(want.newbyteorder("<"), copy=False).tobytes())
+        # the bytes SafetensorsWriter writes, through a view: no copy of the tensor in memory
+        fp.write(np.ascontiguousarray(array).astype(want.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8).data)
         self._written.add(name)
 
     def close(self) -> list[str]:
