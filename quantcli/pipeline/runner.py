@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from ..plan.gguf import Plan, TensorPlan
     from ..plan.safetensors import ModulePlan
     from ..stages.download import Snapshot
-    from .cache import StageCache
     from .convert import ConvertRequest, ConvertResult
     from .convert_int import FolderJob, IntConvertRequest
     from .convert_split import SplitJob
