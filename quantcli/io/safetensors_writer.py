@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 
@@ -153,3 +154,87 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class PlacedTensorWriter:
+    """Every shard of a planned folder open at once, each tensor written at its planned offset in any order.
+
+    The header of each shard is fixed by the plan, so a tensor's place in the file is known before any data
+    exists: the files come out byte for byte as write_tensors writes them, whatever order the tensors arrive in.
+    The shared pack pass (stages/pack_group.py) needs this because it reads the source once in the order of the
+    GGUF outputs, which is not the order of a folder's plan. Each shard goes through io.atomic like every file;
+    close() checks that every planned tensor was written, renames the shards and writes the index."""
+
+    def __init__(self, folder: Path, entries: list[TensorEntry], max_shard_bytes: int | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{folder}: duplicate tensor names in the plan")
+        self.folder, self.entries = Path(folder), entries
+        self._shards = shard(entries, max_shard_bytes)
+        self._names = shard_names(len(self._shards))
+        self._files: list[tuple[object, BinaryIO]] = []
+        self._place: dict[str, tuple[int, int, TensorEntry]] = {}
+        self._written: set[str] = set()
+        try:
+            for i, (part, fname) in enumerate(zip(self._shards, self._names)):
+                cm = atomic_file(self.folder / fname)
+                fp = cm.__enter__()
+                self._files.append((cm, fp))
+                head = header_bytes(part, metadata)
+                fp.write(head)
+                offset = len(head)
+                for e in part:
+                    self._place[e.name] = (i, offset, e)
+                    offset += e.nbytes
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        placed = self._place.get(name)
+        if placed is None:
+            raise ValueError(f"{self.folder}: {name!r} is not a planned tensor")
+        if name in self._written:
+            raise ValueError(f"{self.folder}: {name!r} written twice")
+        i, offset, e = placed
+        want = DTYPES[e.dtype]
+        if array.dtype != want or tuple(array.shape) != e.shape:
+            raise ValueError(f"{self.folder}: {name!r} is {array.dtype}{array.shape}, planned {want}{e.shape}")
+        fp = self._files[i][1]
+        fp.seek(offset)
+        # the bytes SafetensorsWriter writes, through a view: no copy of the tensor in memory
+        fp.write(np.ascontiguousarray(array).astype(want.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8).data)
+        self._written.add(name)
+
+    def close(self) -> list[str]:
+        """Rename every shard into place (inside the caller's partial folder) and write the index; returns the
+        file names. Refuses, removing the shards, when a planned tensor was never written."""
+        missing = [e.name for e in self.entries if e.name not in self._written]
+        if missing:
+            self.abort()
+            raise ValueError(f"{self.folder}: closed with {len(missing)} planned tensors unwritten (first {missing[0]!r})")
+        files, self._files = self._files, []
+        for cm, _ in files:
+            cm.__exit__(None, None, None)      # type: ignore[attr-defined]
+        out = list(self._names)
+        if len(self._shards) > 1:
+            index = {"metadata": {"total_size": sum(e.nbytes for e in self.entries)},
+                     "weight_map": {e.name: fname for part, fname in zip(self._shards, self._names) for e in part}}
+            with atomic_file(self.folder / INDEX_NAME) as fp:
+                fp.write(json.dumps(index, indent=2, sort_keys=True).encode())
+            out.append(INDEX_NAME)
+        return out
+
+    def abort(self) -> None:
+        """Delete every shard's partial file (an error or Ctrl-C before close)."""
+        files, self._files = self._files, []
+        for cm, _ in files:
+            try:
+                cm.__exit__(_Aborted, _Aborted(), None)      # type: ignore[attr-defined]
+            except _Aborted:
+                pass
+
+
+class _Aborted(Exception):
+    """Thrown into a shard's atomic_file so that it deletes its partial file."""

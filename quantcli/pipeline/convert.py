@@ -194,14 +194,21 @@ def pack_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout,
     """The pack stage of the GGUF outputs: look each up in the cache, then write the misses together from one
     read of the source (quantize runs inside the writer loop, tensor by tensor). Returns the keys, the hits and
     the indices written."""
+    keys, hits, todo = lookup_ggufs(run, result, gguf, layout, cache, fingerprint, im_sha)
+    if todo:
+        write_gguf_misses(run, result, gguf, layout, ckpt, keys, todo)
+    return keys, hits, todo
+
+
+def lookup_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout, cache: StageCache | None,
+                 fingerprint: dict, im_sha: str | None) -> tuple[list[StageKey], dict[int, CacheHit], list[int]]:
+    """Each GGUF output's key and cache lookup (a hit is recorded); returns the keys, the hits and the misses."""
     from .keys import quantize_key
 
     request = run.request
-    plans = gguf.plans
     paths = list(layout.files)
-    pairs = list(zip(plans, paths))
     backend = _backend_name()
-    keys = [quantize_key(plan, fingerprint, backend=backend, imatrix_sha256=im_sha) for plan in plans]
+    keys = [quantize_key(plan, fingerprint, backend=backend, imatrix_sha256=im_sha) for plan in gguf.plans]
     entries = result.outputs
     hits: dict[int, CacheHit] = {}
     for i, (key, path) in enumerate(zip(keys, paths)):
@@ -213,29 +220,40 @@ def pack_ggufs(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout,
             hits[i] = hit
             entries[i].cached, entries[i].sha256 = True, hit.sha256
             run.stages.append(_stage_record("pack", path, "hit", time.perf_counter() - t0, key.digest))
-    todo = [i for i in range(len(pairs)) if i not in hits]
-    if todo:
-        from ..stages.quantize import write_ggufs
+    return keys, hits, [i for i in range(len(paths)) if i not in hits]
 
-        writing = [pairs[i] for i in todo]
-        if run.hooks.on_write is not None:
-            run.hooks.on_write(writing)
-        t0 = time.perf_counter()
-        imatrix = gguf.imatrix
-        overrides = _gptq_overrides(request, result.source, writing, run.threads) if request.method else None
-        if overrides is not None:
-            result.gptq = [r.manifest() for r in overrides]
-        if overrides:   # the block matrices GPTQ leaves to the quantize stage take the walk's importance weights
-            imatrix = _walk_importance(overrides[0], request)
-        digests = write_ggufs(writing, ckpt, threads=run.threads, imatrix=imatrix, progress=run.hooks.progress,
-                              overrides=[r.overrides for r in overrides] if overrides is not None else None)
-        spent = (time.perf_counter() - t0) / len(todo)
-        for i, digest in zip(todo, digests):
-            entries[i].seconds = spent
-            entries[i].sha256 = digest
-            # the outputs are written together: each is given an equal share of the one pass
-            run.stages.append(_stage_record("pack", paths[i], "written", spent, keys[i].digest))
-    return keys, hits, todo
+
+def gguf_written(run: Run, result: ConvertResult, layout: OutputLayout, keys: list[StageKey], todo: list[int],
+                 digests: list[str], seconds: float) -> None:
+    """Record the GGUF misses a pass wrote: their sha256s, and each an equal share of the pass's seconds."""
+    paths = list(layout.files)
+    for i, digest in zip(todo, digests):
+        result.outputs[i].seconds = seconds
+        result.outputs[i].sha256 = digest
+        run.stages.append(_stage_record("pack", paths[i], "written", seconds, keys[i].digest))
+
+
+def write_gguf_misses(run: Run, result: ConvertResult, gguf: Any, layout: OutputLayout, ckpt: Checkpoint,
+                      keys: list[StageKey], todo: list[int]) -> None:
+    """Write the GGUF misses together from one read of the source (with --method gptq after its walks)."""
+    from ..stages.quantize import write_ggufs
+
+    request = run.request
+    pairs = list(zip(gguf.plans, layout.files))
+    writing = [pairs[i] for i in todo]
+    if run.hooks.on_write is not None:
+        run.hooks.on_write(writing)
+    t0 = time.perf_counter()
+    imatrix = gguf.imatrix
+    overrides = _gptq_overrides(request, result.source, writing, run.threads) if request.method else None
+    if overrides is not None:
+        result.gptq = [r.manifest() for r in overrides]
+    if overrides:   # the block matrices GPTQ leaves to the quantize stage take the walk's importance weights
+        imatrix = _walk_importance(overrides[0], request)
+    digests = write_ggufs(writing, ckpt, threads=run.threads, imatrix=imatrix, progress=run.hooks.progress,
+                          overrides=[r.overrides for r in overrides] if overrides is not None else None)
+    # the outputs are written together: each is given an equal share of the one pass
+    gguf_written(run, result, layout, keys, todo, digests, (time.perf_counter() - t0) / len(todo))
 
 
 def verify_ggufs(run: Run, result: ConvertResult, keys: list[StageKey], hits: dict[int, CacheHit], todo: list[int],

@@ -10,7 +10,7 @@ every stage that has a key:
 |---|---|---|
 | download | once | none: the hub cache is the cache of this stage |
 | calibrate | once: the GGUF imatrix (file beside the outputs); token chunks for calibrated folder outputs, shared | `calibrate_key` for the imatrix |
-| pack | GGUF outputs together from one read of the source (`write_ggufs`); each folder output on its own | `quantize_key` per GGUF, `pack_folder_key` per folder |
+| pack | the GGUF outputs and the calibration-free folders together from one read of the source (pipeline/pack.py); outputs with a calibrated walk (GGUF --method gptq, GPTQ/AWQ folders) on their own | `quantize_key` per GGUF, `pack_folder_key` per folder |
 | verify | per output: structure, or full (error against the source) | `verify_key` (GGUF) |
 | verify_model | per output, when the recipe sets verify.max_kld or verify.max_ppl_ratio | `verify_model_key` |
 | record | once: the run manifest, every output with its sha256s, stages, timings and figures | none |
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from ..plan.gguf import Plan, TensorPlan
     from ..plan.safetensors import ModulePlan
     from ..stages.download import Snapshot
-    from .cache import StageCache
     from .convert import ConvertRequest, ConvertResult
     from .convert_int import FolderJob, IntConvertRequest
     from .convert_split import SplitJob
@@ -289,6 +288,7 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
     from .cache import StageCache, fingerprint_folder
     from .keys import imatrix_identity
     from .model_verify import verify_models
+    from .pack import pack_outputs
     from .run_manifest import write_run_manifest
 
     request = run.request
@@ -304,16 +304,16 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
         im_sha = imatrix_identity(request.imatrix) if cache or request.manifest else None
         failures: list[VerifyError] = []
         broken: set[int] = set()
-        keys: list[Any] = []
+        # pack: every output's cache lookup, then the calibration-free misses from one read (pipeline/pack.py)
+        packed = pack_outputs(run, result, gguf, layout, jobs, ckpt, cache, fingerprint, im_sha)
+        keys, folder_keys = packed.keys, packed.folder_keys
         if gguf is not None:
-            from .convert import pack_ggufs, verify_ggufs
+            from .convert import verify_ggufs
 
             gcache = None if request.method else cache
-            keys, hits, todo = pack_ggufs(run, result, gguf, layout, ckpt, gcache, fingerprint, im_sha)
-            fails, bad = verify_ggufs(run, result, keys, hits, todo, gcache, fingerprint)
+            fails, bad = verify_ggufs(run, result, keys, packed.hits, packed.todo, gcache, fingerprint)
             failures += fails
             broken |= set(bad)
-        folder_keys = [_pack_folder(run, job, ckpt, cache, fingerprint) for job in jobs]
         for job in jobs:
             with run.stage("verify", job.result.path) as rec:
                 from .convert_int import folder_failure
@@ -333,41 +333,3 @@ def _run_locked(run: Run, result: ConvertResult, layout: OutputLayout, gguf: _GG
         result.stages = run.stages
     if failures:
         raise failures[0]
-
-
-def _pack_folder(run: Run, job: FolderJob | SplitJob, ckpt: Checkpoint, cache: StageCache | None,
-                 fingerprint: dict[str, Any]) -> Any:
-    """The pack stage of one folder output, with its cache: a hit re-hashes every file of the folder."""
-    from ..quant.backend import get_backend
-    from .cache import files_digest, folder_files
-    from .keys import pack_folder_key
-
-    request, result = run.request, job.result
-    calibration = None
-    if job.calibrated:
-        c = result.calibration or {}
-        calibration = {"data_sha256": c.get("data_sha256"), "ctx": c.get("ctx"), "chunks": c.get("chunks")}
-    key = pack_folder_key(result.plan, fingerprint, backend=get_backend().name, method_options=job.options,
-                          calibration=calibration)
-    with run.stage("pack", result.path, key.digest) as rec:
-        hit = cache.lookup(key, result.path) if cache is not None and not request.force else None
-        if hit is not None:
-            rec.status = "hit"
-            result.cached = True
-            result.files = folder_files(result.path)
-            result.sha256 = hit.sha256
-            if isinstance(hit.extra.get("calibration"), dict):
-                result.calibration = hit.extra["calibration"]
-            return key
-        started = time.perf_counter()
-        hook = run.hooks.on_block
-        on_block = None if hook is None else (lambda done, total: hook(job.result.method, done, total))
-        job.write(ckpt, run.threads, run.hooks.folder_progress, on_block)
-        result.seconds = time.perf_counter() - started
-        result.files = folder_files(result.path)
-        result.sha256 = files_digest(result.files)
-        rec.status = "written"
-        if cache is not None:
-            cache.store(key, result.path, sha256=result.sha256,
-                        extra={"calibration": result.calibration} if result.calibration else {})
-    return key

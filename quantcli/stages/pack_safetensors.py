@@ -118,26 +118,37 @@ def _chosen_arrays(plan: IntPlan, m: ModulePlan, choice: Spooled, backend: Backe
     return list(_encode(plan, m, np.asarray(choice.dense, dtype=np.float32), "minmax", backend, threads))
 
 
+def rtn_method(plan: IntPlan) -> str:
+    """The calibration-free method the plan's quantized modules are encoded with from the source: the plan's
+    own, or min-max for the modules a calibrated method did not see."""
+    return "minmax" if is_calibrated(plan.options.method) else plan.options.method
+
+
+def source_arrays(plan: IntPlan, m: ModulePlan, raw: np.ndarray, widened: Callable[[], np.ndarray],
+                  backend: Backend, threads: int) -> list[tuple[str, np.ndarray]]:
+    """The folder's arrays for one source tensor read as stored (`raw`), without calibration. `widened()` gives
+    its float32 copy (called only when needed, so the shared pack pass widens a tensor once for all folders)."""
+    if m.quantized:
+        rows = widened()
+        if plan.options.format == "bnb-nf4":
+            codes = encode_nf4(rows, plan.options.double_quant, nf4_kernels(backend), threads)
+            return list(bnb.module_arrays(m.module, m.shape, m.dtype, codes))
+        return list(_encode(plan, m, rows, rtn_method(plan), backend, threads))
+    if f16_bias(plan, m):
+        return [(m.source, widened().astype(np.float16))]
+    return [(m.source, raw)]
+
+
 def _arrays(plan: IntPlan, ckpt: Checkpoint, backend: Backend, threads: int,
             progress: Callable[[ModulePlan], None] | None,
             choices: ChoiceSpool | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    method = plan.options.method
-    if is_calibrated(method):
-        method = "minmax"   # for the quantized modules the calibrated method did not see
     for m in plan.modules:
         if choices is not None and m.source in choices:
             yield from _chosen_arrays(plan, m, choices.get(m.source), backend, threads)
-        elif m.quantized:
-            rows = backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads)
-            if plan.options.format == "bnb-nf4":
-                codes = encode_nf4(rows, plan.options.double_quant, nf4_kernels(backend), threads)
-                yield from bnb.module_arrays(m.module, m.shape, m.dtype, codes)
-            else:
-                yield from _encode(plan, m, rows, method, backend, threads)
-        elif f16_bias(plan, m):
-            yield m.source, backend.to_float32(ckpt.read_raw(m.source), m.dtype, threads).astype(np.float16)
         else:
-            yield m.source, ckpt.read_raw(m.source)
+            raw = ckpt.read_raw(m.source)
+            yield from source_arrays(plan, m, raw, lambda: backend.to_float32(raw, m.dtype, threads),
+                                     backend, threads)
         if progress is not None:
             progress(m)
 
@@ -179,6 +190,13 @@ def fill_int_folder(plan: IntPlan, ckpt: Checkpoint, folder: Path, *, threads: i
     files = [p.name for p in write_tensors(folder, plan_entries(plan),
                                            _arrays(plan, ckpt, backend, threads, progress, choices),
                                            plan.options.max_shard_bytes, metadata=header_metadata(plan))]
+    return files + finish_int_folder(plan, ckpt, folder, actorder)
+
+
+def finish_int_folder(plan: IntPlan, ckpt: Checkpoint, folder: Path, actorder: str | None = None) -> list[str]:
+    """What a folder holds beside its tensors: config.json with the quantization_config (and GPTQ's
+    quantize_config.json), and the source's tokenizer and other side files; returns their names."""
+    files: list[str] = []
     config = dict(ckpt.config)
     config["quantization_config"] = folder_quantization_config(plan, actorder)
     _write_json(folder / "config.json", config)
