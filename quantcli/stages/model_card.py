@@ -115,7 +115,13 @@ def render_card(info: CardInfo) -> str:
               "`full`); the table shows the worst tensor of each file.", ""]
     lines += quality_table([(f.name, f.quality) for f in info.files])
     lines += _how_to_run(info)
-    lines += ["## Provenance", ""]
+    lines += _provenance(info, info.files)
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(info: CardInfo | RunCardInfo, ggufs: list[CardFile]) -> list[str]:
+    """Where the files came from, and the sha256 of every GGUF (the size before splitting, if it was split)."""
+    lines = ["## Provenance", ""]
     if info.base_model:
         lines.append(f"- Source: `{info.base_model}`" + (f", commit `{info.source_commit}`" if info.source_commit else ""))
     if info.recipe:
@@ -123,10 +129,10 @@ def render_card(info: CardInfo) -> str:
     if info.quantcli_version:
         lines.append(f"- quantcli {info.quantcli_version}")
     lines += ["", "| File | sha256 |", "|---|---|"]
-    for f in info.files:
+    for f in ggufs:
         label = f.name + (f" (before splitting into {len(f.parts)} parts)" if f.parts else "")
         lines.append(f"| {label} | {'`' + f.sha256 + '`' if f.sha256 else '-'} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _how_to_run(info: CardInfo) -> list[str]:
@@ -442,17 +448,7 @@ def render_run_card(info: RunCardInfo) -> str:
         lines += ["### GGUF files", ""] + [ln.replace("### ", "#### ") for ln in _how_to_run(gguf)[2:]]
     for f in info.folders:
         lines += _load_folder(info.repo_id, f)
-    lines += ["## Provenance", ""]
-    if info.base_model:
-        lines.append(f"- Source: `{info.base_model}`" + (f", commit `{info.source_commit}`" if info.source_commit else ""))
-    if info.recipe:
-        lines.append(f"- Recipe: `{info.recipe}`")
-    if info.quantcli_version:
-        lines.append(f"- quantcli {info.quantcli_version}")
-    lines += ["", "| File | sha256 |", "|---|---|"]
-    for g in info.ggufs:
-        label = g.name + (f" (before splitting into {len(g.parts)} parts)" if g.parts else "")
-        lines.append(f"| {label} | {'`' + g.sha256 + '`' if g.sha256 else '-'} |")
+    lines += _provenance(info, info.ggufs)
     for f in info.folders:
         lines += [f"| {f.prefix}{c.name} | {'`' + c.sha256 + '`' if c.sha256 else '-'} |" for c in f.files]
     return "\n".join(lines) + "\n"
