@@ -1,4 +1,5 @@
-/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1).
+/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1,
+ * row_order=None).
  *
  * The GIL is released for the whole call. The threads take rows from a shared counter a few at a time (about
  * QC_GRAB_VALUES values per take) instead of one fixed share each: on a machine where the read-ahead and
@@ -9,6 +10,8 @@
  * before quantizing it: no float32 copy of the tensor is made, and widening runs on every thread. Such a call
  * also scans the rows it widens (as scan() does) and returns what it found, so the caller need not read the
  * tensor once more to check it.
+ * row_order (int64, one per row) makes output row r the quantized source row row_order[r]: a transform that only
+ * reorders rows (llama's Q/K rope permutation) is then an index, not a copy of the tensor.
  * Each row is quantized independently, so the bytes do not depend on the thread count. isa names the
  * instruction-set variant (dispatch.c); None takes the best one this machine runs. Every variant gives the
  * same bytes, so the choice only matters for speed and for tests that compare the variants. */
@@ -67,6 +70,7 @@ typedef struct {
     int64_t nrows;
     int64_t grab;                /* rows per take from `next` */
     _Atomic int64_t *next;       /* the first row no thread has taken yet, shared by the jobs of one call */
+    const int64_t *order;        /* NULL, or the source row of each output row */
     int failed;                  /* set when the row buffer could not be allocated */
 } qc_job;
 
@@ -87,7 +91,7 @@ static void *qc_run_job(void *arg) {
         if (begin >= job->nrows) break;
         const int64_t end = begin + job->grab < job->nrows ? begin + job->grab : job->nrows;
         for (int64_t r = begin; r < end; r++) {
-            const uint8_t *src = job->src + r * job->src_row_bytes;
+            const uint8_t *src = job->src + (job->order != NULL ? job->order[r] : r) * job->src_row_bytes;
             if (row != NULL) {
                 /* the row is in L1 here, so checking it costs a few instructions per value, not a pass over memory */
                 qc_scan16((const uint16_t *)src, job->n_per_row, job->exp, &job->nonfinite, &job->max_bits);
@@ -117,14 +121,16 @@ void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
 
 static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int type_id, threads, widen = -1;
-    Py_buffer src, dst, qw;
-    PyObject *qw_obj, *isa = NULL;
+    Py_buffer src, dst, qw, order;
+    PyObject *qw_obj, *isa = NULL, *order_obj = Py_None;
     Py_ssize_t n_per_row;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*nw*Oi|Oi", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa, &widen)) {
+    if (!PyArg_ParseTuple(args, "iy*nw*Oi|OiO", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa, &widen,
+                          &order_obj)) {
         return NULL;
     }
     qw.buf = NULL;
+    order.buf = NULL;
     PyObject *result = NULL;
     const qc_variant *variant = qc_variant_arg(isa);
     if (variant == NULL) goto done;
@@ -165,6 +171,20 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
             goto done;
         }
     }
+    if (order_obj != Py_None) {
+        if (PyObject_GetBuffer(order_obj, &order, PyBUF_SIMPLE) < 0) goto done;
+        if (order.len != nrows * (Py_ssize_t)sizeof(int64_t)) {
+            PyErr_SetString(PyExc_ValueError, "row_order must hold one int64 per row");
+            goto done;
+        }
+        const int64_t *o = (const int64_t *)order.buf;
+        for (int64_t r = 0; r < nrows; r++) {
+            if (o[r] < 0 || o[r] >= nrows) {
+                PyErr_Format(PyExc_ValueError, "row_order[%lld] = %lld is not a row", (long long)r, (long long)o[r]);
+                goto done;
+            }
+        }
+    }
     if (threads < 1) threads = 1;
     if (threads > nrows) threads = (int)nrows;
     if (threads > QC_MAX_THREADS) threads = QC_MAX_THREADS;
@@ -180,7 +200,7 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
         jobs[t] = (qc_job){kernel->fn, widen < 0 ? NULL : variant->convert[widen], widen == 0 ? 0x7C00 : 0x7F80, 0, 0,
                            (const uint8_t *)src.buf,
                            (uint8_t *)dst.buf, (const float *)qw.buf, n_per_row, src_row, row_bytes, nrows, grab,
-                           &next_row, 0};
+                           &next_row, (const int64_t *)order.buf, 0};
     }
     if (nrows > 0) qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
     int64_t bad = 0;
@@ -203,6 +223,7 @@ done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     if (qw.buf != NULL) PyBuffer_Release(&qw);
+    if (order.buf != NULL) PyBuffer_Release(&order);
     return result;
 }
 
@@ -377,9 +398,9 @@ static PyMethodDef qc_methods[] = {
     {"gptq_block", qc_gptq_block, METH_VARARGS,
      "gptq_block(w, cols, i1, u, group_of, fresh, g, bits, sym, dtype, scale, zp, q, err, threads): GPTQ's column loop."},
     {"quantize", qc_quantize, METH_VARARGS,
-     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1): quantize rows of src into dst; "
-     "src holds float32 rows, or with widen 0/1 F16/BF16 rows widened one at a time, and then returns scan()'s "
-     "(nonfinite, max_abs_bits) of them."},
+     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1, row_order=None): quantize rows "
+     "of src into dst (row r from src row row_order[r] when given); src holds float32 rows, or with widen 0/1 "
+     "F16/BF16 rows widened one at a time, and then returns scan()'s (nonfinite, max_abs_bits) of them."},
     {"scan", qc_scan, METH_VARARGS,
      "scan(kind, src, threads) -> (nonfinite, max_abs_bits) of F16 (0), BF16 (1) or F32 (2) values."},
     {"convert", qc_convert, METH_VARARGS,
