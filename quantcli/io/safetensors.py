@@ -16,12 +16,15 @@ copy out of the page cache (about 1 s of CPU per 2 GB).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,8 +35,28 @@ HEADER_SIZE_CAP = 100 * 1024 * 1024  # the safetensors project's own cap on the 
 # Below this, map_tensor reads instead: mapping and unmapping a few pages costs more than copying them.
 MAP_MIN_BYTES = 1 << 20
 # madvise(MADV_POPULATE_READ) (Linux 5.14): map every page now, reading from disk what is not cached. Python 3.11's
-# mmap module does not name it; older kernels answer EINVAL, and then MADV_WILLNEED starts the reads instead.
+# mmap module does not name it; older kernels answer EINVAL, and then the pages are faulted in as they are read.
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise through ctypes, which releases the GIL for the call (mmap.madvise holds it, so populating a
+    large tensor, or waiting for the disk, would stop the main thread between kernel calls); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def call(addr: int, length: int, advice: int) -> int:
+        return 0 if fn(addr, length, advice) == 0 else ctypes.get_errno()
+    return call
 
 # safetensors dtype name -> (numpy dtype of the stored bytes, itemsize). BF16 has no numpy dtype: it is read
 # as uint16 and widened by to_float32.
@@ -190,15 +213,13 @@ def map_tensor(info: TensorInfo) -> np.ndarray:
         return read_tensor(info)
     finally:
         os.close(fd)
-    try:
-        mapped.madvise(_MADV_POPULATE_READ)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            mapped.close()
-            raise _bad(info.path, f"reading tensor {info.name!r} failed ({exc.strerror})") from exc
-        mapped.madvise(mmap.MADV_WILLNEED)
     # frombuffer keeps the mapping alive: it is unmapped when the last array over it is freed
-    out = np.frombuffer(mapped, dtype=np.uint8, count=info.nbytes, offset=info.offset - start)
+    whole = np.frombuffer(mapped, dtype=np.uint8)
+    madvise = _madvise()
+    failed = madvise(whole.__array_interface__["data"][0], whole.nbytes, _MADV_POPULATE_READ) if madvise else 0
+    if failed and failed != errno.EINVAL:
+        raise _bad(info.path, f"reading tensor {info.name!r} failed ({os.strerror(failed)})")
+    out = whole[info.offset - start:info.offset - start + info.nbytes]
     return out.view(DTYPES[info.dtype]).reshape(info.shape)
 
 
