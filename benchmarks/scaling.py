@@ -59,10 +59,16 @@ def scaling_rows(models: list[Path], f16: dict[str, Path], work: Path, repeats: 
     rows = []
     ftype = int(MIXES[SCALING_TYPE].ftype)
     for model in models:
-        peer = {n: measure("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n), repeats)
-                for n in (1, 2)}
-        ours = {n: measure("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n), repeats, env_ours)
-                for n in (1, 2)}
+        def timed(label: str, cmd: list[str], out: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+            try:
+                return measure(label, cmd, repeats, env) if env is not None else measure(label, cmd, repeats)
+            finally:
+                out.unlink(missing_ok=True)   # one output on disk at a time: a shared disk may not hold four
+
+        peer = {n: timed("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n),
+                         work / f"scale-peer-{n}.gguf") for n in (1, 2)}
+        ours = {n: timed("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n),
+                         work / f"scale-ours-{n}.gguf", env_ours) for n in (1, 2)}
         gain = peer[1].seconds / peer[2].seconds
         s = serial_part(ours[1].seconds, ours[2].seconds, gain)
         rows.append({"model": model.name, "llama.cpp 1t s": round(peer[1].seconds, 2),

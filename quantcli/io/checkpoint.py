@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from .files import load_json
-from .safetensors import SafetensorsFile, TensorInfo, read_tensor, to_float32
+from .safetensors import SafetensorsFile, TensorInfo, map_tensor, read_tensor, to_float32
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -89,3 +89,8 @@ class Checkpoint:
 
     def read_raw(self, name: str) -> np.ndarray:
         return read_tensor(self.tensors[name])
+
+    def map_raw(self, name: str) -> np.ndarray:
+        """read_raw()'s values, read-only, over the file's cached pages instead of a copy (io/safetensors.py,
+        map_tensor): for a reader that only reads them and frees them soon, like the quantize stage."""
+        return map_tensor(self.tensors[name])

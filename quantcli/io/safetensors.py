@@ -2,8 +2,11 @@
 
 The header is checked the way the safetensors project checks it: a size cap, known dtypes, non-negative
 integer shapes, byte lengths that equal shape x itemsize, data regions contiguous from 0, and header plus
-data equal to the file length exactly. Tensor data is read on request with pread into a fresh buffer (not
-mmap), so the resident memory of a conversion stays bounded by the tensors in flight, not the model.
+data equal to the file length exactly. Tensor data is read on request, one tensor at a time, so the resident
+memory of a conversion stays bounded by the tensors in flight, not the model: `read_tensor` preads into a
+fresh buffer of its own; `map_tensor` (the quantize stage's read path) maps the tensor's pages of the page
+cache read-only and unmaps them when the array is freed, which saves the fresh buffer's zeroed pages and the
+copy out of the page cache (about 1 s of CPU per 2 GB).
 
     st = SafetensorsFile.open(Path("model.safetensors"))
     st.tensors["model.norm.weight"].shape
@@ -12,11 +15,16 @@ mmap), so the resident memory of a conversion stays bounded by the tensors in fl
 """
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -24,6 +32,31 @@ from ..errors import InputError, UnsupportedError
 from .files import require_regular
 
 HEADER_SIZE_CAP = 100 * 1024 * 1024  # the safetensors project's own cap on the JSON header
+# Below this, map_tensor reads instead: mapping and unmapping a few pages costs more than copying them.
+MAP_MIN_BYTES = 1 << 20
+# madvise(MADV_POPULATE_READ) (Linux 5.14): map every page now, reading from disk what is not cached. Python 3.11's
+# mmap module does not name it; older kernels answer EINVAL, and then the pages are faulted in as they are read.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """libc's madvise through ctypes, which releases the GIL for the call (mmap.madvise holds it, so populating a
+    large tensor, or waiting for the disk, would stop the main thread between kernel calls); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+
+    def call(addr: int, length: int, advice: int) -> int:
+        return 0 if fn(addr, length, advice) == 0 else ctypes.get_errno()
+    return call
 
 # safetensors dtype name -> (numpy dtype of the stored bytes, itemsize). BF16 has no numpy dtype: it is read
 # as uint16 and widened by to_float32.
@@ -154,6 +187,39 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
             done += got
     finally:
         os.close(fd)
+    return out.view(DTYPES[info.dtype]).reshape(info.shape)
+
+
+def map_tensor(info: TensorInfo) -> np.ndarray:
+    """read_tensor()'s values, read-only, backed by the file's pages in the page cache instead of a copy.
+
+    The pages are mapped on the calling thread (the read-ahead thread of a conversion), so a reader of the
+    array never waits for the disk, and they are unmapped when the last view of the array is freed: what is
+    resident stays bounded by the arrays alive, as with read_tensor. A file shorter than its header says is the
+    same InputError as read_tensor's. Small tensors, and files that cannot be mapped, are read instead."""
+    if info.nbytes < MAP_MIN_BYTES:
+        return read_tensor(info)
+    start = info.offset - info.offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        fd = os.open(info.path, os.O_RDONLY)
+    except OSError as exc:
+        raise InputError(f"cannot read {info.path}: {exc.strerror}.",
+                         hint="Check that the file exists and is readable.") from exc
+    try:
+        mapped = mmap.mmap(fd, info.offset + info.nbytes - start, access=mmap.ACCESS_READ, offset=start)
+    except ValueError as exc:   # Python checks the length against the file's size before mapping
+        raise _bad(info.path, f"file ended while reading tensor {info.name!r}") from exc
+    except OSError:             # a file system without mmap: read the bytes instead
+        return read_tensor(info)
+    finally:
+        os.close(fd)
+    # frombuffer keeps the mapping alive: it is unmapped when the last array over it is freed
+    whole = np.frombuffer(mapped, dtype=np.uint8)
+    madvise = _madvise()
+    failed = madvise(whole.__array_interface__["data"][0], whole.nbytes, _MADV_POPULATE_READ) if madvise else 0
+    if failed and failed != errno.EINVAL:
+        raise _bad(info.path, f"reading tensor {info.name!r} failed ({os.strerror(failed)})")
+    out = whole[info.offset - start:info.offset - start + info.nbytes]
     return out.view(DTYPES[info.dtype]).reshape(info.shape)
 
 

@@ -22,6 +22,11 @@ class Transform:
         (a,) = arrays
         return a
 
+    def row_order(self, shapes: Sequence[tuple[int, ...]]) -> np.ndarray | None:
+        """When apply() only reorders the rows of one 2-D source: for each output row, the source row it takes
+        (so a reader can index the source instead of copying it); None for any other transform."""
+        return None
+
     def describe(self) -> str:
         return ""
 
@@ -40,6 +45,12 @@ class PermuteRope(Transform):
         (a,) = arrays
         rows = a.shape[0]
         return a.reshape(self.n_head, 2, rows // self.n_head // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+
+    def row_order(self, shapes: Sequence[tuple[int, ...]]) -> np.ndarray | None:
+        (shape,) = shapes
+        if len(shape) != 2:
+            return None
+        return self.apply([np.arange(shape[0], dtype=np.int64)])
 
     def describe(self) -> str:
         return f"rope-permute({self.n_head} heads)"

@@ -129,20 +129,26 @@ class Backend:
         return out
 
     def quantize_stored(self, qtype: GGMLQuantizationType, rows: np.ndarray, dtype: str,
-                        imatrix: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, Scan]:
+                        imatrix: np.ndarray | None = None, threads: int = 1, *,
+                        row_order: np.ndarray | None = None) -> tuple[np.ndarray, Scan]:
         """quantize() for F16/BF16 rows as stored (BF16 as uint16; see quantizes_stored): each kernel thread widens
-        one row at a time, so no float32 copy of the rows is made, and scans it on the way (what scan() returns)."""
+        one row at a time, so no float32 copy of the rows is made, and scans it on the way (what scan() returns).
+        With `row_order`, output row r is rows[row_order[r]] quantized (a row permutation without a copy)."""
         if not self.quantizes_stored(qtype, dtype):
             raise ValueError(f"this backend does not quantize {dtype} rows to {qtype.name} as stored")
         rows = np.ascontiguousarray(rows)
         if rows.dtype.itemsize != 2:
             raise ValueError(f"{dtype} rows stored as {rows.dtype}")
-        out, found = self._kernel_quantize(qtype, rows, imatrix, threads, _WIDEN[dtype])
+        order = None if row_order is None else np.ascontiguousarray(row_order, dtype=np.int64)
+        if order is not None and order.shape != (rows.shape[0],):
+            raise ValueError(f"row_order has shape {order.shape}, the rows are {rows.shape[0]}")
+        out, found = self._kernel_quantize(qtype, rows, imatrix, threads, _WIDEN[dtype], order)
         bad, top = found if found is not None else (0, 0)
         return out, Scan(int(bad), int(top) <= _FP16_MAX_BITS[dtype])
 
     def _kernel_quantize(self, qtype: GGMLQuantizationType, rows: np.ndarray, imatrix: np.ndarray | None,
-                         threads: int, widen: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+                         threads: int, widen: int, row_order: np.ndarray | None = None,
+                         ) -> tuple[np.ndarray, tuple[int, int] | None]:
         cls = quant_class(qtype)
         if rows.ndim != 2 or rows.shape[1] % cls.block_size != 0:
             raise ValueError(f"{qtype.name} needs rows of a multiple of {cls.block_size} values, got {rows.shape}")
@@ -151,7 +157,7 @@ class Backend:
         if rows.shape[0]:
             qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
             found = self.kernels.quantize(int(qtype), rows, rows.shape[1], out, qw, max(1, threads),  # type: ignore[union-attr]
-                                          self.isa, widen)
+                                          self.isa, widen, row_order)
         return out, found
 
 

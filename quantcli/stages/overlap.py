@@ -1,8 +1,8 @@
 """Reading ahead and writing behind: keep the cores on the kernels while one thread reads and another writes.
 
 A conversion is read -> encode -> write per tensor. The encode step runs in the C kernels on every core with the
-GIL released; reading (preadv into a buffer) and writing (file writes, the output's sha256) also release the GIL but
-run on one thread each. Done in line, they are the serial part of the run: about a quarter of a 1.1B conversion on
+GIL released; reading (mapping a tensor's pages of the page cache, io/safetensors.map_tensor) and writing (file
+writes, the output's sha256) also release the GIL but run on one thread each. Done in line, they are the serial part of the run: about a quarter of a 1.1B conversion on
 one thread. Here they run beside the kernels, each on its own thread, with a bounded queue between stages so at most
 `depth` tensors wait at either end: peak memory is a few tensors, never the model.
 

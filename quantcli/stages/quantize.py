@@ -71,11 +71,21 @@ def _overflowed_rows(qtype: GGMLQuantizationType, encoded: np.ndarray, rows: np.
 class Stored:
     """A tensor after its transform, still in the checkpoint's own type, and checked for NaN/Inf.
     `within_fp16`: every value fits F16's range, so no target type can overflow and encoding skips that check;
-    None when the values are not scanned yet (the kernels scan them while they quantize, Encoder.encode)."""
+    None when the values are not scanned yet (the kernels scan them while they quantize, Encoder.encode).
+    `row_order`: None when `values` are the transformed tensor; else `values` are the source as read and the
+    transform is the row permutation row_order (the kernels index the rows instead of copying them; see
+    materialized() for every other reader)."""
 
     values: np.ndarray
     dtype: str
     within_fp16: bool | None
+    row_order: np.ndarray | None = None
+
+    def materialized(self) -> "Stored":
+        """The same tensor with its rows in their transformed order (a copy when row_order is set)."""
+        if self.row_order is None:
+            return self
+        return replace(self, values=np.ascontiguousarray(self.values[self.row_order]), row_order=None)
 
 
 def _scan(t: TensorPlan, values: np.ndarray, dtype: str, backend: Backend, threads: int) -> bool:
@@ -87,17 +97,22 @@ def _scan(t: TensorPlan, values: np.ndarray, dtype: str, backend: Backend, threa
 
 
 def prepare(t: TensorPlan, raw: list[np.ndarray], backend: Backend | None = None, threads: int = 1, *,
-            scan: bool = True) -> Stored | None:
+            scan: bool = True, index_rows: bool = False) -> Stored | None:
     """The part of encoding that no output type changes: apply an exact transform in the stored type (a copy
     for permuted tensors) and check every value. write_ggufs runs it on the read-ahead thread, off the kernels'
     critical path. None when the tensor must take the float32 path (generated, mixed dtypes, inexact transform).
 
     scan=False leaves the check to the encoder: write_ggufs passes it when the kernels quantize the stored rows
-    for every output, since they check each row while it is in cache (no pass of its own over the tensor)."""
+    for every output, since they check each row while it is in cache (no pass of its own over the tensor).
+    index_rows=True keeps a transform that only reorders rows as an index (Stored.row_order) instead of copying
+    the tensor: write_ggufs passes it with scan=False, when the kernels read the rows for every output."""
     if not (t.source_dtypes and t.spec.transform.exact and len(set(t.source_dtypes)) == 1):
         return None
-    values = np.ascontiguousarray(t.spec.transform.apply(raw))
     dtype = t.source_dtypes[0]
+    order = t.spec.transform.row_order([a.shape for a in raw]) if index_rows and not scan else None
+    if order is not None:
+        return Stored(np.ascontiguousarray(raw[0]), dtype, None, order)
+    values = np.ascontiguousarray(t.spec.transform.apply(raw))
     return Stored(values, dtype, _scan(t, values, dtype, backend or get_backend(), threads) if scan else None)
 
 
@@ -113,6 +128,8 @@ class Encoder:
         """`stored` is prepare(t, raw) when the caller already has it (the same for every output of a tensor)."""
         if stored is None:
             stored = prepare(t, raw, self.backend, self.threads, scan=False)
+        if stored is not None and not self.quantizes_stored(t, stored.dtype):
+            stored = stored.materialized()
         if stored is not None and stored.within_fp16 is None and not self.quantizes_stored(t, stored.dtype):
             stored = replace(stored, within_fp16=_scan(t, stored.values, stored.dtype, self.backend, self.threads))
         if stored is not None and stored.dtype == _RAW_DTYPES.get(t.qtype):
@@ -140,12 +157,15 @@ class Encoder:
         rows = stored.values.reshape(-1, t.ggml_shape[0])
         weights = self._weights(t)
         if stored.within_fp16 is not False and self.quantizes_stored(t, stored.dtype):
-            out, found = self.backend.quantize_stored(t.qtype, rows, stored.dtype, weights, self.threads)
+            out, found = self.backend.quantize_stored(t.qtype, rows, stored.dtype, weights, self.threads,
+                                                      row_order=stored.row_order)
             if found.nonfinite:
                 raise _nonfinite_error(t, found.nonfinite)
             if found.within_fp16:
                 return out
             # a value beyond F16's range (a BF16 source): the rows below check every block for overflow
+        stored = stored.materialized()
+        rows = stored.values.reshape(-1, t.ggml_shape[0])
         if t.qtype in (F16, BF16):
             out = np.empty(rows.shape, dtype=np.float16 if t.qtype == F16 else np.uint16)
         else:
@@ -243,12 +263,13 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
 
     def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
         for i, t in enumerate(first_plan.tensors):   # every output plans the same sources and transform for a tensor
-            raw = [ckpt.read_raw(s) for s in t.spec.sources]
+            # mapped, not copied: the kernels read the page cache directly, and the pages go when the arrays do
+            raw = [ckpt.map_raw(s) for s in t.spec.sources]
             # the kernels check the values as they quantize them when every output has them quantize this tensor
             in_kernels = bool(t.source_dtypes) and all(
                 enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0]) and t.name not in done
                 for (plan, _), done in zip(outputs, given))
-            yield raw, prepare(t, raw, enc.backend, threads, scan=not in_kernels)
+            yield raw, prepare(t, raw, enc.backend, threads, scan=not in_kernels, index_rows=in_kernels)
 
     def write(job: tuple[GGUFStreamWriter, TensorPlan, np.ndarray]) -> None:
         writer, t, data = job

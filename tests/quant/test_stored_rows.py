@@ -111,3 +111,21 @@ def test_the_scan_counts_planted_values_and_finds_the_f16_limit(backend: str) ->
     assert b.scan(np.array([0xC77F, 0x3F80], np.uint16), "BF16") == Scan(0, True)
     assert b.scan(np.array([0x4780], np.uint16), "BF16") == Scan(0, False)
     assert b.scan(np.array([65504.0, -65504.0], np.float16), "F16") == Scan(0, True)
+
+
+@pytest.mark.parametrize("nrows", [1, 7, 257, 1031])
+def test_rows_taken_from_a_shared_counter_give_the_same_bytes_at_any_thread_count(nrows: int) -> None:
+    """The threads take rows a few at a time from a shared counter: every row must be quantized exactly once, and
+    the scan of a NaN in any row (the last one, taken by whichever thread comes last) must be found."""
+    rng = np.random.default_rng(nrows)
+    rows = (rng.standard_normal((nrows, 256)) * 0.05).astype(np.float16)
+    want = get_backend("reference").quantize(T.Q4_K, rows.astype(np.float32))
+    for threads in (1, 2, 4, 7):
+        got, found = C.quantize_stored(T.Q4_K, rows, "F16", None, threads)
+        np.testing.assert_array_equal(got, want, err_msg=f"{threads} threads")
+        assert found.nonfinite == 0
+    bad = rows.copy()
+    bad[-1, -1] = np.nan
+    for threads in (1, 2, 4, 7):
+        _, found = C.quantize_stored(T.Q4_K, bad, "F16", None, threads)
+        assert found.nonfinite == 1, f"{threads} threads"

@@ -1,16 +1,24 @@
-/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1).
+/* Python binding of the kernels: quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1,
+ * row_order=None).
  *
- * The GIL is released for the whole call and rows are split into contiguous chunks, one per thread. With widen
+ * The GIL is released for the whole call. The threads take rows from a shared counter a few at a time (about
+ * QC_GRAB_VALUES values per take) instead of one fixed share each: on a machine where the read-ahead and
+ * write-behind threads (or other processes) take a core for a while, a fixed share leaves the other threads
+ * idle at the end of every tensor waiting for the one that was held up; taking rows as they go, every thread
+ * works until the tensor is done. With widen
  * 0 (F16) or 1 (BF16) src holds 16-bit rows, and each thread widens one row at a time into a buffer of its own
  * before quantizing it: no float32 copy of the tensor is made, and widening runs on every thread. Such a call
  * also scans the rows it widens (as scan() does) and returns what it found, so the caller need not read the
  * tensor once more to check it.
+ * row_order (int64, one per row) makes output row r the quantized source row row_order[r]: a transform that only
+ * reorders rows (llama's Q/K rope permutation) is then an index, not a copy of the tensor.
  * Each row is quantized independently, so the bytes do not depend on the thread count. isa names the
  * instruction-set variant (dispatch.c); None takes the best one this machine runs. Every variant gives the
  * same bytes, so the choice only matters for speed and for tests that compare the variants. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include "dispatch.h"
 #include "parallel.h"
@@ -43,6 +51,10 @@ static inline void qc_scan16(const uint16_t *x, int64_t n, uint16_t exp, int64_t
     *top = t;
 }
 
+/* Rows a thread takes at a time: enough values that the counter is touched every few tens of microseconds, few
+ * enough that the last take of a tensor is short. */
+#define QC_GRAB_VALUES 65536
+
 typedef struct {
     qc_row_quantizer fn;
     qc_converter widen;          /* NULL: src holds float32 rows */
@@ -55,30 +67,38 @@ typedef struct {
     int64_t n_per_row;
     int64_t src_row_bytes;
     int64_t row_bytes;
-    int64_t row_begin;
-    int64_t row_end;
+    int64_t nrows;
+    int64_t grab;                /* rows per take from `next` */
+    _Atomic int64_t *next;       /* the first row no thread has taken yet, shared by the jobs of one call */
+    const int64_t *order;        /* NULL, or the source row of each output row */
     int failed;                  /* set when the row buffer could not be allocated */
 } qc_job;
 
 static void *qc_run_job(void *arg) {
     qc_job *job = (qc_job *)arg;
     float *row = NULL;
-    if (job->widen != NULL && job->row_end > job->row_begin) {
+    if (job->widen != NULL) {
         /* one row stays in L1/L2 between widening and quantizing, so the float32 values never reach memory */
         row = (float *)malloc((size_t)job->n_per_row * sizeof(float));
         if (row == NULL) {
+            /* the rows are left to the other jobs; the caller reports the failure once they are done */
             job->failed = 1;
             return NULL;
         }
     }
-    for (int64_t r = job->row_begin; r < job->row_end; r++) {
-        const uint8_t *src = job->src + r * job->src_row_bytes;
-        if (row != NULL) {
-            /* the row is in L1 here, so checking it costs a few instructions per value, not a pass over memory */
-            qc_scan16((const uint16_t *)src, job->n_per_row, job->exp, &job->nonfinite, &job->max_bits);
-            job->widen(src, row, job->n_per_row);
+    for (;;) {
+        const int64_t begin = atomic_fetch_add_explicit(job->next, job->grab, memory_order_relaxed);
+        if (begin >= job->nrows) break;
+        const int64_t end = begin + job->grab < job->nrows ? begin + job->grab : job->nrows;
+        for (int64_t r = begin; r < end; r++) {
+            const uint8_t *src = job->src + (job->order != NULL ? job->order[r] : r) * job->src_row_bytes;
+            if (row != NULL) {
+                /* the row is in L1 here, so checking it costs a few instructions per value, not a pass over memory */
+                qc_scan16((const uint16_t *)src, job->n_per_row, job->exp, &job->nonfinite, &job->max_bits);
+                job->widen(src, row, job->n_per_row);
+            }
+            job->fn(row != NULL ? row : (const float *)src, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
         }
-        job->fn(row != NULL ? row : (const float *)src, job->dst + r * job->row_bytes, job->n_per_row, job->qw);
     }
     free(row);
     return NULL;
@@ -101,14 +121,16 @@ void qc_parallel(void *(*fn)(void *), void *jobs, size_t job_size, int n) {
 
 static PyObject *qc_quantize(PyObject *self, PyObject *args) {
     int type_id, threads, widen = -1;
-    Py_buffer src, dst, qw;
-    PyObject *qw_obj, *isa = NULL;
+    Py_buffer src, dst, qw, order;
+    PyObject *qw_obj, *isa = NULL, *order_obj = Py_None;
     Py_ssize_t n_per_row;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iy*nw*Oi|Oi", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa, &widen)) {
+    if (!PyArg_ParseTuple(args, "iy*nw*Oi|OiO", &type_id, &src, &n_per_row, &dst, &qw_obj, &threads, &isa, &widen,
+                          &order_obj)) {
         return NULL;
     }
     qw.buf = NULL;
+    order.buf = NULL;
     PyObject *result = NULL;
     const qc_variant *variant = qc_variant_arg(isa);
     if (variant == NULL) goto done;
@@ -149,20 +171,36 @@ static PyObject *qc_quantize(PyObject *self, PyObject *args) {
             goto done;
         }
     }
+    if (order_obj != Py_None) {
+        if (PyObject_GetBuffer(order_obj, &order, PyBUF_SIMPLE) < 0) goto done;
+        if (order.len != nrows * (Py_ssize_t)sizeof(int64_t)) {
+            PyErr_SetString(PyExc_ValueError, "row_order must hold one int64 per row");
+            goto done;
+        }
+        const int64_t *o = (const int64_t *)order.buf;
+        for (int64_t r = 0; r < nrows; r++) {
+            if (o[r] < 0 || o[r] >= nrows) {
+                PyErr_Format(PyExc_ValueError, "row_order[%lld] = %lld is not a row", (long long)r, (long long)o[r]);
+                goto done;
+            }
+        }
+    }
     if (threads < 1) threads = 1;
     if (threads > nrows) threads = (int)nrows;
     if (threads > QC_MAX_THREADS) threads = QC_MAX_THREADS;
 
     qc_job jobs[QC_MAX_THREADS];
-    const int64_t per = nrows > 0 ? nrows / threads : 0, extra = nrows > 0 ? nrows % threads : 0;
-    int64_t begin = 0;
+    _Atomic int64_t next_row = 0;
+    int64_t grab = QC_GRAB_VALUES / n_per_row;
+    /* at least four takes per thread, so a thread that starts late still gets rows of a small tensor */
+    const int64_t fair = threads > 0 ? nrows / (4 * (int64_t)threads) : 0;
+    if (grab > fair) grab = fair;
+    if (grab < 1) grab = 1;
     for (int t = 0; t < threads; t++) {
-        const int64_t count = per + (t < extra ? 1 : 0);
         jobs[t] = (qc_job){kernel->fn, widen < 0 ? NULL : variant->convert[widen], widen == 0 ? 0x7C00 : 0x7F80, 0, 0,
                            (const uint8_t *)src.buf,
-                           (uint8_t *)dst.buf, (const float *)qw.buf, n_per_row, src_row, row_bytes, begin,
-                           begin + count, 0};
-        begin += count;
+                           (uint8_t *)dst.buf, (const float *)qw.buf, n_per_row, src_row, row_bytes, nrows, grab,
+                           &next_row, (const int64_t *)order.buf, 0};
     }
     if (nrows > 0) qc_parallel(qc_run_job, jobs, sizeof(qc_job), threads);
     int64_t bad = 0;
@@ -185,6 +223,7 @@ done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     if (qw.buf != NULL) PyBuffer_Release(&qw);
+    if (order.buf != NULL) PyBuffer_Release(&order);
     return result;
 }
 
@@ -359,9 +398,9 @@ static PyMethodDef qc_methods[] = {
     {"gptq_block", qc_gptq_block, METH_VARARGS,
      "gptq_block(w, cols, i1, u, group_of, fresh, g, bits, sym, dtype, scale, zp, q, err, threads): GPTQ's column loop."},
     {"quantize", qc_quantize, METH_VARARGS,
-     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1): quantize rows of src into dst; "
-     "src holds float32 rows, or with widen 0/1 F16/BF16 rows widened one at a time, and then returns scan()'s "
-     "(nonfinite, max_abs_bits) of them."},
+     "quantize(type_id, src, n_per_row, dst, imatrix, threads, isa=None, widen=-1, row_order=None): quantize rows "
+     "of src into dst (row r from src row row_order[r] when given); src holds float32 rows, or with widen 0/1 "
+     "F16/BF16 rows widened one at a time, and then returns scan()'s (nonfinite, max_abs_bits) of them."},
     {"scan", qc_scan, METH_VARARGS,
      "scan(kind, src, threads) -> (nonfinite, max_abs_bits) of F16 (0), BF16 (1) or F32 (2) values."},
     {"convert", qc_convert, METH_VARARGS,
