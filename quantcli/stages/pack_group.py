@@ -1,6 +1,6 @@
 """The shared pack pass: GGUF files and calibration-free safetensors folders written together from one read of
 the source. Each source tensor is read once (and widened to float32 at most once), then handed to every output
-that needs it: the GGUF encoders (stages/quantize.Encoder, as write_ggufs runs them) and each folder's encoder
+that needs it: the GGUF encoders (stages/quantize.Encoder) and each folder's encoder
 (stages/pack_safetensors.source_arrays, as the folder's own pass runs it), so every file has the bytes its
 single-output run writes.
 
@@ -21,7 +21,7 @@ renamed only after every output is complete; an error or Ctrl-C removes them all
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from ..quant.backend import Backend, get_backend
 from ..quant.imatrix import ImportanceMatrix
 from .overlap import WriteBehind, read_ahead
 from .pack_safetensors import finish_int_folder, header_metadata, plan_entries, source_arrays
-from .quantize import Encoder, Stored, check_free_space, prepare
+from .quantize import Encoder, Stored, check_free_space, check_overrides, prepare
 
 Progress = Callable[[TensorPlan, int], None]
 FolderProgress = Callable[[ModulePlan], None]
@@ -66,16 +66,23 @@ def read_order(ggufs: Sequence[Plan], folders: Sequence[IntPlan], ckpt: Checkpoi
 
 def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntPlan, Path]], ckpt: Checkpoint, *,
                 threads: int = 1, backend: Backend | None = None, imatrix: ImportanceMatrix | None = None,
-                progress: Progress | None = None, folder_progress: FolderProgress | None = None
+                progress: Progress | None = None, folder_progress: FolderProgress | None = None,
+                overrides: Sequence[Mapping[str, np.ndarray] | None] | None = None
                 ) -> tuple[list[str], list[list[str]]]:
     """Write every GGUF and calibration-free folder of the group from one read of `ckpt`. Returns each GGUF's
-    sha256 (computed as it was written) and each folder's file names."""
+    sha256 (computed as it was written) and each folder's file names.
+
+    `overrides`, one mapping per GGUF output (or None), gives already encoded rows for some tensors by GGUF name
+    (the GPTQ pass, stages/gptq_gguf.py); they are written as they are, in the planned type and size."""
     names = [t.name for t in ggufs[0][0].tensors] if ggufs else []
     for plan, _ in ggufs[1:]:
         if [t.name for t in plan.tensors] != names:
             raise ValueError("outputs of one run must plan the same tensors in the same order")
     if ggufs:
         check_free_space(ggufs)
+    given = [dict(o or {}) for o in (overrides or [None] * len(ggufs))]
+    for (plan, _), o in zip(ggufs, given):
+        check_overrides(plan, o)
     enc = Encoder(backend or get_backend(), threads, imatrix)
     be = enc.backend
     steps = read_order([p for p, _ in ggufs], [p for p, _ in folders], ckpt)
@@ -83,17 +90,20 @@ def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntP
     modules = [{m.source: m for m in plan.modules} for plan, _ in folders]   # each folder's tensors still to feed
 
     def in_kernels(i: int, t: TensorPlan) -> bool:
-        # as write_ggufs: the kernels check the values as they quantize them when every GGUF has them do it
-        return bool(t.source_dtypes) and all(enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0])
-                                             for plan, _ in ggufs)
+        # the kernels check the values as they quantize them when every GGUF output has them quantize this tensor
+        return bool(t.source_dtypes) and all(
+            enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0]) and t.name not in done
+            for (plan, _), done in zip(ggufs, given))
 
     def read_sources() -> Iterator[tuple[_Step, list[np.ndarray], Stored | None]]:
         for step in steps:
-            raw = [ckpt.read_raw(s) for s in step.sources]
+            # mapped, not copied: the kernels read the page cache directly, and the pages go when the arrays do
+            raw = [ckpt.map_raw(s) for s in step.sources]
             stored = None
             if step.tensor is not None and first is not None:
                 t = first.tensors[step.tensor]
-                stored = prepare(t, raw, be, threads, scan=not in_kernels(step.tensor, t))
+                kernels = in_kernels(step.tensor, t)
+                stored = prepare(t, raw, be, threads, scan=not kernels, index_rows=kernels)
             yield step, raw, stored
 
     def write(job: tuple[object, str, np.ndarray, object]) -> None:
@@ -117,9 +127,10 @@ def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntP
         with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
             for step, raw, stored in sources:
                 if step.tensor is not None:
-                    for (plan, _), writer in zip(ggufs, gwriters):
+                    for (plan, _), writer, done in zip(ggufs, gwriters, given):
                         t = plan.tensors[step.tensor]
-                        sink.submit((writer, t.name, enc.encode(t, raw, stored), t))
+                        ready = done.get(t.name)
+                        sink.submit((writer, t.name, ready if ready is not None else enc.encode(t, raw, stored), t))
                 for source, values in zip(step.sources, raw):
                     _feed_folders(source, values, folders, modules, fwriters, sink, be, threads, folder_progress)
                 del raw, stored

@@ -9,20 +9,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from contextlib import ExitStack, closing
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..errors import InputError, OutputError
 from ..io.checkpoint import Checkpoint
-from ..io.gguf_writer import GGUFStreamWriter
 from ..plan.gguf import Plan, TensorPlan
 from ..quant.backend import Backend, get_backend
 from ..quant.base import quant_class
 from ..quant.imatrix import ImportanceMatrix
-from .overlap import WriteBehind, read_ahead
 
 F32, F16, BF16 = GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16
 _RAW_DTYPES = {F32: "F32", F16: "F16", BF16: "BF16"}
@@ -224,7 +221,7 @@ def check_free_space(outputs: Sequence[tuple[Plan, Path]]) -> None:
                               hint="Free disk space or write elsewhere with -o.")
 
 
-def _check_overrides(plan: Plan, given: Mapping[str, np.ndarray]) -> None:
+def check_overrides(plan: Plan, given: Mapping[str, np.ndarray]) -> None:
     """Every override names a planned tensor and has exactly its planned bytes (the header was sized by the plan)."""
     planned = {t.name: t for t in plan.tensors}
     for name, data in given.items():
@@ -250,44 +247,7 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     `overrides`, one mapping per output (or None), gives already encoded rows for some tensors by GGUF name (the
     GPTQ pass, stages/gptq_gguf.py); they are written as they are, in the planned type and size.
     """
-    names = [t.name for t in outputs[0][0].tensors]
-    for plan, _ in outputs[1:]:
-        if [t.name for t in plan.tensors] != names:
-            raise ValueError("outputs of one run must plan the same tensors in the same order")
-    check_free_space(outputs)
-    enc = Encoder(backend or get_backend(), threads, imatrix)
-    first_plan = outputs[0][0]
-    given = [dict(o or {}) for o in (overrides or [None] * len(outputs))]
-    for (plan, _), o in zip(outputs, given):
-        _check_overrides(plan, o)
+    from .pack_group import write_group   # the GGUF-only case of the shared pass (pack_group builds on this module)
 
-    def read_sources() -> Iterator[tuple[list[np.ndarray], Stored | None]]:
-        for i, t in enumerate(first_plan.tensors):   # every output plans the same sources and transform for a tensor
-            # mapped, not copied: the kernels read the page cache directly, and the pages go when the arrays do
-            raw = [ckpt.map_raw(s) for s in t.spec.sources]
-            # the kernels check the values as they quantize them when every output has them quantize this tensor
-            in_kernels = bool(t.source_dtypes) and all(
-                enc.quantizes_stored(plan.tensors[i], t.source_dtypes[0]) and t.name not in done
-                for (plan, _), done in zip(outputs, given))
-            yield raw, prepare(t, raw, enc.backend, threads, scan=not in_kernels, index_rows=in_kernels)
-
-    def write(job: tuple[GGUFStreamWriter, TensorPlan, np.ndarray]) -> None:
-        writer, t, data = job
-        writer.write_tensor(t.name, data)
-        if progress is not None:
-            progress(t, data.nbytes)
-
-    with ExitStack() as stack:
-        writers = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
-                   for plan, path in outputs]
-        # closing(): an error or Ctrl-C stops the reader now, not when the traceback that holds it is freed
-        with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
-            for i, (raw, stored) in enumerate(sources):
-                for (plan, _), writer, done in zip(outputs, writers, given):
-                    t = plan.tensors[i]
-                    ready = done.get(t.name)
-                    sink.submit((writer, t, ready if ready is not None else enc.encode(t, raw, stored)))
-                del raw, stored
-        for w in writers:
-            w.commit()
-        return [w.sha256 for w in writers]
+    return write_group(outputs, (), ckpt, threads=threads, backend=backend, imatrix=imatrix, progress=progress,
+                       overrides=overrides)[0]

@@ -32,17 +32,18 @@ class Recorder:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.reads: Counter[str] = Counter()
         self.writes: list[list[str]] = []
-        real_read, real_write = Checkpoint.read_raw, quantize_stage.write_ggufs
+        real_write = quantize_stage.write_ggufs
 
-        def read_raw(ckpt: Checkpoint, name: str):  # type: ignore[no-untyped-def]
-            self.reads[name] += 1
-            return real_read(ckpt, name)
+        for method in ("read_raw", "map_raw"):     # a read copies the tensor or maps its pages
+            def read(ckpt: Checkpoint, name: str, real=getattr(Checkpoint, method)):  # type: ignore[no-untyped-def]
+                self.reads[name] += 1
+                return real(ckpt, name)
+            monkeypatch.setattr(Checkpoint, method, read)
 
         def write_ggufs(outputs, ckpt, **kw):  # type: ignore[no-untyped-def]
             self.writes.append([p.name for _, p in outputs])
             return real_write(outputs, ckpt, **kw)
 
-        monkeypatch.setattr(Checkpoint, "read_raw", read_raw)
         monkeypatch.setattr(quantize_stage, "write_ggufs", write_ggufs)
 
 

@@ -38,15 +38,13 @@ outputs:
 
 @pytest.fixture()
 def reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    """Every read of a source tensor during the test, by name."""
+    """Every read of a source tensor during the test, by name: copied (read_raw) or mapped (map_raw)."""
     counts: Counter = Counter()
-    real = Checkpoint.read_raw
-
-    def counted(self: Checkpoint, name: str) -> np.ndarray:
-        counts[name] += 1
-        return real(self, name)
-
-    monkeypatch.setattr(Checkpoint, "read_raw", counted)
+    for method in ("read_raw", "map_raw"):
+        def counted(self: Checkpoint, name: str, real=getattr(Checkpoint, method)) -> np.ndarray:  # type: ignore[no-untyped-def]
+            counts[name] += 1
+            return real(self, name)
+        monkeypatch.setattr(Checkpoint, method, counted)
     return counts
 
 

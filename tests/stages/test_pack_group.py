@@ -64,11 +64,18 @@ class CountingCheckpoint(Checkpoint):
     reads: Counter
     fail_at: tuple[int, BaseException] | None
 
-    def read_raw(self, name: str) -> np.ndarray:
+    def _count(self, name: str) -> None:
         self.reads[name] += 1
         if self.fail_at is not None and sum(self.reads.values()) == self.fail_at[0]:
             raise self.fail_at[1]
+
+    def read_raw(self, name: str) -> np.ndarray:
+        self._count(name)
         return super().read_raw(name)
+
+    def map_raw(self, name: str) -> np.ndarray:
+        self._count(name)
+        return super().map_raw(name)
 
 
 def counting(path: Path, fail_at: tuple[int, BaseException] | None = None) -> CountingCheckpoint:
