@@ -10,10 +10,11 @@ import pytest
 
 from quantcli.errors import InputError
 from quantcli.quant.backend import get_backend
-from quantcli.quant.int import SCHEMES, scheme_named
+from quantcli.io.int_scheme import SCHEMES, scheme_named
 from quantcli.quant.int.encode import encode_weight
 from quantcli.io.int_packing import pack_int32, unpack_int32
-from quantcli.quant.int.rtn import encode, round_to
+from quantcli.quant.int.rtn import encode
+from quantcli.io.int_codes import round_to
 
 GOLDEN = Path(__file__).resolve().parents[2] / "formats" / "golden"
 kernels = pytest.importorskip("quantcli._kernels")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ...errors import InputError
+from ..errors import InputError
 
 # Where compressed-tensors puts the codes: sub-byte codes dense in int32 words ("pack-quantized"), or one int8
 # per weight ("int-quantized", what W8A8 uses so the loader can run int8 matmuls).
