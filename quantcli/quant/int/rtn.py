@@ -2,9 +2,11 @@
 
 min-max follows compressed-tensors' calculate_qparams (0.20): the range always holds 0; symmetric scales are
 absmax / ((qmax - qmin) / 2) (so 4-bit divides by 7.5 and uses code -8 only at the clamp); asymmetric scales are
-(max - min) / (qmax - qmin) with zero point round(qmin - min / scale). One difference on purpose: the scale is
-rounded to the stored dtype *before* the codes are computed, so the codes are the best ones for the scale the
-loader will actually multiply by. "mse" shrinks the range by 1 - i/100 for i = 0..20 and keeps the candidate with
+(max - min) / (qmax - qmin) with zero point round(qmin - min / scale). The scale is rounded to the stored dtype
+*before* the codes are computed, and x / scale is taken in float32, so each code is the nearest one for the scale
+the loader will actually multiply by. compressed-tensors divides in the model's dtype instead; on a float16 model
+that rounds the quotient to float16 first and now and then takes the farther code (docs/int-formats.md, "How RTN
+picks a code"). "mse" shrinks the range by 1 - i/100 for i = 0..20 and keeps the candidate with
 the least squared error (summed over the group left to right in float32, the order the C twin uses).
 
 The C twin is qc_int_rtn in quant/_kernels/int_rtn.c; tests/quant/test_int_schemes.py holds them equal.
