@@ -2,6 +2,8 @@
 
 A scheme is what compressed-tensors calls a QuantizationScheme reduced to what changes bytes: bits, group size
 (None: one scale per output row), symmetric or not, and whether activations are quantized on the fly (W8A8).
+It is a description of the stored format (every folder writer and reader in io/ takes one), so it lives in io/;
+the encoders in quant/ import it from here. The preset names are compressed-tensors' own.
 """
 from __future__ import annotations
 
