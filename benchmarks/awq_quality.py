@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from quantcli.engine import Engine
     from quantcli.models.spec import model_spec
-    from quantcli.quant.int.scheme import IntScheme
+    from quantcli.io.int_scheme import IntScheme
     from quantcli.stages.calibration_data import load_calibration_text
     from quantcli.stages.eval_text import encode
     from quantcli.stages.perplexity import chunk_tokens

@@ -154,7 +154,7 @@ def main() -> None:
 
     from safetensors.numpy import load_file
 
-    from quantcli.quant.int import scheme_named
+    from quantcli.io.int_scheme import scheme_named
 
     start = time.perf_counter()
     source = args.models / MODEL

@@ -17,8 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .doc_section import markers
 from .measure import Measurement, measure
 from .peer import convert_command, convert_env, llama_cpp_source, quantize_command
+from .scaling import SECTION as SCALING_SECTION
 from .scaling import scaling_report, scaling_rows
 
 QUANT_TYPES = ("Q8_0", "Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_XS")
@@ -159,7 +161,9 @@ def write_report(rows: list[dict], out: Path, repeats: int, threads: int, scalin
                   f"Over the {len(quant)} quantized types: time ratio {span('time ratio')}, end-to-end ratio "
                   f"{span('end-to-end ratio')}, RSS ratio {span('RSS ratio')}; identical tensor bytes in "
                   f"{sum(r['bytes'] == 'identical' for r in quant)} of {len(quant)}."]
-    lines += scaling_report(scaling or [])
+    if scaling:
+        begin, end = markers(SCALING_SECTION)
+        lines += ["", begin, *scaling_report(scaling), end]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 

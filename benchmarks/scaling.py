@@ -11,7 +11,8 @@ S = (e * t2 - t1) / (e - 1) for quantcli.
                                  [--llama-quantize PATH] [--doc docs/benchmarks.md]
 
 prints the section (with the date and the load average, which on a shared machine says how far to trust the
-seconds) and with --doc replaces that section of the file in place.
+seconds) and with --doc replaces what is between the file's scaling markers (benchmarks/doc_section.py), keeping
+the prose around them.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from typing import Callable
 
 from quantcli.quant.mixes import MIXES
 
+from .doc_section import replace_section
 from .measure import measure
 from .peer import quantize_command
 
 SCALING_TYPE = "Q4_K_M"
+SECTION = "scaling"     # the marker name of this table's section in docs/benchmarks.md
 
 
 def serial_part(t1: float, t2: float, gain: float) -> float:
@@ -87,7 +90,7 @@ def scaling_report(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     cols = list(rows[0])
-    return ["", f"## Scaling: {SCALING_TYPE}, 1 and 2 threads", "",
+    return [f"## Scaling: {SCALING_TYPE}, 1 and 2 threads", "",
             "quantcli converts from the HF folder; llama-quantize starts from the F16 GGUF (its conversion to F16 is",
             "not counted). e is llama-quantize's own gain from the second thread on this machine; S is quantcli's",
             "serial part fitted with that gain (benchmarks/scaling.py). With S small, more cores help quantcli as",
@@ -101,22 +104,6 @@ def load_average() -> str:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
-
-
-def replace_section(doc: Path, section: list[str]) -> None:
-    """Put `section` where the file's scaling section is (from its heading to the next heading or marker)."""
-    lines = doc.read_text().splitlines()
-    head = f"## Scaling: {SCALING_TYPE}, 1 and 2 threads"
-    try:
-        start = lines.index(head)
-    except ValueError:
-        lines += section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "<!--"))), len(lines))
-        while end > start and not lines[end - 1].strip():
-            end -= 1
-        lines[start - 1 if start and not lines[start - 1].strip() else start:end] = section
-    doc.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -152,7 +139,7 @@ def main() -> None:
                 f"{load_average()} after the runs."]
         print("\n".join(section))
         if args.doc:
-            replace_section(args.doc, section)
+            replace_section(args.doc, SECTION, "\n".join(section))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -45,7 +45,7 @@ def variants() -> dict[str, tuple[str, int, bool]]:
 def dense_fn(method: str, group: int, sym: bool):  # type: ignore[no-untyped-def]
     from quantcli.quant.algorithms.splitquant import split_linear
     from quantcli.quant.backend import get_backend
-    from quantcli.quant.int import scheme_named
+    from quantcli.io.int_scheme import scheme_named
     from quantcli.quant.int.encode import encode_weight
 
     scheme = scheme_named("W4A16").with_options(group_size=group, symmetric=sym)
@@ -121,7 +121,7 @@ def main() -> None:
     from quantcli.engine.split_weights import SplitWeights
     from quantcli.io.checkpoint import Checkpoint
     from quantcli.pipeline.convert_split import SplitConvertRequest, convert_split
-    from quantcli.quant.int import scheme_named
+    from quantcli.io.int_scheme import scheme_named
     from quantcli.plan.safetensors import IntOptions, make_int_plan
     from quantcli.stages.calibration_data import builtin_text
     from quantcli.stages.eval_text import SpecialIds, text_tokens

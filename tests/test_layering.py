@@ -17,8 +17,8 @@ ROOT = Path(quantcli.__file__).parent
 
 # Rank of each top-level part of quantcli (higher imports lower). errors, the version and the shipped data sit
 # under everything. recipe/ is the strict schema the CLI and the pipeline parse; it validates names against the
-# registries below it (encodings in quant/, folder formats in plan/), so it ranks just above plan. inspect.py is
-# the `inspect` command's logic over stages and io.
+# registries below it (encodings in quant/, INT schemes in io/, folder formats in plan/), so it ranks just above
+# plan. inspect.py is the `inspect` command's logic over stages and io.
 RANKS: dict[str, int] = {
     "cli": 7,
     "pipeline": 6, "inspect": 6,
@@ -31,26 +31,7 @@ RANKS: dict[str, int] = {
 }
 
 # (importing module, imported module) pairs that break the order today, with why they are not fixed here.
-KNOWN: dict[tuple[str, str], str] = {
-    # The quantized-folder formats in io/ take INT schemes and code containers from quant/int (the bit packing
-    # is already in io/int_packing.py); the fix (the NF4 code book and the code container moving into io/, or
-    # these writers above quant/) is a refactor of quant/int and the folder writers of its own.
-    ("quantcli.io.awq", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.awq", "quantcli.quant.int.scheme"): "INT scheme",
-    ("quantcli.io.bnb", "quantcli.quant.int.nf4"): "NF4 code book",
-    ("quantcli.io.bnb", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.compressed_tensors", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.compressed_tensors", "quantcli.quant.int.scheme"): "INT scheme",
-    ("quantcli.io.gptq", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.gptq", "quantcli.quant.int.scheme"): "INT scheme",
-    ("quantcli.io.splitquant", "quantcli.quant.int.rtn"): "INT codes",
-    ("quantcli.io.splitquant", "quantcli.quant.int.scheme"): "INT scheme",
-    # Calibrated methods name the engine's BlockStep in their signatures (under TYPE_CHECKING only); the
-    # interface they need belongs below the engine, a change to quant/algorithms/base.py and engine/forward.py.
-    ("quantcli.quant.algorithms.awq", "quantcli.engine"): "BlockStep type",
-    ("quantcli.quant.algorithms.base", "quantcli.engine"): "BlockStep type",
-    ("quantcli.quant.algorithms.gptq", "quantcli.engine"): "BlockStep type",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from ..quant.int.rtn import IntCodes, round_to
-from ..quant.int.scheme import IntScheme
 from .checkpoint import Checkpoint
 from .gptq import SCALE_DTYPE, default_g_idx, f16_scales, unsigned
+from .int_codes import IntCodes, round_to
+from .int_scheme import IntScheme
 from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from ..quant.int.nf4 import NESTED_BLOCK, NF4_BLOCK, NF4_LEVELS, NF4Codes, dynamic_code
 from .checkpoint import Checkpoint
+from .int_codes import round_to
+from .nf4_codes import NESTED_BLOCK, NF4_BLOCK, NF4_LEVELS, NF4Codes, dynamic_code
 from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 
@@ -158,8 +159,6 @@ class NF4Reader(FolderReader):
         return tuple(names) + (f"{module}.{STATE_KEY}",)
 
     def dense(self, module: str) -> np.ndarray:
-        from ..quant.int.rtn import round_to
-
         read, state, shape = self.ckpt.read_raw, self.states[module], self.modules[module].shape
         n, block = shape[0] * shape[1], int(state["blocksize"])
         absmax = read(f"{module}.weight.absmax")

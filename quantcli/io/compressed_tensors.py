@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from .int_packing import pack_int32, packed_words
-from ..quant.int.rtn import IntCodes
-from ..quant.int.scheme import INT_QUANTIZED, PACK_QUANTIZED, IntScheme
 from .checkpoint import Checkpoint
+from .int_codes import IntCodes, round_to, scale_to_f32
+from .int_packing import pack_int32, packed_words, unpack_int32
+from .int_scheme import INT_QUANTIZED, PACK_QUANTIZED, IntScheme
 from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 
@@ -242,9 +242,6 @@ class CompressedTensorsReader(FolderReader):
     def dense(self, module: str, dtype: str | None = None) -> np.ndarray:
         """As the FolderReader; `dtype` rounds to another dtype than the scale's (e.g. "F32" for a loader that
         widens the scales before multiplying)."""
-        from .int_packing import unpack_int32
-        from ..quant.int.rtn import round_to, scale_to_f32
-
         a, (out, n), read, t = self.args[module], self.modules[module].shape, self.ckpt.read_raw, self.ckpt.tensors
         if a.format == PACK_QUANTIZED:
             codes = unpack_int32(read(f"{module}.weight_packed"), a.bits, n)

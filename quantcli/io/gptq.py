@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UnsupportedError
-from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
-from ..quant.int.scheme import IntScheme
 from .checkpoint import Checkpoint
+from .int_codes import IntCodes, round_to, scale_to_f32
+from .int_scheme import IntScheme
 from .quantized_folder import FolderReader, QuantizedModule, expect_shape, require
 from .safetensors_writer import TensorEntry
 

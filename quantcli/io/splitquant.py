@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .int_codes import IntCodes, scale_to_f32
 from .int_packing import pack_int32, packed_words, unpack_int32
-from ..quant.int.rtn import IntCodes, scale_to_f32
-from ..quant.int.scheme import IntScheme
+from .int_scheme import IntScheme
 from .safetensors_writer import TensorEntry
 
 SPLIT_KEY = "splitquant"              # the config.json block that marks a three-branch folder

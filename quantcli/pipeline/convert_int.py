@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InputError, VerifyError
 from ..io.checkpoint import Checkpoint
 from ..quant.algorithms.registry import CALIBRATED, is_calibrated, method_options
-from ..quant.int.scheme import SCHEMES, IntScheme, scheme_named
+from ..io.int_scheme import SCHEMES, IntScheme, scheme_named
 from ..recipe.schema import Recipe
 from ..plan.safetensors import (
     FORMATS,

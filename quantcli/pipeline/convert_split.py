@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from ..io.checkpoint import Checkpoint
-from ..quant.int.scheme import IntScheme, scheme_named
+from ..io.int_scheme import IntScheme, scheme_named
 from ..plan.safetensors import IntOptions, IntPlan, ModulePlan, make_int_plan
 
 # The branches are INT4 (the paper's setting); the schemes say symmetric or not. 8-bit gains little from a split.

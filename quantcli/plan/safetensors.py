@@ -18,10 +18,10 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import awq, gptq
 from ..io.checkpoint import Checkpoint
+from ..io.int_scheme import IntScheme
+from ..io.nf4_codes import NF4_BLOCK
 from ..quant.algorithms.registry import CALIBRATED, is_calibrated
-from ..quant.int.nf4 import NF4_BLOCK
 from ..quant.int.encode import METHODS
-from ..quant.int.scheme import IntScheme
 
 # Substrings that mark a 2-D weight as an embedding table (never a Linear): llama/mistral/qwen/gemma/phi use
 # embed_tokens, GPT-2 wte/wpe, BERT word/position/token_type_embeddings.

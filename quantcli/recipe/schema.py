@@ -180,7 +180,7 @@ def _folder_output(ctx: YamlContext, node: yaml.Node, items: dict, what: str) ->
     """A folder output: the keys of `convert --format`, each checked as the command line checks it."""
     from ..errors import InputError
     from ..quant.algorithms.registry import method_options
-    from ..quant.int.scheme import scheme_named
+    from ..io.int_scheme import scheme_named
     from ..plan.safetensors import FORMATS
 
     check_keys(ctx, items, _FOLDER_KEYS, what)
@@ -430,7 +430,7 @@ def recipe_json_schema() -> dict[str, Any]:
         },
     }
     from ..quant.algorithms.registry import METHOD_NAMES
-    from ..quant.int.scheme import SCHEMES
+    from ..io.int_scheme import SCHEMES
     from ..plan.safetensors import FORMATS
 
     # One object for both kinds of output: `format` absent or gguf needs a `type`; a folder format takes the

@@ -32,8 +32,8 @@ from ..errors import InputError
 from ..quant.algorithms.base import BlockMethod, Chosen
 from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight
-from ..quant.int.rtn import IntCodes, round_to, scale_to_f32
-from ..quant.int.scheme import IntScheme
+from ..io.int_codes import IntCodes, round_to, scale_to_f32
+from ..io.int_scheme import IntScheme
 from ..plan.safetensors import IntPlan, ModulePlan
 from .chunks import calibration_chunks, resolve_ctx
 from .calibration_data import CalibrationText

@@ -30,7 +30,7 @@ from ..quant.algorithms.registry import is_calibrated
 from ..quant.backend import Backend, get_backend
 from ..quant.int.encode import encode_weight, nf4_kernels
 from ..quant.int.nf4 import encode_nf4
-from ..quant.int.rtn import IntCodes
+from ..io.int_codes import IntCodes
 from ..plan.safetensors import PACKED_FORMATS, IntPlan, ModulePlan
 from .spool import ChoiceSpool, Spooled
 

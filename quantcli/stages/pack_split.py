@@ -26,8 +26,8 @@ from ..io.checkpoint import Checkpoint
 from ..io.safetensors_writer import SINGLE_NAME, TensorEntry, atomic_folder, write_tensors
 from ..quant.algorithms.splitquant import SplitLinear, split_linear
 from ..quant.backend import Backend, get_backend
-from ..quant.int.rtn import round_to
-from ..quant.int.scheme import IntScheme
+from ..io.int_codes import round_to
+from ..io.int_scheme import IntScheme
 from ..plan.safetensors import IntPlan, ModulePlan
 from .pack_safetensors import SKIP_NAMES, SKIP_SUFFIXES, scale_dtype
 

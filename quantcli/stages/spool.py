@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant.int.rtn import IntCodes
+from ..io.int_codes import IntCodes
 
 SPOOL_DIR = ".quantcli-choices"   # inside the output's partial folder; removed before the folder is renamed
 

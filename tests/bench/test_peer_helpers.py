@@ -84,3 +84,21 @@ def test_a_partial_calibrated_speed_run_keeps_the_rows_it_did_not_repeat(tmp_pat
     replace_between(page, cs.BEGIN, cs.END, cs.table([new, cs.earlier_rows(page)[awq]], 128, 512, 2))
     assert cs.earlier_rows(page) == {gptq: new, awq: old[1]}
     assert page.read_text(encoding="utf-8").startswith("# Page\n\nprose\n")
+
+
+def test_the_scaling_table_replaces_its_own_section_and_keeps_the_prose_after_it(tmp_path: Path) -> None:
+    # benchmarks/scaling.py --doc and benchmarks/run.py both mark the table; a rerun replaces only what is
+    # between the markers, not the hand-written analysis that follows it up to the next section
+    from benchmarks.run import write_report
+    from benchmarks.scaling import SECTION, scaling_report
+
+    page = tmp_path / "benchmarks.md"
+    first = [{"model": "m", "quantcli 1t s": 3.0}]
+    write_report([{"step": "convert", "s": 1.0}], page, 1, 2, first)
+    begin, end = markers(SECTION)
+    page.write_text(page.read_text(encoding="utf-8") + "\nanalysis by hand\n\n<!-- other:begin -->\nx\n"
+                    "<!-- other:end -->\n", encoding="utf-8")
+    replace_section(page, SECTION, "\n".join(scaling_report([{"model": "m", "quantcli 1t s": 2.5}])))
+    text = page.read_text(encoding="utf-8")
+    assert text.count(begin) == 1 and "| m | 2.5 |" in text and "| m | 3.0 |" not in text
+    assert "analysis by hand" in text and "<!-- other:begin -->\nx\n" in text

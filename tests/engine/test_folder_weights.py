@@ -23,7 +23,7 @@ from quantcli.errors import InputError, UnsupportedError
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.io.quantized_folder import open_folder_reader
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
-from quantcli.quant.int.nf4 import NF4_LEVELS, dynamic_code
+from quantcli.io.nf4_codes import NF4_LEVELS, dynamic_code
 
 
 TOKENS = np.array([[1, 5, 9, 33, 2, 70, 41, 8, 96, 12], [3, 3, 50, 61, 7, 0, 19, 88, 4, 27]], dtype=np.int32)

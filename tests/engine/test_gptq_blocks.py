@@ -13,7 +13,7 @@ from quantcli.engine import Engine
 from quantcli.quant.algorithms.base import BlockMethod
 from quantcli.quant.algorithms.gptq import GPTQ, dequantize
 from quantcli.quant.algorithms.hessian import Hessians
-from quantcli.quant.int import scheme_named
+from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.rtn import encode
 
 pytestmark = pytest.mark.backend

@@ -15,8 +15,8 @@ from quantcli.engine.forward import GROUPS, BlockStep
 from quantcli.quant.algorithms.base import Chosen
 from quantcli.quant.algorithms.gptq import GPTQ, dequantize, prepare_hessian, quantize_weight
 from quantcli.quant.algorithms.hessian import Hessians
-from quantcli.quant.int import scheme_named
-from quantcli.quant.int.scheme import IntScheme
+from quantcli.io.int_scheme import scheme_named
+from quantcli.io.int_scheme import IntScheme
 from tests.fixtures.paths import model_path
 
 RNG = np.random.default_rng(17)

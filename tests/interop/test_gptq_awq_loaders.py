@@ -20,7 +20,7 @@ from quantcli.io.checkpoint import Checkpoint
 from quantcli.io.safetensors_writer import TensorEntry, write_tensors
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
 from quantcli.quant.int.rtn import encode
-from quantcli.quant.int.scheme import IntScheme
+from quantcli.io.int_scheme import IntScheme
 from tests.fixtures.paths import model_path
 
 torch = pytest.importorskip("torch")
@@ -155,7 +155,7 @@ def test_act_order_g_idx_loads(tmp_path: object) -> None:
         codes[:, perm] = codes_p.codes
         g_idx = np.empty(w.shape[1], dtype=np.int32)
         g_idx[perm] = np.arange(w.shape[1]) // 32
-        from quantcli.quant.int.rtn import IntCodes
+        from quantcli.io.int_codes import IntCodes
 
         entries += gptq.module_entries(module, info.shape, scheme)
         arrays += gptq.module_arrays(module, IntCodes(codes, codes_p.scale, codes_p.zero_point), scheme, g_idx)

@@ -166,7 +166,7 @@ def nf4_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def _nf4_ours(out: object) -> dict[str, np.ndarray]:
     """Our dequantization of each NF4 weight, rounded to the model dtype recorded in its quant_state."""
     from quantcli.io import bnb
-    from quantcli.quant.int.rtn import round_to
+    from quantcli.io.int_codes import round_to
 
     ckpt = Checkpoint.open(out)
     dense = {}

@@ -13,8 +13,8 @@ from quantcli.errors import InputError
 from quantcli.io import awq, gptq
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
-from quantcli.quant.int.rtn import IntCodes
-from quantcli.quant.int.scheme import IntScheme
+from quantcli.io.int_codes import IntCodes
+from quantcli.io.int_scheme import IntScheme
 from tests.fixtures.paths import model_path
 
 GOLDEN = Path(__file__).resolve().parents[2] / "formats" / "golden"

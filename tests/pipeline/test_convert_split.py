@@ -19,8 +19,8 @@ from quantcli.io.checkpoint import Checkpoint
 from quantcli.pipeline.convert_split import SplitConvertRequest, convert_split
 from quantcli.quant.algorithms.splitquant import split_linear
 from quantcli.quant.backend import get_backend
-from quantcli.quant.int import scheme_named
-from quantcli.quant.int.rtn import round_to
+from quantcli.io.int_scheme import scheme_named
+from quantcli.io.int_codes import round_to
 from tests.fixtures.paths import model_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.backend]

@@ -17,7 +17,7 @@ from quantcli.errors import InputError
 from quantcli.models.spec import spec_from_config
 from quantcli.quant.algorithms.awq import AWQ, awq_scales, clip_search, fake_quantize, scale_groups
 from quantcli.quant.algorithms.base import Chosen
-from quantcli.quant.int.scheme import IntScheme
+from quantcli.io.int_scheme import IntScheme
 from tests.engine.conftest import LLAMA_CONFIG, write_random_checkpoint
 
 W4G32 = IntScheme("W4G32", bits=4, group_size=32, symmetric=True)

@@ -11,7 +11,7 @@ from quantcli.errors import InputError
 from quantcli.quant.algorithms.gptq import dequantize, prepare_hessian, quantize_weight
 from quantcli.quant.algorithms.hessian import Hessians, dampen, inverse_cholesky_upper, prepare
 from quantcli.quant.backend import get_backend
-from quantcli.quant.int import scheme_named
+from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.rtn import encode
 
 pytestmark = pytest.mark.backend

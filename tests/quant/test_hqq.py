@@ -10,7 +10,7 @@ from quantcli.errors import InputError
 from quantcli.io.checkpoint import Checkpoint
 from quantcli.quant.algorithms.hqq import shrink
 from quantcli.quant.backend import get_backend
-from quantcli.quant.int import scheme_named
+from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.encode import encode_weight
 from quantcli.io.int_packing import pack_int32
 from quantcli.quant.int.rtn import encode

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from quantcli.errors import InputError
-from quantcli.quant.backend import get_backend
-from quantcli.quant.int import SCHEMES, scheme_named
-from quantcli.quant.int.encode import encode_weight
+from quantcli.io.int_codes import round_to
 from quantcli.io.int_packing import pack_int32, unpack_int32
-from quantcli.quant.int.rtn import encode, round_to
+from quantcli.io.int_scheme import SCHEMES, scheme_named
+from quantcli.quant.backend import get_backend
+from quantcli.quant.int.encode import encode_weight
+from quantcli.quant.int.rtn import encode
 
 GOLDEN = Path(__file__).resolve().parents[2] / "formats" / "golden"
 kernels = pytest.importorskip("quantcli._kernels")
@@ -69,6 +70,28 @@ def test_pack_matches_the_golden_words() -> None:
     for case in golden["cases"]:
         q = np.array(case["codes"], dtype=np.int8)
         assert pack_int32(q, case["bits"]).view(np.uint32).tolist() == case["words"]
+
+
+@pytest.mark.parametrize("policy", ["c", "reference"])
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16"])
+def test_codes_of_float16_weights_are_the_nearest_for_the_stored_scale(name: str, policy: str) -> None:
+    """Each code is round-half-even of the exact x / scale (+ zero point) for the F16 scale the loader multiplies
+    by, so no other code gives a loader value nearer the source. llm-compressor divides in the model's float16
+    instead, which rounds the quotient first and sometimes takes the farther code (docs/int-formats.md); the same
+    weights show that happens here, so this test exercises the boundary it is about."""
+    scheme = scheme_named(name).with_options(group_size=128)
+    x16 = (np.random.default_rng(7).standard_normal((64, 512)) * 0.02).astype(np.float16)
+    codes, _ = encode_weight(x16.astype(np.float32), scheme, "F16", "minmax", get_backend(policy), threads=2)
+    scale = np.repeat(codes.scale.astype(np.float64), 128, axis=1)
+    zero = 0.0 if codes.zero_point is None else np.repeat(codes.zero_point.astype(np.float64), 128, axis=1)
+    exact = x16.astype(np.float64) / scale + zero                     # x and scale are float16: no rounding yet
+    assert np.array_equal(codes.codes, np.clip(np.rint(exact), scheme.qmin, scheme.qmax))
+    # compressed-tensors' _quantize on a float16 model: x / scale, then + zero point, each rounded to float16
+    f16_quotient = x16 / codes.scale.repeat(128, axis=1) + np.asarray(zero, dtype=np.float16)
+    theirs = np.clip(np.rint(f16_quotient.astype(np.float32)), scheme.qmin, scheme.qmax)
+    differ = theirs != codes.codes
+    assert differ.any()
+    assert np.all(np.abs(codes.codes - exact)[differ] < np.abs(theirs - exact)[differ])
 
 
 def test_symmetric_minmax_follows_compressed_tensors_rule() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantcli.quant.int.nf4 import NF4_LEVELS, dynamic_code, encode_nf4
+from quantcli.io.nf4_codes import NF4_LEVELS, dynamic_code
+from quantcli.quant.int.nf4 import encode_nf4
 
 kernels = pytest.importorskip("quantcli._kernels")
 

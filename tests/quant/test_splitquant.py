@@ -8,7 +8,7 @@ import pytest
 from quantcli.io import splitquant as sq
 from quantcli.quant.algorithms.splitquant import K, kmeans_1d, split_linear
 from quantcli.quant.backend import get_backend
-from quantcli.quant.int import scheme_named
+from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.encode import encode_weight
 
 pytestmark = pytest.mark.backend

@@ -23,8 +23,9 @@ from quantcli.io.safetensors import SafetensorsFile
 from quantcli.io.safetensors_writer import TensorEntry, write_tensors
 from quantcli.pipeline.convert_int import IntConvertRequest, IntConvertResult, convert_int
 from quantcli.quant.algorithms.registry import CALIBRATED, MethodEntry, Option
-from quantcli.quant.int.rtn import encode, round_to
-from quantcli.quant.int.scheme import SCHEMES
+from quantcli.quant.int.rtn import encode
+from quantcli.io.int_codes import round_to
+from quantcli.io.int_scheme import SCHEMES
 from quantcli.stages import calibrated as stage
 from quantcli.stages.check_folder import check_folder
 from quantcli.stages.spool import SPOOL_DIR
@@ -223,7 +224,7 @@ def test_a_written_folder_passes_the_folder_check_against_its_source(tmp_path: P
 def test_codes_outside_the_scheme_are_refused_before_they_wrap(tmp_path: Path, methods: None,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcli.quant.algorithms.base import Chosen
-    from quantcli.quant.int.rtn import IntCodes
+    from quantcli.io.int_codes import IntCodes
 
     src = write_random_checkpoint(tmp_path / "m", LLAMA_CONFIG)
 

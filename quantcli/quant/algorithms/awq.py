@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import InputError
+from ...io.int_scheme import IntScheme
 from ..backend import get_backend
 from ..int.encode import encode_weight
-from ..int.scheme import IntScheme
 from .base import Chosen
+from .step import BlockStep
 
-if TYPE_CHECKING:  # the engine and the model description sit above / beside quant/; only their types are named
-    from ...engine import BlockStep
+if TYPE_CHECKING:  # the model description sits beside quant/; only its type is named
     from ...models.spec import ModelSpec
 
 F32 = np.float32

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from ..int.rtn import IntCodes
-from ..int.scheme import IntScheme
-
-if TYPE_CHECKING:  # the engine sits above quant/ in the layers; only its type is named here
-    from ...engine import BlockStep
+from ...io.int_codes import IntCodes
+from ...io.int_scheme import IntScheme
+from .step import BlockStep      # the engine's BlockStep satisfies this Protocol; the engine sits above quant/
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class BlockMethod(Protocol):
 
     name: str
 
-    def process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
+    def process(self, step: BlockStep, targets: Mapping[str, IntScheme]) -> list[Chosen]:
         """Choose values for block `step.index`.
 
         `targets` maps the block's Linear weights that the plan quantizes to their scheme (ignored layers are

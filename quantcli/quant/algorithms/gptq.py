@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -37,13 +36,12 @@ from threadpoolctl import threadpool_limits
 from ...errors import InputError
 from ..backend import Backend, get_backend
 from ..int.encode import DTYPE_IDS
-from ..int.rtn import IntCodes, _params, round_to, scale_to_f32
-from ..int.scheme import IntScheme
+from ...io.int_codes import IntCodes, round_to, scale_to_f32
+from ...io.int_scheme import IntScheme
+from ..int.rtn import _params
 from .base import Chosen
 from .hessian import Hessians, prepare
-
-if TYPE_CHECKING:
-    from ...engine import BlockStep
+from .step import BlockStep
 
 
 @dataclass(frozen=True)
@@ -214,14 +212,14 @@ class GPTQ:
     def _dtype(self, name: str) -> str:
         return self.scale_dtype if isinstance(self.scale_dtype, str) else self.scale_dtype[name]
 
-    def process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
+    def process(self, step: BlockStep, targets: Mapping[str, IntScheme]) -> list[Chosen]:
         # BLAS/LAPACK (the Gram matrices, the factorisations, the block updates) on `threads` threads: a fixed
         # count keeps the results reproducible, and OpenBLAS's default of every core slows to a crawl when the
         # machine is shared
         with threadpool_limits(limits=max(1, self.threads), user_api="blas"):
             return self._process(step, targets)
 
-    def _process(self, step: "BlockStep", targets: Mapping[str, IntScheme]) -> list[Chosen]:
+    def _process(self, step: BlockStep, targets: Mapping[str, IntScheme]) -> list[Chosen]:
         backend = self.backend or get_backend()
         chosen: list[Chosen] = []
         hessians = Hessians(targets)
@@ -243,7 +241,7 @@ class GPTQ:
             raise ValueError(f"GPTQ cannot place {missing} in block {step.index}'s sub-layer order")
         return chosen
 
-    def _quantize_group(self, step: "BlockStep", group: list[str], hessians: Hessians,
+    def _quantize_group(self, step: BlockStep, group: list[str], hessians: Hessians,
                         targets: Mapping[str, IntScheme], backend: Backend) -> list[Chosen]:
         """GPTQ the linears of one sub-layer group (they share one input) and put their dequantized values back."""
         chosen = []

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..int.rtn import IntCodes, round_to, scale_to_f32
-from ..int.scheme import IntScheme
+from ...io.int_codes import IntCodes, round_to, scale_to_f32
+from ...io.int_scheme import IntScheme
 
 ITERS = 20                       # the hqq package's default number of rounds
 BETA = np.float32(10.0)          # its initial penalty

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..backend import Backend
 from ..int.encode import encode_weight
-from ..int.rtn import IntCodes
-from ..int.scheme import IntScheme
+from ...io.int_codes import IntCodes
+from ...io.int_scheme import IntScheme
 
 K = 3
 MAX_ROUNDS = 100

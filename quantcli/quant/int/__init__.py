@@ -1,8 +1,8 @@
-"""Integer weight schemes for safetensors folders (compressed-tensors, later GPTQ/AWQ): the table and the RTN encoder.
+"""Integer weight encoders for safetensors folders: round-to-nearest (`rtn.encode`, min-max and the clip search),
+the backend switch between it and its C twin (`encode.encode_weight`, quant/_kernels/int_rtn.c), NF4 (`nf4`), and
+the loader's per-token activation rounding (`activations`).
 
-`SCHEMES` is the one table of what each scheme name means; `rtn.encode` turns float rows into integer codes,
-scales and zero points; `packing` lays codes into int32 words. The C twins live in quant/_kernels/int_rtn.c.
+What they produce is described one layer down, in io/, because the folder formats store it: the scheme table
+(io/int_scheme.py), the code container and the loader's rounding (io/int_codes.py), the NF4 code book
+(io/nf4_codes.py) and the int32 bit packing (io/int_packing.py).
 """
-from .scheme import SCHEMES, IntScheme, scheme_named
-
-__all__ = ["SCHEMES", "IntScheme", "scheme_named"]

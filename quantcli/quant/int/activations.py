@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import UnsupportedError
-from .scheme import signed_range
+from ...io.int_scheme import signed_range
 
 F32 = np.float32
 

@@ -10,12 +10,13 @@ from types import ModuleType
 import numpy as np
 
 from ...errors import InputError
-from ..backend import Backend
+from ...io.int_codes import IntCodes
 from ...io.int_packing import pack_int32, packed_words
+from ...io.int_scheme import PACK_QUANTIZED, IntScheme
 from ..algorithms import hqq
+from ..backend import Backend
 from .rtn import METHODS as RTN_METHODS
-from .rtn import IntCodes, encode
-from .scheme import PACK_QUANTIZED, IntScheme
+from .rtn import encode
 
 METHODS = RTN_METHODS + ("hqq",)     # what --method accepts for compressed-tensors folders
 METHOD_IDS = {"minmax": 0, "mse": 1, "hqq": 0}     # hqq's C pass starts from the min-max encoding

@@ -2,20 +2,21 @@
 
 min-max follows compressed-tensors' calculate_qparams (0.20): the range always holds 0; symmetric scales are
 absmax / ((qmax - qmin) / 2) (so 4-bit divides by 7.5 and uses code -8 only at the clamp); asymmetric scales are
-(max - min) / (qmax - qmin) with zero point round(qmin - min / scale). One difference on purpose: the scale is
-rounded to the stored dtype *before* the codes are computed, so the codes are the best ones for the scale the
-loader will actually multiply by. "mse" shrinks the range by 1 - i/100 for i = 0..20 and keeps the candidate with
+(max - min) / (qmax - qmin) with zero point round(qmin - min / scale). The scale is rounded to the stored dtype
+*before* the codes are computed, and x / scale is taken in float32, so each code is the nearest one for the scale
+the loader will actually multiply by. compressed-tensors divides in the model's dtype instead; on a float16 model
+that rounds the quotient to float16 first and now and then takes the farther code (docs/int-formats.md, "How RTN
+picks a code"). "mse" shrinks the range by 1 - i/100 for i = 0..20 and keeps the candidate with
 the least squared error (summed over the group left to right in float32, the order the C twin uses).
 
 The C twin is qc_int_rtn in quant/_kernels/int_rtn.c; tests/quant/test_int_schemes.py holds them equal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .scheme import IntScheme
+from ...io.int_codes import IntCodes, round_to
+from ...io.int_scheme import IntScheme
 
 METHODS = ("minmax", "mse")
 MSE_GRID = 100          # candidates are 1 - i / MSE_GRID ...
@@ -23,48 +24,6 @@ MSE_STEPS = 20          # ... for i = 0 .. MSE_STEPS (down to 0.8 of the min-max
 SCALE_DTYPES = ("F32", "F16", "BF16")
 # The smallest normal of each scale dtype: a scale that would round to 0 is stored as this instead.
 TINY = {"F32": np.float32(2.0 ** -126), "F16": np.float32(2.0 ** -14), "BF16": np.float32(2.0 ** -126)}
-
-
-@dataclass(frozen=True)
-class IntCodes:
-    """One tensor's encoding: codes (rows, n) int8; scale (rows, groups) in its stored dtype (BF16 as uint16 bits);
-    zero points (rows, groups) int8, or None for a symmetric scheme."""
-
-    codes: np.ndarray
-    scale: np.ndarray
-    zero_point: np.ndarray | None
-
-    def scale_f32(self) -> np.ndarray:
-        return scale_to_f32(self.scale)
-
-    def dequantize(self, scale_dtype: str, group_size: int | None) -> np.ndarray:
-        """What a loader computes: (code - zero) * scale, each step exact in float32, rounded to the scale dtype."""
-        rows, n = self.codes.shape
-        g = n if group_size is None else group_size
-        q = self.codes.astype(np.float32).reshape(rows, n // g, g)
-        if self.zero_point is not None:
-            q = q - self.zero_point.astype(np.float32)[:, :, None]
-        dense = (q * self.scale_f32()[:, :, None]).reshape(rows, n)
-        return round_to(dense, scale_dtype)[1]
-
-
-def round_to(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """float32 -> (stored array, its float32 value), round to nearest even. BF16 is stored as uint16 bits."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    if dtype == "F32":
-        return values, values
-    if dtype == "F16":
-        stored = values.astype(np.float16)
-        return stored, stored.astype(np.float32)
-    bits = values.view(np.uint32)
-    stored = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-    return stored, (stored.astype(np.uint32) << 16).view(np.float32)
-
-
-def scale_to_f32(scale: np.ndarray) -> np.ndarray:
-    if scale.dtype == np.uint16:
-        return (scale.astype(np.uint32) << 16).view(np.float32)
-    return scale.astype(np.float32)
 
 
 def _params(lo: np.ndarray, hi: np.ndarray, scheme: IntScheme, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

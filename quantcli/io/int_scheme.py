@@ -2,12 +2,14 @@
 
 A scheme is what compressed-tensors calls a QuantizationScheme reduced to what changes bytes: bits, group size
 (None: one scale per output row), symmetric or not, and whether activations are quantized on the fly (W8A8).
+It is a description of the stored format (every folder writer and reader in io/ takes one), so it lives in io/;
+the encoders in quant/ import it from here. The preset names are compressed-tensors' own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ...errors import InputError
+from ..errors import InputError
 
 # Where compressed-tensors puts the codes: sub-byte codes dense in int32 words ("pack-quantized"), or one int8
 # per weight ("int-quantized", what W8A8 uses so the loader can run int8 matmuls).
