@@ -17,7 +17,7 @@ from quantcli.models.spec import spec_from_config
 from quantcli.plan.gguf import Plan, QuantOptions, SourceModel, make_plan
 from quantcli.plan.safetensors import IntOptions, IntPlan, make_int_plan
 from quantcli.quant.imatrix import ImportanceMatrix
-from quantcli.quant.int.scheme import scheme_named
+from quantcli.io.int_scheme import scheme_named
 from quantcli.stages.pack_group import read_order, write_group
 from quantcli.stages.pack_safetensors import write_int_folder
 from quantcli.stages.quantize import write_ggufs
