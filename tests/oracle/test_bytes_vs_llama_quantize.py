@@ -33,14 +33,15 @@ MODELS = ("SmolLM2-135M-Instruct",) + TINY
 
 # `make test` runs the suite in two pytest-xdist workers (--dist loadgroup, docs/ci.md). Each model's F32 input
 # (f32_input) is converted once per worker, so the cases of one model stay together, and the models spread over
-# the workers: SmolLM2's cases alone are a third of this file's time.
-def oracle_group(model: str) -> pytest.MarkDecorator:
-    return pytest.mark.xdist_group(f"oracle-{model}")
+# the workers. SmolLM2's cases are a third of this file's time: its imatrix and override cases form a second
+# group (`part`), which costs one more F32 conversion (seconds) and lets the other worker take them.
+def oracle_group(model: str, part: str = "") -> pytest.MarkDecorator:
+    return pytest.mark.xdist_group(f"oracle-{model}{part}")
 
 
-def by_model(models: tuple[str, ...]) -> list[object]:
+def by_model(models: tuple[str, ...], part: str = "") -> list[object]:
     """The `model` parameter values, each in its model's xdist group."""
-    return [pytest.param(model, marks=oracle_group(model)) for model in models]
+    return [pytest.param(model, marks=oracle_group(model, part if model == PPL_MODEL else "")) for model in models]
 
 
 def ours(model: str, mix: str, out: Path, imatrix: Path | None = None, **flags: object) -> Path:
@@ -134,7 +135,8 @@ def test_mixes_that_need_an_imatrix_are_refused_without_one(f32_input, tmp_path:
 
 
 @pytest.mark.parametrize("mix", IMATRIX_MIXES)
-@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-llama", "tiny-qwen3", "tiny-gemma2")))
+@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-llama", "tiny-qwen3", "tiny-gemma2"),
+                                           part="-second"))
 def test_same_bytes_with_an_imatrix(f32_input, tmp_path: Path, model: str, mix: str) -> None:
     source = f32_input(model)
     weights = write_imatrix(source, tmp_path / "imatrix.gguf")
@@ -148,7 +150,7 @@ def test_same_bytes_with_an_imatrix(f32_input, tmp_path: Path, model: str, mix: 
     assert meta["quantize.imatrix.dataset"] == "quantcli-test"
 
 
-@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-qwen2")))
+@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-qwen2"), part="-second"))
 def test_same_bytes_with_overrides(f32_input, tmp_path: Path, model: str) -> None:
     T = GGMLQuantizationType
     # token_embd's rows (576 and 128 values) take no 256-block type: llama.cpp does not fall back for a forced
