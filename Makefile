@@ -43,13 +43,16 @@ models: dev
 	$(PYTHON) -m tests.fixtures.build_models --out $(MODELS)
 
 # The suite in passes (docs/ci.md). First everything, on the C kernels' best instruction-set variant, with the
-# docstring examples (pyproject's testpaths and --doctest-modules). Then only the tests whose bytes come from the
-# kernels (marker `backend`; the slow llama.cpp oracle excluded) again: on the NumPy reference, and on the kernels'
-# baseline variant (test-portable).
+# docstring examples (pyproject's testpaths and --doctest-modules), in TEST_WORKERS pytest-xdist processes: most
+# tests keep one core busy, so two workers halve the wall time on 2 cores; --dist loadgroup keeps the tests that
+# share an expensive fixture in one worker (tests/conftest.py). Then only the tests whose bytes come from the
+# kernels (marker `backend`; the slow llama.cpp oracle excluded) again, in one process (15 s each): on the NumPy
+# reference, and on the kernels' baseline variant (test-portable).
 PYTEST := $(PYTHON) -X faulthandler -m pytest -q -p no:cacheprovider
+TEST_WORKERS ?= 2
 PORTABLE_PASS := QUANTCLI_BACKEND=c QUANTCLI_ISA=default $(PYTEST) -m "backend and not slow"
 test: models
-	QUANTCLI_BACKEND=c $(PYTEST) --durations=20
+	QUANTCLI_BACKEND=c $(PYTEST) -n $(TEST_WORKERS) --dist loadgroup --durations=20
 	QUANTCLI_BACKEND=reference $(PYTEST) -m "backend and not slow"
 	$(PORTABLE_PASS)
 

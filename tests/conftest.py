@@ -13,6 +13,8 @@ from _pytest.doctest import DoctestItem
 from tests.fixtures.paths import MODELS_ENV
 
 
+# tryfirst: pytest-xdist's own hook (in each worker) reads the xdist_group marks this one adds.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A docstring whose every example is marked +SKIP is a usage sketch, not a test: leave it out rather than
     report it as a skipped test on every run."""
@@ -21,6 +23,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if sketches:
         config.hook.pytest_deselected(items=sketches)
         items[:] = [item for item in items if item not in sketches]
+    for item in items:
+        group = shared_fixture_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+SHARED_SCOPES = ("module", "package", "session")
+
+
+def shared_fixture_group(item: pytest.Item) -> str | None:
+    """The pytest-xdist group of a test (`make test` runs `-n 2 --dist loadgroup`, docs/ci.md), or None to let
+    the scheduler send it to either worker on its own.
+
+    A module- or session-scoped fixture is built once per worker process: a test module whose tests share such a
+    fixture of its own (a conversion, a compiled reader, a loaded model) keeps them on one worker, so the fixture
+    is built once, as in a serial run. A test that already names its group (tests/oracle splits by model) keeps
+    it; shared fixtures of a conftest (tests/interop's conversions, cached per model) are cheap enough to be
+    built once per worker."""
+    if item.get_closest_marker("xdist_group") is not None:
+        return None
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:                     # a doctest: no fixtures of its own
+        return None
+    module = item.nodeid.split("::", 1)[0]
+    for name in item.fixturenames:
+        definitions = info.name2fixturedefs.get(name)
+        if definitions and definitions[-1].scope in SHARED_SCOPES and definitions[-1].baseid == module:
+            return module
+    return None
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,19 @@ TINY = ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma2",
 MODELS = ("SmolLM2-135M-Instruct",) + TINY
 
 
+# `make test` runs the suite in two pytest-xdist workers (--dist loadgroup, docs/ci.md). Each model's F32 input
+# (f32_input) is converted once per worker, so the cases of one model stay together, and the models spread over
+# the workers. SmolLM2's cases are a third of this file's time: its imatrix and override cases form a second
+# group (`part`), which costs one more F32 conversion (seconds) and lets the other worker take them.
+def oracle_group(model: str, part: str = "") -> pytest.MarkDecorator:
+    return pytest.mark.xdist_group(f"oracle-{model}{part}")
+
+
+def by_model(models: tuple[str, ...], part: str = "") -> list[object]:
+    """The `model` parameter values, each in its model's xdist group."""
+    return [pytest.param(model, marks=oracle_group(model, part if model == PPL_MODEL else "")) for model in models]
+
+
 def ours(model: str, mix: str, out: Path, imatrix: Path | None = None, **flags: object) -> Path:
     convert(ConvertRequest(model=str(model_path(model)), recipe=recipe_from_type(mix, **flags), output=out,
                            threads=2, imatrix=imatrix, verify="none"))
@@ -108,11 +121,12 @@ def plain_pair(f32_input, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("mix", MIX_NAMES)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", by_model(MODELS))
 def test_same_bytes_as_llama_quantize(plain_pair, tmp_path: Path, model: str, mix: str) -> None:
     assert_same_tensors(*plain_pair(model, mix, tmp_path))
 
 
+@oracle_group("tiny-llama")
 def test_mixes_that_need_an_imatrix_are_refused_without_one(f32_input, tmp_path: Path) -> None:
     assert llama_quantize(f32_input("tiny-llama"), tmp_path / "peer.gguf", QuantizeRun(MIXES["Q2_K_S"].ftype)) != 0
     with pytest.raises(InputError, match="imatrix"):
@@ -121,7 +135,8 @@ def test_mixes_that_need_an_imatrix_are_refused_without_one(f32_input, tmp_path:
 
 
 @pytest.mark.parametrize("mix", IMATRIX_MIXES)
-@pytest.mark.parametrize("model", ("SmolLM2-135M-Instruct", "tiny-llama", "tiny-qwen3", "tiny-gemma2"))
+@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-llama", "tiny-qwen3", "tiny-gemma2"),
+                                           part="-second"))
 def test_same_bytes_with_an_imatrix(f32_input, tmp_path: Path, model: str, mix: str) -> None:
     source = f32_input(model)
     weights = write_imatrix(source, tmp_path / "imatrix.gguf")
@@ -135,7 +150,7 @@ def test_same_bytes_with_an_imatrix(f32_input, tmp_path: Path, model: str, mix: 
     assert meta["quantize.imatrix.dataset"] == "quantcli-test"
 
 
-@pytest.mark.parametrize("model", ("SmolLM2-135M-Instruct", "tiny-qwen2"))
+@pytest.mark.parametrize("model", by_model(("SmolLM2-135M-Instruct", "tiny-qwen2"), part="-second"))
 def test_same_bytes_with_overrides(f32_input, tmp_path: Path, model: str) -> None:
     T = GGMLQuantizationType
     # token_embd's rows (576 and 128 values) take no 256-block type: llama.cpp does not fall back for a forced
@@ -150,6 +165,7 @@ def test_same_bytes_with_overrides(f32_input, tmp_path: Path, model: str) -> Non
     assert_same_tensors(mine, peer)
 
 
+@oracle_group("tiny-llama")
 def test_pure_mode_matches(f32_input, tmp_path: Path) -> None:
     peer = tmp_path / "peer.gguf"
     assert llama_quantize(f32_input("tiny-llama"), peer, QuantizeRun(MIXES["Q4_K_M"].ftype, pure=True)) == 0
@@ -171,6 +187,7 @@ def perplexity(path: Path, tokens: list[int]) -> float:
     return math.exp(nll)
 
 
+@oracle_group(PPL_MODEL)
 @pytest.mark.parametrize("mix", PPL_MIXES)
 def test_perplexity_equals_the_peer_file(plain_pair, tmp_path: Path, mix: str) -> None:
     mine, peer = plain_pair(PPL_MODEL, mix, tmp_path)

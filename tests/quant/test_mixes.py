@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +86,19 @@ def read_model_input(path: Path) -> ModelInput:
     )
 
 
-@pytest.fixture(scope="session")
-def model_input():
-    """name -> ModelInput, building (or reusing the cached) GGUF of each fixture model on first use."""
-    @functools.cache
-    def get(name: str) -> ModelInput:
-        if name in SYNTHETIC_BY_NAME:
-            return read_model_input(synthetic_gguf(SYNTHETIC_BY_NAME[name]))
-        return read_model_input(fixture_gguf(MODELS_BY_NAME[name]))
-    return get
+@functools.cache
+def cached_model_input(name: str) -> ModelInput:
+    """The ModelInput of a fixture model, building (or reusing the cached) GGUF on first use in this process."""
+    if name in SYNTHETIC_BY_NAME:
+        return read_model_input(synthetic_gguf(SYNTHETIC_BY_NAME[name]))
+    return read_model_input(fixture_gguf(MODELS_BY_NAME[name]))
+
+
+@pytest.fixture()
+def model_input() -> Callable[[str], ModelInput]:
+    """name -> ModelInput. The GGUFs live in a locked cache folder (mix_fixtures.py), and reading one is cheap, so
+    this is not a session fixture: pytest-xdist may send these tests to either worker (tests/conftest.py)."""
+    return cached_model_input
 
 
 # --- the oracle comparison ---------------------------------------------------------------------------------------
