@@ -1,12 +1,14 @@
-"""The GPTQ pass for GGUF K-quant mixes: walk the blocks over calibration text, GPTQ every K-quant matrix of
-each block, and hand the encoded rows to the quantize stage in place of its plain encoding.
+"""The GPTQ pass for GGUF K-quant mixes: walk the blocks over calibration text, GPTQ every block matrix the mix
+stores in a supported block type (the K-quants and the legacy Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 a mix falls back to for
+rows that are not a multiple of 256), and hand the encoded rows to the quantize stage in place of its plain
+encoding.
 
 The plan decides every tensor's type exactly as for a plain conversion (the same mix, with an importance
 matrix present), so the file has the same tensors, types and sizes; only the levels (and the scales chosen
 from error-updated weights) differ. Blocks are walked in order with Engine.blocks: after a block's matrices
 are quantized their decoded values replace the weights, so every later block is calibrated on the outputs of
 the quantized earlier ones ("true sequential"). Tensors outside the blocks (token embedding, output) and
-matrices of non-K types are left to the quantize stage.
+block matrices of other types (F16, IQ4_NL, ...) are left to the quantize stage.
 
     result = gptq_overrides(Path("SmolLM2-135M-Instruct"), plan, load_calibration_text("builtin:calibration"),
                             CalibrateOptions(chunks=32))                       # doctest: +SKIP
@@ -24,14 +26,14 @@ import numpy as np
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
 from ..plan.gguf import FLOAT_TYPES, Plan, TensorPlan
-from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
+from ..quant.algorithms.gptq_kquant import GPTQ_TYPES, KGPTQOptions, gptq_kquant
 from ..quant.algorithms.hessian import Hessians
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
 from .calibration_data import CalibrationText
 from .chunks import calibration_chunks, resolve_ctx
 
-#: Mixes whose block matrices are K-quants (a few may be Q8_0/F16, which the quantize stage encodes as usual).
+#: Mixes whose block matrices are K-quants or their legacy fallbacks (all of which the column loop encodes).
 GPTQ_MIXES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
               "Q3_K", "Q4_K", "Q5_K")
 #: Transforms that only move or stack whole rows: they commute with a row-wise encoding and apply to its bytes.
@@ -42,12 +44,12 @@ ROW_TRANSFORMS = (PermuteRope, Concat)
 class GPTQResult:
     overrides: dict[str, np.ndarray]                 # GGUF tensor name -> encoded rows [rows, row_bytes] uint8
     # GGUF tensor name -> mean square input per column, seen in the same walk (inputs of the quantized earlier
-    # blocks): the importance weights for the block matrices GPTQ does not encode (a mix's Q5_0/Q8_0 fallbacks)
+    # blocks): the importance weights for the block matrices GPTQ does not encode (F16 or an unsupported type)
     importance: dict[str, np.ndarray]
     ctx: int
     chunks: int
     seconds: float
-    per_type: dict[str, int] = field(default_factory=dict)   # K type -> matrices GPTQ'd
+    per_type: dict[str, int] = field(default_factory=dict)   # block type -> matrices GPTQ'd
 
     def manifest(self) -> dict[str, object]:
         return {"method": "gptq", "ctx": self.ctx, "chunks": self.chunks, "seconds": round(self.seconds, 3),
@@ -66,10 +68,10 @@ def _row_transform(t: TensorPlan) -> bool:
 
 
 def gptq_targets(plan: Plan) -> dict[str, TensorPlan]:
-    """HF weight name -> its planned GGUF tensor, for every 2-D block matrix the plan stores as a K-quant."""
+    """HF weight name -> its planned GGUF tensor, for every 2-D block matrix the plan stores in a GPTQ type."""
     out: dict[str, TensorPlan] = {}
     for t in plan.tensors:
-        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in KQUANT_TYPES
+        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in GPTQ_TYPES
                 and t.spec.sources and _row_transform(t)):
             for src in t.spec.sources:
                 out[src] = t
@@ -97,7 +99,7 @@ class _Capture:
 def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: CalibrateOptions, *,
                    method: KGPTQOptions = KGPTQOptions(),
                    progress: Callable[[int, int], None] | None = None) -> GPTQResult:
-    """Encode every K-quant block matrix of `plan` with GPTQ over `data`; see the module docstring."""
+    """Encode every block matrix of `plan` in a GPTQ type with GPTQ over `data`; see the module docstring."""
     from ..engine import Engine
     from .eval_text import text_tokens
 
