@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
@@ -67,11 +68,11 @@ def _row_transform(t: TensorPlan) -> bool:
     return type(t.spec.transform) is Transform or isinstance(t.spec.transform, ROW_TRANSFORMS)
 
 
-def gptq_targets(plan: Plan) -> dict[str, TensorPlan]:
+def gptq_targets(plan: Plan, types: tuple[GGMLQuantizationType, ...] = GPTQ_TYPES) -> dict[str, TensorPlan]:
     """HF weight name -> its planned GGUF tensor, for every 2-D block matrix the plan stores in a GPTQ type."""
     out: dict[str, TensorPlan] = {}
     for t in plan.tensors:
-        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in GPTQ_TYPES
+        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in types
                 and t.spec.sources and _row_transform(t)):
             for src in t.spec.sources:
                 out[src] = t
@@ -105,7 +106,7 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
 
     check_gptq_mix(plan.mix)
     started = time.perf_counter()
-    targets = gptq_targets(plan)
+    targets = gptq_targets(plan, tuple(t for t in method.types if t in GPTQ_TYPES))
     # every other quantized block matrix gets importance weights from the same walk (first source, as calibrate)
     squares = {t.spec.sources[0]: t.name for t in plan.tensors
                if t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.spec.sources

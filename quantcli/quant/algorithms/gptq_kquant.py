@@ -53,6 +53,8 @@ DEFAULT_DAMP = 0.01
 class KGPTQOptions:
     damp: float = DEFAULT_DAMP
     importance: bool = True    # weigh the encoder's scale search with diag(H) (llama.cpp's imatrix semantics)
+    # the block types a GGUF pass encodes with GPTQ; matrices of other types keep the importance-weighted encoder
+    types: tuple[GGMLQuantizationType, ...] = GPTQ_TYPES
 
 
 def level_codes(qtype: GGMLQuantizationType) -> type:
