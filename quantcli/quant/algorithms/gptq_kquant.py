@@ -45,6 +45,11 @@ LEGACY_TYPES = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuanti
                 GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q8_0)
 #: Every type gptq_kquant encodes.
 GPTQ_TYPES = KQUANT_TYPES + LEGACY_TYPES
+#: The types a GGUF pass encodes unless told otherwise: the K-quants and the 4-bit legacy fallbacks. Measured on
+#: SmolLM2-135M (docs/quality.md "gguf-gptq"): GPTQ on the 4-bit Q4_0 fallbacks of Q3_K_M lowers KLD well below
+#: llama.cpp's imatrix file, while GPTQ on the 5- and 8-bit fallbacks of Q4_K_M (Q5_0, Q8_0) raised KLD on the
+#: evaluation text above the importance-weighted encoder's; those stay with that encoder.
+DEFAULT_GGUF_TYPES = KQUANT_TYPES + (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 #: Dampening added to H's diagonal, as a fraction of its mean diagonal (GPTQ's percdamp).
 DEFAULT_DAMP = 0.01
 
@@ -54,7 +59,7 @@ class KGPTQOptions:
     damp: float = DEFAULT_DAMP
     importance: bool = True    # weigh the encoder's scale search with diag(H) (llama.cpp's imatrix semantics)
     # the block types a GGUF pass encodes with GPTQ; matrices of other types keep the importance-weighted encoder
-    types: tuple[GGMLQuantizationType, ...] = GPTQ_TYPES
+    types: tuple[GGMLQuantizationType, ...] = DEFAULT_GGUF_TYPES
 
 
 def level_codes(qtype: GGMLQuantizationType) -> type:
