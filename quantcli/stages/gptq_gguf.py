@@ -1,6 +1,6 @@
 """The GPTQ pass for GGUF K-quant mixes: walk the blocks over calibration text, GPTQ every block matrix the mix
-stores in a supported block type (the K-quants and the legacy Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 a mix falls back to for
-rows that are not a multiple of 256), and hand the encoded rows to the quantize stage in place of its plain
+stores in one of the types KGPTQOptions.types names (by default the K-quants and the 4-bit legacy Q4_0/Q4_1 a
+mix falls back to for rows that are not a multiple of 256), and hand the encoded rows to the quantize stage in place of its plain
 encoding.
 
 The plan decides every tensor's type exactly as for a plain conversion (the same mix, with an importance
@@ -8,7 +8,7 @@ matrix present), so the file has the same tensors, types and sizes; only the lev
 from error-updated weights) differ. Blocks are walked in order with Engine.blocks: after a block's matrices
 are quantized their decoded values replace the weights, so every later block is calibrated on the outputs of
 the quantized earlier ones ("true sequential"). Tensors outside the blocks (token embedding, output) and
-block matrices of other types (F16, IQ4_NL, ...) are left to the quantize stage.
+block matrices of other types (Q5_0/Q5_1/Q8_0 by default, F16, IQ4_NL, ...) are left to the quantize stage.
 
     result = gptq_overrides(Path("SmolLM2-135M-Instruct"), plan, load_calibration_text("builtin:calibration"),
                             CalibrateOptions(chunks=32))                       # doctest: +SKIP
@@ -45,7 +45,7 @@ ROW_TRANSFORMS = (PermuteRope, Concat)
 class GPTQResult:
     overrides: dict[str, np.ndarray]                 # GGUF tensor name -> encoded rows [rows, row_bytes] uint8
     # GGUF tensor name -> mean square input per column, seen in the same walk (inputs of the quantized earlier
-    # blocks): the importance weights for the block matrices GPTQ does not encode (F16 or an unsupported type)
+    # blocks): the importance weights for the block matrices GPTQ does not encode (a type left out, or F16)
     importance: dict[str, np.ndarray]
     ctx: int
     chunks: int
