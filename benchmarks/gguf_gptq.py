@@ -31,17 +31,18 @@ def log(message: str) -> None:
 
 
 def quantcli_convert(source: Path, mix: str, out: Path, *, method: str | None = None,
-                     calib_chunks: int | None = None, threads: int = 2) -> float:
+                     calib_chunks: int | None = None, threads: int = 2) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads) of one conversion."""
     from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
     from quantcli.recipe.schema import CalibrateSpec
 
     recipe = recipe_from_type(mix)
     if method is not None:
         recipe = replace(recipe, calibrate=CalibrateSpec(data="builtin:calibration", ctx=CTX, chunks=calib_chunks))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     convert(ConvertRequest(model=str(source), recipe=recipe, output=out, threads=threads, verify="none",
                            method=method))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def write_text(name: str, path: Path) -> Path:
@@ -101,10 +102,10 @@ def main() -> None:
     print(f"Machine: {machine()}; {dt.date.today()}; calibration: builtin:calibration, {args.calib_chunks} chunks "
           f"of {CTX}; evaluation: builtin:eval, {args.eval_chunks} chunks of {CTX}; threads {args.threads}.\n")
     print("| type | file | bytes | KLD mean (engine) | KLD p99 (engine) | PPL (engine) | KLD mean (llama-perplexity) "
-          "| wall time |")
+          "| convert time |")
     print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
     for mix in args.types:   # each type is scored as soon as its files exist, so a long run reports as it goes
-        rows: list[tuple[str, Path, float | None]] = []
+        rows: list[tuple[str, Path, tuple[float, float] | None]] = []
         plain = work / f"{mix}-plain.gguf"
         if not plain.exists():
             log(f"{mix} plain")
@@ -129,7 +130,7 @@ def main() -> None:
         for (label, path, secs), r in zip(rows, results):
             lk = f"{llama_kld(args.llama_bin, base, path, evalt, args.eval_chunks, args.threads):.5f}" \
                 if args.llama_bin else "-"
-            t = f"{secs:.0f} s (whole convert)" if secs is not None else "-"
+            t = f"{secs[0]:.0f} s wall, {secs[1]:.0f} s CPU (whole convert)" if secs is not None else "-"
             print(f"| {mix} | {label} | {path.stat().st_size:,} | {r.kld_mean:.5f} | {r.kld_p99:.4f} | {r.ppl:.3f} "
                   f"| {lk} | {t} |", flush=True)
 

@@ -1,12 +1,14 @@
-"""The GPTQ pass for GGUF K-quant mixes: walk the blocks over calibration text, GPTQ every K-quant matrix of
-each block, and hand the encoded rows to the quantize stage in place of its plain encoding.
+"""The GPTQ pass for GGUF K-quant mixes: walk the blocks over calibration text, GPTQ every block matrix the mix
+stores in one of the types KGPTQOptions.types names (by default the K-quants and the 4-bit legacy Q4_0/Q4_1 a
+mix falls back to for rows that are not a multiple of 256), and hand the encoded rows to the quantize stage in place of its plain
+encoding.
 
 The plan decides every tensor's type exactly as for a plain conversion (the same mix, with an importance
 matrix present), so the file has the same tensors, types and sizes; only the levels (and the scales chosen
 from error-updated weights) differ. Blocks are walked in order with Engine.blocks: after a block's matrices
 are quantized their decoded values replace the weights, so every later block is calibrated on the outputs of
 the quantized earlier ones ("true sequential"). Tensors outside the blocks (token embedding, output) and
-matrices of non-K types are left to the quantize stage.
+block matrices of other types (Q5_0/Q5_1/Q8_0 by default, F16, IQ4_NL, ...) are left to the quantize stage.
 
     result = gptq_overrides(Path("SmolLM2-135M-Instruct"), plan, load_calibration_text("builtin:calibration"),
                             CalibrateOptions(chunks=32))                       # doctest: +SKIP
@@ -20,18 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
 from ..plan.gguf import FLOAT_TYPES, Plan, TensorPlan
-from ..quant.algorithms.gptq_kquant import KQUANT_TYPES, KGPTQOptions, gptq_kquant
+from ..quant.algorithms.gptq_kquant import GPTQ_TYPES, KGPTQOptions, gptq_kquant
 from ..quant.algorithms.hessian import Hessians
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
 from .calibration_data import CalibrationText
 from .chunks import calibration_chunks, resolve_ctx
 
-#: Mixes whose block matrices are K-quants (a few may be Q8_0/F16, which the quantize stage encodes as usual).
+#: Mixes whose block matrices are K-quants or their legacy fallbacks (all of which the column loop encodes).
 GPTQ_MIXES = ("Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
               "Q3_K", "Q4_K", "Q5_K")
 #: Transforms that only move or stack whole rows: they commute with a row-wise encoding and apply to its bytes.
@@ -42,12 +45,12 @@ ROW_TRANSFORMS = (PermuteRope, Concat)
 class GPTQResult:
     overrides: dict[str, np.ndarray]                 # GGUF tensor name -> encoded rows [rows, row_bytes] uint8
     # GGUF tensor name -> mean square input per column, seen in the same walk (inputs of the quantized earlier
-    # blocks): the importance weights for the block matrices GPTQ does not encode (a mix's Q5_0/Q8_0 fallbacks)
+    # blocks): the importance weights for the block matrices GPTQ does not encode (a type left out, or F16)
     importance: dict[str, np.ndarray]
     ctx: int
     chunks: int
     seconds: float
-    per_type: dict[str, int] = field(default_factory=dict)   # K type -> matrices GPTQ'd
+    per_type: dict[str, int] = field(default_factory=dict)   # block type -> matrices GPTQ'd
 
     def manifest(self) -> dict[str, object]:
         return {"method": "gptq", "ctx": self.ctx, "chunks": self.chunks, "seconds": round(self.seconds, 3),
@@ -65,11 +68,11 @@ def _row_transform(t: TensorPlan) -> bool:
     return type(t.spec.transform) is Transform or isinstance(t.spec.transform, ROW_TRANSFORMS)
 
 
-def gptq_targets(plan: Plan) -> dict[str, TensorPlan]:
-    """HF weight name -> its planned GGUF tensor, for every 2-D block matrix the plan stores as a K-quant."""
+def gptq_targets(plan: Plan, types: tuple[GGMLQuantizationType, ...] = GPTQ_TYPES) -> dict[str, TensorPlan]:
+    """HF weight name -> its planned GGUF tensor, for every 2-D block matrix the plan stores in a GPTQ type."""
     out: dict[str, TensorPlan] = {}
     for t in plan.tensors:
-        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in KQUANT_TYPES
+        if (t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.qtype in types
                 and t.spec.sources and _row_transform(t)):
             for src in t.spec.sources:
                 out[src] = t
@@ -97,13 +100,13 @@ class _Capture:
 def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: CalibrateOptions, *,
                    method: KGPTQOptions = KGPTQOptions(),
                    progress: Callable[[int, int], None] | None = None) -> GPTQResult:
-    """Encode every K-quant block matrix of `plan` with GPTQ over `data`; see the module docstring."""
+    """Encode every block matrix of `plan` in a GPTQ type with GPTQ over `data`; see the module docstring."""
     from ..engine import Engine
     from .eval_text import text_tokens
 
     check_gptq_mix(plan.mix)
     started = time.perf_counter()
-    targets = gptq_targets(plan)
+    targets = gptq_targets(plan, tuple(t for t in method.types if t in GPTQ_TYPES))
     # every other quantized block matrix gets importance weights from the same walk (first source, as calibrate)
     squares = {t.spec.sources[0]: t.name for t in plan.tensors
                if t.name.startswith(BLOCK_PREFIX) and len(t.spec.shape) == 2 and t.spec.sources

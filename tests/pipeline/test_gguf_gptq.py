@@ -16,10 +16,12 @@ from gguf import GGUFReader
 
 from quantcli.errors import InputError
 from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
+from quantcli.quant.algorithms.gptq_kquant import DEFAULT_GGUF_TYPES, LEGACY_TYPES
 from quantcli.recipe.schema import CalibrateSpec
 from tests.fixtures.paths import model_path
 
 pytestmark = pytest.mark.slow
+DEFAULT_LEGACY = {t.name for t in LEGACY_TYPES if t in DEFAULT_GGUF_TYPES}
 
 
 def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
@@ -31,7 +33,7 @@ def gptq_request(model: Path, mix: str, out: Path) -> ConvertRequest:
     return ConvertRequest(model=str(model), recipe=recipe, output=out, threads=2, verify="structure", method="gptq")
 
 
-@pytest.mark.parametrize("mix", ["Q4_K_M", "Q3_K_M"])
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q3_K_M", "Q3_K_S"])
 def test_gptq_file_has_the_plain_mix_layout_and_llama_cpp_runs_it(tmp_path: Path, mix: str) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     model = model_path("tiny-llama")
@@ -46,6 +48,13 @@ def test_gptq_file_has_the_plain_mix_layout_and_llama_cpp_runs_it(tmp_path: Path
     plain_t = {t.name: np.asarray(t.data) for t in GGUFReader(plain).tensors}
     changed = [t.name for t in GGUFReader(gptq).tensors if not np.array_equal(np.asarray(t.data), plain_t[t.name])]
     assert changed and all(n.startswith("blk.") for n in changed)
+    # tiny-llama's ffn_down rows are 672 wide, not a multiple of 256: the mix stores them in a 32-value legacy
+    # type (Q3_K_S: Q4_0; Q3_K_M, Q4_K_M: Q5_0). GPTQ re-encodes the default legacy types (the 4-bit ones) too:
+    # same type and size, different levels.
+    legacy = {n for n, (kind, _, _) in tensors(plain).items() if n.startswith("blk.") and kind in DEFAULT_LEGACY}
+    assert legacy <= set(changed)
+    if mix == "Q3_K_S":
+        assert legacy and set(done.gptq[0]["types"]) & DEFAULT_LEGACY
     llm = llama_cpp.Llama(model_path=str(gptq), n_ctx=64, n_threads=2, verbose=False)
     tokens = llm.tokenize(b"The capital of France is")
     generated = []
@@ -76,3 +85,26 @@ def test_cli_refuses_gptq_for_a_legacy_type_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "Q4_K_M" in done.stderr and "Q4_0" in done.stderr
     assert not out.exists()
+
+
+def test_targets_reach_the_legacy_fallbacks_and_follow_the_chosen_types(tmp_path: Path) -> None:
+    """SmolLM2-135M's 576-wide rows fall back to legacy types under Q3_K_M: with every supported type the pass
+    targets all block matrices, and with fewer only those of the types named (KGPTQOptions.types)."""
+    from gguf import GGMLQuantizationType as T
+
+    from quantcli.io.checkpoint import Checkpoint
+    from quantcli.pipeline.convert import quant_options
+    from quantcli.plan.gguf import SourceModel, make_plan
+    from quantcli.quant.algorithms.gptq_kquant import GPTQ_TYPES, KQUANT_TYPES
+    from quantcli.stages.gptq_gguf import gptq_targets
+
+    source = SourceModel.open(Checkpoint.open(model_path("SmolLM2-135M-Instruct")))
+    plan = make_plan(source, quant_options(recipe_from_type("Q3_K_M").outputs[0], tmp_path / "any.gguf"))
+    matrices = {t.name: t.qtype for t in plan.tensors if t.name.startswith("blk.") and len(t.spec.shape) == 2}
+    every = {t.name for t in gptq_targets(plan, GPTQ_TYPES).values()}
+    assert every == set(matrices) and len(every) == 210
+    assert {matrices[n] for n in every} >= {T.Q4_0, T.Q5_0, T.Q4_K}
+    k_only = {t.name for t in gptq_targets(plan, KQUANT_TYPES).values()}
+    assert k_only == {n for n, q in matrices.items() if q in KQUANT_TYPES} and 0 < len(k_only) < 210
+    default = {t.name for t in gptq_targets(plan, DEFAULT_GGUF_TYPES).values()}
+    assert k_only < default < every and {matrices[n] for n in default} == {T.Q4_0, T.Q4_K, T.Q5_K}

@@ -1,7 +1,8 @@
-"""GPTQ on K-quant blocks (quant/algorithms/gptq_kquant.py) and the level rewriting it relies on (LevelCodes).
+"""GPTQ on GGUF blocks (quant/algorithms/gptq_kquant.py): the K-quants and the 32-value legacy types, and the
+level rewriting it relies on (LevelCodes).
 
 Everything here runs on random data with whatever QUANTCLI_BACKEND selects (the scale search is the type's
-encoder, C or NumPy reference); run it under both.
+encoder, C or NumPy reference); run it under both. One test runs both backends itself and compares the bytes.
 """
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from quantcli.models.transforms import PermuteRope
-from quantcli.quant.algorithms.gptq_kquant import KQUANT_TYPES, affine_of, gptq_kquant, output_error
+from quantcli.quant.algorithms.gptq_kquant import GPTQ_TYPES, KQUANT_TYPES, LEGACY_TYPES, affine_of, gptq_kquant, output_error
 from quantcli.quant.backend import get_backend
 from quantcli.quant.base import quant_class
 from quantcli.quant.types._kquant import QK_K
 
-TYPES = [pytest.param(t, id=t.name) for t in KQUANT_TYPES]
+TYPES = [pytest.param(t, id=t.name) for t in GPTQ_TYPES]
+LEGACY = [pytest.param(t, id=t.name) for t in LEGACY_TYPES]
+
+
+def width(qtype: T) -> int:
+    """Columns of a test matrix: two super-blocks for a K-quant; for a legacy type a width that is not a multiple
+    of 256 (as the rows that fall back to these types are), 18 blocks of 32 as in SmolLM2's 576."""
+    return 2 * QK_K if qtype in KQUANT_TYPES else 18 * 32
 
 
 def correlated_inputs(rng: np.random.Generator, n: int, cols: int) -> np.ndarray:
@@ -27,7 +35,7 @@ def correlated_inputs(rng: np.random.Generator, n: int, cols: int) -> np.ndarray
 @pytest.mark.parametrize("qtype", TYPES)
 def test_gptq_lowers_output_error_below_the_plain_encoder(qtype: T) -> None:
     rng = np.random.default_rng(7)
-    rows, cols, n = 48, 2 * QK_K, 1024
+    rows, cols, n = 48, width(qtype), 1024
     x = correlated_inputs(rng, n, cols)
     h = x.T.astype(np.float64) @ x
     w = (rng.normal(size=(rows, cols)) * 0.05).astype(np.float32)
@@ -41,7 +49,7 @@ def test_gptq_lowers_output_error_below_the_plain_encoder(qtype: T) -> None:
 @pytest.mark.parametrize("qtype", TYPES)
 def test_identity_hessian_gives_valid_blocks_rounded_to_nearest(qtype: T) -> None:
     rng = np.random.default_rng(3)
-    rows, cols = 16, 2 * QK_K
+    rows, cols = 16, width(qtype)
     w = (rng.normal(size=(rows, cols)) * rng.uniform(0.01, 1.0, size=(rows, 1))).astype(np.float32)
     encoded, decoded = gptq_kquant(w, np.eye(cols), qtype)
     cls = quant_class(qtype)
@@ -49,26 +57,30 @@ def test_identity_hessian_gives_valid_blocks_rounded_to_nearest(qtype: T) -> Non
     assert np.array_equal(decoded, cls.dequantize(encoded, cols))        # what any GGUF reader decodes
     assert np.isfinite(decoded).all()
     # With H = I no error is fed forward: every value is the representable value nearest to it under its
-    # block's scales (levels 0..levels-1 of a * L + b).
+    # block's scales (levels level_min..levels-1 of a * L + b).
     a, b = affine_of(cls, encoded.reshape(-1, cls.type_size))
-    grid = a[..., None] * np.arange(cls.levels) + b[..., None]           # (n_super, 256, levels)
-    best = np.abs(grid - w.reshape(-1, QK_K)[..., None].astype(np.float64)).min(axis=-1)
-    got = np.abs(decoded.reshape(-1, QK_K).astype(np.float64) - w.reshape(-1, QK_K))
-    assert np.all(got <= best + 1e-6 * (np.abs(w).reshape(-1, QK_K) + 1e-6))
+    grid = a[..., None] * np.arange(cls.level_min, cls.levels) + b[..., None]     # (n_blocks, block_size, levels)
+    values = w.reshape(-1, cls.block_size).astype(np.float64)
+    best = np.abs(grid - values[..., None]).min(axis=-1)
+    got = np.abs(decoded.reshape(-1, cls.block_size).astype(np.float64) - values)
+    assert np.all(got <= best + 1e-6 * (np.abs(values) + 1e-6))
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_with_levels_reproduces_the_encoders_bytes(qtype: T) -> None:
+def test_with_levels_reproduces_the_encoders_bytes(qtype: T, weighted: bool) -> None:
     """Reading the levels back from the decoded values and writing them with with_levels gives the encoder's
     own bytes: pack_levels is the encoder's layout, and the scale bytes are left alone."""
     rng = np.random.default_rng(11)
-    w = rng.normal(size=(8, 2 * QK_K)).astype(np.float32)
+    cols = width(qtype)
+    w = rng.normal(size=(8, cols)).astype(np.float32)
+    importance = rng.uniform(0.1, 4.0, size=cols).astype(np.float32) if weighted else None
     cls = quant_class(qtype)
-    blocks = get_backend().quantize(qtype, w).reshape(-1, cls.type_size)
+    blocks = get_backend().quantize(qtype, w, importance).reshape(-1, cls.type_size)
     a, b = affine_of(cls, blocks)
     assert np.all(a != 0)
     levels = np.rint((cls.decode_blocks(blocks).astype(np.float64) - b) / a).astype(np.int32)
-    assert levels.min() >= 0 and levels.max() < cls.levels
+    assert levels.min() >= cls.level_min and levels.max() < cls.levels
     assert np.array_equal(cls.with_levels(blocks, levels), blocks)
 
 
@@ -88,5 +100,46 @@ def test_rope_permutation_commutes_with_the_row_wise_loop(qtype: T) -> None:
 
 
 def test_rejects_a_type_without_level_codes() -> None:
-    with pytest.raises(ValueError, match="Q4_K"):
-        gptq_kquant(np.zeros((2, QK_K), np.float32), np.eye(QK_K), T.Q8_0)
+    with pytest.raises(ValueError, match="Q4_K.*Q5_0"):
+        gptq_kquant(np.zeros((2, QK_K), np.float32), np.eye(QK_K), T.IQ4_NL)
+
+
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_legacy_rows_need_whole_blocks_of_32(qtype: T) -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        gptq_kquant(np.zeros((2, 40), np.float32), np.eye(40), qtype)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_c_and_reference_backends_give_the_same_bytes(qtype: T) -> None:
+    """The scale search runs in the C kernels or the NumPy reference; the column loop is the same NumPy code
+    either way, so the whole GPTQ encoding must agree bit for bit (and a second run gives the same bytes)."""
+    rng = np.random.default_rng(13)
+    rows, cols, n = 24, width(qtype), 512
+    x = correlated_inputs(rng, n, cols)
+    h = x.T.astype(np.float64) @ x
+    w = (rng.normal(size=(rows, cols)) * 0.05).astype(np.float32)
+    c_bytes, c_values = gptq_kquant(w, h, qtype, count=n, backend=get_backend("c"))
+    ref_bytes, ref_values = gptq_kquant(w, h, qtype, count=n, backend=get_backend("reference"))
+    again, _ = gptq_kquant(w, h, qtype, count=n, backend=get_backend("c"))
+    assert np.array_equal(c_bytes, ref_bytes) and np.array_equal(c_values, ref_values)
+    assert np.array_equal(c_bytes, again)
+
+
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_legacy_blocks_keep_the_encoders_scales_from_the_updated_weights(qtype: T) -> None:
+    """Only the level bytes differ from what the type's encoder writes for the block; with H = I (no error
+    fed forward) the scale bytes are exactly the imatrix-weighted encoder's for the original weights."""
+    rng = np.random.default_rng(17)
+    rows, cols = 8, width(qtype)
+    w = rng.normal(size=(rows, cols)).astype(np.float32)
+    h = np.diag(rng.uniform(0.5, 2.0, size=cols))
+    cls = quant_class(qtype)
+    encoded, _ = gptq_kquant(w, h, qtype, count=1)
+    # block by block, as the loop calls the encoder: one block of 32 columns of every row at a time
+    importance = np.diag(h).astype(np.float32)
+    plain = np.concatenate([get_backend().quantize(qtype, np.ascontiguousarray(w[:, c:c + 32]), importance[c:c + 32])
+                            for c in range(0, cols, 32)], axis=1)
+    start, stop = cls.quant_span
+    got, want = encoded.reshape(-1, cls.type_size), plain.reshape(-1, cls.type_size)
+    assert np.array_equal(np.delete(got, np.s_[start:stop], axis=1), np.delete(want, np.s_[start:stop], axis=1))

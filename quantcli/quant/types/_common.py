@@ -20,6 +20,7 @@ one contiguous vector and a sequential sum is a loop of block_size vector additi
 """
 from __future__ import annotations
 
+from typing import ClassVar
 
 import numpy as np
 
@@ -433,3 +434,32 @@ def ternary_quants(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = running_absmax(xt)
     with np.errstate(invalid="ignore", over="ignore"):
         return d, c_lroundf_int(xt * c_inverse_or_zero(d)) + 1
+
+
+# ---- rewriting the levels of encoded blocks (GPTQ keeps a block's scales and chooses its own levels) ----
+class LevelCodes:
+    """A block type whose stored levels (level_min..levels-1 per value) can be rewritten under the block's own
+    scales: the K-quants (256-value super-blocks) and the 32-value legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+
+    `quant_span` is the byte range of a block that holds the levels (and nothing else); everything outside it
+    (d, m, scales, mins, dmin) is left as the encoder wrote it. A type's decode of `with_levels(blocks, L)` is
+    then a * L + b per value, with a and b fixed by those untouched bytes. Levels are the unsigned codes of the
+    layout (Q4_0's 0..15 decode as (L - 8) * d; Q8_0's 1..255 are the int8 quants + 128).
+    """
+
+    levels: ClassVar[int]
+    level_min: ClassVar[int] = 0
+    quant_span: ClassVar[tuple[int, int]]
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        """(n_blocks, block_size) levels -> (n_blocks, quant_span length) bytes, the encoder's own layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def with_levels(cls, blocks: np.ndarray, L: np.ndarray) -> np.ndarray:
+        """A copy of `blocks` (n_blocks, type_size) whose levels are `L` (n_blocks, block_size)."""
+        start, stop = cls.quant_span
+        out = np.array(blocks, dtype=np.uint8, copy=True)
+        out[:, start:stop] = cls.pack_levels(np.asarray(L, dtype=np.int32))
+        return out

@@ -15,7 +15,6 @@ True
 """
 from __future__ import annotations
 
-from typing import ClassVar
 
 import numpy as np
 
@@ -262,32 +261,6 @@ def unpack_4bit_pairs(qs: np.ndarray) -> np.ndarray:
     """Inverse of pack_4bit_pairs: (n_super, 128) bytes -> (n_super, 256) nibbles (int32)."""
     q = qs.astype(np.int32).reshape(-1, 4, 1, 32)
     return ((q >> np.array([0, 4]).reshape(1, 1, 2, 1)) & 0xF).reshape(-1, QK_K)
-
-
-# ---- rewriting the levels of encoded blocks (GPTQ keeps a block's scales and chooses its own levels) ----
-class LevelCodes:
-    """A K-quant whose stored levels (0..levels-1 per value) can be rewritten under the block's own scales.
-
-    `quant_span` is the byte range of a block that holds only the levels; everything else (scales, mins,
-    d, dmin) is left as the encoder wrote it. A type's decode of `with_levels(blocks, L)` is then
-    a * L + b per value, with a and b fixed by those untouched bytes.
-    """
-
-    levels: ClassVar[int]
-    quant_span: ClassVar[tuple[int, int]]
-
-    @classmethod
-    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
-        """(n_super, 256) levels -> (n_super, quant_span length) bytes, the encoder's own layout."""
-        raise NotImplementedError
-
-    @classmethod
-    def with_levels(cls, blocks: np.ndarray, L: np.ndarray) -> np.ndarray:
-        """A copy of `blocks` (n_super, type_size) whose levels are `L` (n_super, 256)."""
-        start, stop = cls.quant_span
-        out = np.array(blocks, dtype=np.uint8, copy=True)
-        out[:, start:stop] = cls.pack_levels(np.asarray(L, dtype=np.int32))
-        return out
 
 
 # ---- the encoders shared by two types ----

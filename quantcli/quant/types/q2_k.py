@@ -14,9 +14,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
+from ._common import (LevelCodes, F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
                       make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, LevelCodes, make_qp_quants, pack_2bit, per_sub_block, requantize,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, make_qp_quants, pack_2bit, per_sub_block, requantize,
                       running_max_from_zero, super_block_sigma2, unpack_2bit)
 
 #: Q2_K's quants run 0..NMAX; sub-block scales and mins are 4 bits (0..SCALE_MAX).

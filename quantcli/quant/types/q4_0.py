@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, f32_div,
+from ._common import (F32, LevelCodes, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, f32_div,
                       first_absmax, fp16_field, make_qx_quants, pack_nibbles, read_fp16, row_imatrix_weights,
                       to_columns, unpack_nibbles)
 
@@ -20,7 +20,9 @@ QMAX = 15
 ROUND_OFFSET = F32(8.5)   # NMAX + 0.5: truncation after adding it rounds half up
 
 
-class Q4_0(QuantType, qtype=GGMLQuantizationType.Q4_0):
+class Q4_0(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q4_0):
+    levels = QMAX + 1
+    quant_span = (2, 2 + 16)   # after d: 16 bytes, values j and j + 16 in the low and high nibble
     fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -37,6 +39,11 @@ class Q4_0(QuantType, qtype=GGMLQuantizationType.Q4_0):
             d, L = make_qx_quants(xt, NMAX, row_imatrix_weights(rows, xt, imatrix, cls.block_size))
             qs = pack_nibbles(L[:half], L[half:])
         return block_bytes(rows.shape[0], fp16_field(d), qs.T)
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        half = cls.block_size // 2
+        return pack_nibbles(L[:, :half], L[:, half:])
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

@@ -10,14 +10,16 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, QKX3_NSTEP, QKX3_RDELTA, QKX3_RMIN, affine_block_params, block_bytes, c_low_byte,
+from ._common import (F32, LevelCodes, QKX3_NSTEP, QKX3_RDELTA, QKX3_RMIN, affine_block_params, block_bytes, c_low_byte,
                       c_trunc_int, fp16_field, make_qkx3_quants, pack_nibbles, read_fp16,
                       row_imatrix_weights, to_columns, unpack_nibbles)
 
 QMAX = 15
 
 
-class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
+class Q4_1(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q4_1):
+    levels = QMAX + 1
+    quant_span = (4, 4 + 16)   # after d and m: 16 bytes of nibble pairs
     fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -33,6 +35,11 @@ class Q4_1(QuantType, qtype=GGMLQuantizationType.Q4_1):
             m = -the_min
             qs = pack_nibbles(L[:half], L[half:])
         return block_bytes(rows.shape[0], fp16_field(d), fp16_field(m), qs.T)
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        half = cls.block_size // 2
+        return pack_nibbles(L[:, :half], L[:, half:])
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (F32, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, f32_div,
+from ._common import (F32, LevelCodes, block_bytes, c_inverse_or_zero, c_low_byte, c_trunc_int, f32_div,
                       first_absmax, fp16_field, make_qx_quants, pack_q5, read_fp16, row_imatrix_weights, to_columns,
                       unpack_q5)
 
@@ -20,7 +20,9 @@ QMAX = 31
 ROUND_OFFSET = F32(16.5)
 
 
-class Q5_0(QuantType, qtype=GGMLQuantizationType.Q5_0):
+class Q5_0(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q5_0):
+    levels = QMAX + 1
+    quant_span = (2, 2 + 4 + 16)   # after d: the fifth bits (4 bytes), then the nibbles
     fp16_offsets = (0,)  # byte offsets of the block's fp16 scale fields
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -34,6 +36,11 @@ class Q5_0(QuantType, qtype=GGMLQuantizationType.Q5_0):
         else:
             d, q = make_qx_quants(xt, NMAX, row_imatrix_weights(rows, xt, imatrix, cls.block_size))
         return block_bytes(rows.shape[0], fp16_field(d), *pack_q5(q))
+
+    @classmethod
+    def pack_levels(cls, L: np.ndarray) -> np.ndarray:
+        qh, qs = pack_q5(np.ascontiguousarray(L.T))
+        return np.concatenate([qh, qs], axis=1)
 
     @classmethod
     def decode_blocks(cls, blocks: np.ndarray) -> np.ndarray:
