@@ -1,6 +1,7 @@
 """The streaming GGUF writer: gguf-py's reader reads back what it wrote; misuse and failures leave no file."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_string_arrays_are_laid_out_as_gguf_py_writes_them(strings: list[str]) -
     from quantcli.io.gguf_writer import encode_metadata, metadata_nbytes
 
     kv = [kv_array("tokenizer.ggml.tokens", strings, GGUFValueType.STRING)]
-    key = "tokenizer.ggml.tokens".encode()
+    key = b"tokenizer.ggml.tokens"
     expected = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", GGUFValueType.ARRAY, GGUFValueType.STRING,
                                                                 len(strings))
     for s in strings:
@@ -88,7 +89,7 @@ def test_planned_size_counts_a_large_vocabulary_exactly(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     tokens = ["".join(chr(int(c)) for c in rng.integers(32, 0x3000, size=int(n))) for n in rng.integers(0, 12, 5000)]
     meta = [kv_str("general.architecture", "llama"), kv_array("tokenizer.ggml.tokens", tokens, GGUFValueType.STRING),
-            kv_array("tokenizer.ggml.merges", [f"{a} {b}" for a, b in zip(tokens, tokens[1:])], GGUFValueType.STRING)]
+            kv_array("tokenizer.ggml.merges", [f"{a} {b}" for a, b in itertools.pairwise(tokens)], GGUFValueType.STRING)]
     infos = [TensorInfo("a", (32,), GGMLQuantizationType.F32)]
     out = tmp_path / "v.gguf"
     with GGUFStreamWriter(out, meta, infos) as w:
