@@ -1,5 +1,5 @@
 """`quantcli batch FILE`: models x recipes from a YAML file, for CI; `--matrix` fans it out over runners."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 import time
 from pathlib import Path

@@ -1,5 +1,5 @@
 """`quantcli calibrate MODEL`: an importance matrix in llama.cpp's format, from calibration text."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated, Optional

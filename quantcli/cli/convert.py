@@ -1,6 +1,6 @@
 """`quantcli convert MODEL`: HF checkpoint (folder or hub id) -> GGUF files and safetensors folders, through the
 stage runner (pipeline/runner.py); which options go together is decided in pipeline/options.py."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 import inspect
 from pathlib import Path
@@ -115,8 +115,8 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 
         result = run_convert(request, progress=bar.advance, on_plan=on_plan, on_write=on_write, warn=warn,
                              on_block=on_block)
-    from ..pipeline.convert_split import SplitConvertResult, describe_split
-
+    if result.folders:      # imported only for a run with folder outputs: a GGUF run never needs it
+        from ..pipeline.convert_split import SplitConvertResult, describe_split
     if result.folders and isinstance(result.folders[0], SplitConvertResult):
         split = result.folders[0]
         if json:

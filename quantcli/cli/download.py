@@ -1,5 +1,5 @@
 """`quantcli download org/name[@revision]`: the download stage alone, into the shared Hugging Face cache."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated, Optional

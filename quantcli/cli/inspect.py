@@ -1,5 +1,5 @@
 """`quantcli inspect PATH`: metadata and tensor table of a GGUF file, a safetensors file or a model folder."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated

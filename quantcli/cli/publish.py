@@ -1,6 +1,6 @@
 """`quantcli publish FOLDER --repo me/model-GGUF`: upload the outputs of a folder (its GGUF files and the folder
 outputs its run manifests list, or a whole quantized safetensors folder) with a generated model card."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated, Optional

@@ -1,5 +1,5 @@
 """`quantcli quantize SNAPSHOT`: the quantize stage alone, on a local folder, without the verify stage."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated, Optional

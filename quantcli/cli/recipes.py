@@ -1,5 +1,5 @@
 """`quantcli recipes list|show|schema`: the built-in recipes and the recipe format."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from typing import Annotated
 

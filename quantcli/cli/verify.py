@@ -1,6 +1,6 @@
 """`quantcli verify PATH`: structure and per-tensor error of a GGUF file or a quantized safetensors folder,
 optionally against its source; with --data, PPL/KLD against the source (cli/_model_quality.py)."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 from pathlib import Path
 from typing import Annotated, Any, Optional

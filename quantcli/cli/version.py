@@ -1,5 +1,5 @@
 """`quantcli version`: versions and the active quantization backend."""
-from __future__ import annotations
+# no `from __future__ import annotations`: typer would compile every string annotation at each start
 
 
 from ._common import JsonOpt, out, print_json, run

@@ -49,6 +49,12 @@ def check_text(metadata: list[MetaKV], source: str) -> None:
             values = list(kv.value)  # type: ignore[call-overload]
         else:
             continue
+        try:
+            # one call for a whole vocabulary; the loop below only runs to name the bad value
+            "".join(values).encode("utf-8")
+            continue
+        except (UnicodeEncodeError, TypeError):
+            pass
         for i, value in enumerate(values):
             try:
                 str(value).encode("utf-8")

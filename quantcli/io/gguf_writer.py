@@ -66,6 +66,31 @@ def _encode_string(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _encode_strings(items: Sequence[str]) -> bytes:
+    """GGUF strings back to back (u64 length, UTF-8 bytes each), built with array operations.
+
+    A vocabulary is tens of thousands of strings written on the conversion's serial path; packing each one
+    separately cost about 0.1 s for 32k tokens. Here each string is encoded once, and one scatter lays the
+    length fields and the joined text side by side.
+    """
+    raws = [s.encode("utf-8") for s in items]
+    count = len(raws)
+    if count == 0:
+        return b""
+    lengths = np.fromiter(map(len, raws), dtype="<u8", count=count)
+    text = np.frombuffer(b"".join(raws), dtype=np.uint8)
+    # where string i's length field starts: its 8-byte fields before it plus the text of the strings before it
+    heads = np.arange(count, dtype=np.int64) * 8
+    heads[1:] += np.cumsum(lengths[:-1].astype(np.int64))
+    out = np.empty(count * 8 + len(text), dtype=np.uint8)
+    head_bytes = (heads[:, None] + np.arange(8)).reshape(-1)
+    out[head_bytes] = lengths.view(np.uint8)
+    is_text = np.ones(len(out), dtype=bool)
+    is_text[head_bytes] = False
+    out[is_text] = text
+    return out.tobytes()
+
+
 def _encode_value(value: object, vtype: GGUFValueType, subtype: GGUFValueType | None) -> bytes:
     if vtype == GGUFValueType.STRING:
         return _encode_string(str(value))
@@ -75,7 +100,7 @@ def _encode_value(value: object, vtype: GGUFValueType, subtype: GGUFValueType | 
         items = list(value)  # type: ignore[call-overload]
         head = struct.pack("<IQ", int(subtype), len(items))
         if subtype == GGUFValueType.STRING:
-            return head + b"".join(_encode_string(s) for s in items)
+            return head + _encode_strings(items)
         return head + np.asarray(items, dtype=np.dtype(_SCALAR_FORMATS[subtype])).tobytes()
     return struct.pack(_SCALAR_FORMATS[vtype], value)
 
@@ -89,6 +114,22 @@ def encode_metadata(kvs: Sequence[MetaKV]) -> bytes:
         seen.add(kv.key)
         parts.append(_encode_string(kv.key) + struct.pack("<I", int(kv.vtype)) + _encode_value(kv.value, kv.vtype, kv.subtype))
     return b"".join(parts)
+
+
+def metadata_nbytes(kvs: Sequence[MetaKV]) -> int:
+    """len(encode_metadata(kvs)), without building the bytes of the large string arrays (the vocabulary and
+    merges): their size is 8 bytes per string plus the UTF-8 length of their concatenation."""
+    if len({kv.key for kv in kvs}) != len(kvs):
+        encode_metadata(kvs)        # raises, naming the key that appears twice
+    total = 0
+    for kv in kvs:
+        total += 8 + len(kv.key.encode("utf-8")) + 4
+        if kv.vtype == GGUFValueType.ARRAY and kv.subtype == GGUFValueType.STRING:
+            items = list(kv.value)  # type: ignore[call-overload]
+            total += 4 + 8 + 8 * len(items) + len("".join(items).encode("utf-8"))
+        else:
+            total += len(_encode_value(kv.value, kv.vtype, kv.subtype))
+    return total
 
 
 # Errors that more free space would cure; any other write error needs another output place or name.
@@ -120,7 +161,7 @@ def alignment_of(metadata: Sequence[MetaKV]) -> int:
 def planned_size(metadata: Sequence[MetaKV], tensors: Sequence[TensorInfo]) -> int:
     """The exact size in bytes of the file these arguments produce (for --dry-run and the disk-space check)."""
     align = alignment_of(metadata)
-    header = 4 + 4 + 8 + 8 + len(encode_metadata(metadata))
+    header = 4 + 4 + 8 + 8 + metadata_nbytes(metadata)
     header += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in tensors)
     data = 0
     for t in tensors:

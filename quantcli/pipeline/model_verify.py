@@ -25,14 +25,15 @@ def verify_models(run: Run, result: ConvertResult, cache: StageCache | None, fin
     """The model-level verify of every output (recipe verify.max_kld / max_ppl_ratio): score it against the
     source with the engine, keep the figures, and fail (exit 1) an output that misses a threshold. Figures are
     cached by the output's sha256, the source and the text; the thresholds are applied to cached figures too."""
-    from ..stages.calibration_data import load_calibration_text
-    from ..stages.verify_model import check_thresholds
-    from .keys import verify_model_key
-
     request = run.request
     spec = request.recipe.verify
     if not spec.model_level or request.verify == "none":
         return []
+    # the engine and the text machinery are imported only by a run that scores its outputs
+    from ..stages.calibration_data import load_calibration_text
+    from ..stages.verify_model import check_thresholds
+    from .keys import verify_model_key
+
     data = spec.data or EVAL_DEFAULT
     if ("eval", data) not in run.texts:
         run.texts[("eval", data)] = load_calibration_text(data)

@@ -66,12 +66,13 @@ def model_name(model: str) -> str:
 
 def check_publish(request: ConvertRequest) -> PublishTarget | None:
     """The publish stage this request asks for, checked before any work (InputError, exit 2), or None."""
-    from ..stages.publish import publish_repo_id
-
     section = request.recipe.publish
     given = request.publish
     if given is None and not section.on_convert:
         return None
+    # imported only now: the hub and model-card machinery costs start-up time a run without publish never uses
+    from ..stages.publish import publish_repo_id
+
     given = given or PublishRequest()
     repo = publish_repo_id(given.repo or section.repo, {}, "GGUF", model=model_name(request.model),
                            recipe=request.recipe.name, flag="--publish")

@@ -95,12 +95,13 @@ def folder_recipe(request: IntConvertRequest) -> Recipe:
 
 def folder_requests_of(request: ConvertRequest) -> tuple[IntConvertRequest, ...]:
     """The folder outputs of a request: given explicitly (`convert --format`), else the recipe's."""
-    from .convert_int import folder_requests
-
     if request.folders:
         return tuple(request.folders)
     if not request.recipe.folders:
         return ()
+    # the INT machinery (schemes, methods, folder formats) is imported only for a run that writes folders
+    from .convert_int import folder_requests
+
     return tuple(folder_requests(request.recipe, request.model, request.output, threads=request.threads,
                                  verify=request.verify, dry_run=request.dry_run, calibrate=request.calibrate_data))
 
@@ -131,7 +132,6 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
     """Run every stage of `request` (module docstring) and return what each output became."""
     from ..io.checkpoint import Checkpoint
     from .convert import VERIFY_LEVELS, ConvertResult, check_method, resolve_snapshot
-    from .convert_int import prepare_calibration
     from .outputs import output_target
 
     run = Run(request, hooks or RunHooks())
@@ -173,6 +173,8 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
             rec.status, rec.output = ("hit" if calibration.cached else "written"), str(calibration.path)
         for job in jobs:
             if job.calibrated:
+                from .convert_int import prepare_calibration
+
                 prepare_calibration(job, run.texts, run.threads)
         if calibration is None and not any(job.calibrated for job in jobs):
             rec.status = "skipped"

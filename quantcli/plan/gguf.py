@@ -116,7 +116,7 @@ class Plan:
 
     @cached_property
     def total_bytes(self) -> int:
-        # Encodes the whole metadata (the token list is large), so it is worked out once.
+        # Sizes the whole metadata (the token list is large), so it is worked out once.
         return planned_size(self.metadata, [t.info for t in self.tensors])
 
     @property

@@ -25,22 +25,26 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..io.checkpoint import Checkpoint
 from ..io.gguf_writer import GGUFStreamWriter
-from ..io.safetensors_writer import PlacedTensorWriter, atomic_folder
 from ..plan.gguf import Plan, TensorPlan
-from ..plan.safetensors import IntPlan, ModulePlan
 from ..quant.backend import Backend, get_backend
 from ..quant.imatrix import ImportanceMatrix
 from .overlap import WriteBehind, read_ahead
-from .pack_safetensors import finish_int_folder, header_metadata, plan_entries, source_arrays
 from .quantize import Encoder, Stored, check_free_space, check_overrides, prepare
 
+if TYPE_CHECKING:
+    # the folder side (INT schemes, folder formats, the safetensors writer) is imported only by a group that
+    # writes folders: a GGUF-only run starts without it
+    from ..io.safetensors_writer import PlacedTensorWriter
+    from ..plan.safetensors import IntPlan, ModulePlan
+
 Progress = Callable[[TensorPlan, int], None]
-FolderProgress = Callable[[ModulePlan], None]
+FolderProgress = Callable[["ModulePlan"], None]
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,9 @@ def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntP
     with ExitStack() as stack:
         gwriters = [stack.enter_context(GGUFStreamWriter(path, plan.metadata, [t.info for t in plan.tensors]))
                     for plan, path in ggufs]
+        if folders:
+            from ..io.safetensors_writer import PlacedTensorWriter, atomic_folder
+            from .pack_safetensors import header_metadata, plan_entries
         tmps = [stack.enter_context(atomic_folder(path)) for _, path in folders]
         fwriters: list[PlacedTensorWriter] = []
         for (plan, _), tmp in zip(folders, tmps):
@@ -134,6 +141,8 @@ def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntP
                 for source, values in zip(step.sources, raw):
                     _feed_folders(source, values, folders, modules, fwriters, sink, be, threads, folder_progress)
                 del raw, stored
+        if folders:
+            from .pack_safetensors import finish_int_folder
         files = [w.close() + finish_int_folder(plan, ckpt, tmp)
                  for w, (plan, _), tmp in zip(fwriters, folders, tmps)]
         for w in gwriters:
@@ -146,6 +155,10 @@ def _feed_folders(source: str, raw: np.ndarray, folders: Sequence[tuple[IntPlan,
                   modules: list[dict[str, ModulePlan]], writers: list[PlacedTensorWriter], sink: WriteBehind,
                   backend: Backend, threads: int, progress: FolderProgress | None) -> None:
     """Encode one source tensor for every folder that holds it; the float32 copy is made once, on first need."""
+    if not folders:
+        return
+    from .pack_safetensors import source_arrays
+
     widened: list[np.ndarray] = []
 
     def widen(m: ModulePlan) -> Callable[[], np.ndarray]:

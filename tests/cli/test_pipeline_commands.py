@@ -126,3 +126,31 @@ def test_top_level_help_loads_no_heavy_module(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Commands:" in r.stdout and "convert" in r.stdout
     assert r.stderr.strip().splitlines()[-1] == "[]"
+
+
+# What a plain GGUF conversion never needs: the folder formats and INT methods, the engine, publishing and the
+# hub client. Importing them cost a GGUF run start-up time that no core can overlap (issue 11).
+NOT_FOR_GGUF = ("quantcli.pipeline.convert_int", "quantcli.pipeline.convert_split", "quantcli.plan.safetensors",
+                "quantcli.stages.pack_safetensors", "quantcli.stages.publish", "quantcli.stages.model_card",
+                "quantcli.io.gptq", "quantcli.io.awq", "quantcli.io.compressed_tensors", "quantcli.io.bnb",
+                "quantcli.io.safetensors_writer", "quantcli.quant.algorithms", "quantcli.quant.int",
+                "quantcli.engine", "quantcli.stages.verify_model", "huggingface_hub")
+
+
+@pytest.mark.slow
+def test_gguf_convert_imports_only_the_gguf_path(tmp_path: Path) -> None:
+    out = tmp_path / "t.gguf"
+    code = ("import sys\n"
+            f"sys.argv = ['quantcli', 'convert', {str(model_path('tiny-llama'))!r}, '--type', 'Q8_0',\n"
+            f"            '--verify', 'none', '-o', {str(out)!r}]\n"
+            "from quantcli.cli.app import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            f"unwanted = {NOT_FOR_GGUF!r}\n"
+            "print(sorted(m for m in sys.modules if m.startswith(unwanted)), file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(QUANTCLI_NO_PROGRESS="1", QUANTCLI_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert out.is_file()
+    assert r.stderr.strip().splitlines()[-1] == "[]"

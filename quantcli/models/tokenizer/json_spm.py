@@ -19,7 +19,7 @@ from typing import Any
 
 from quantcli.errors import InputError
 from quantcli.models.tokenizer.files import TOKENIZER_JSON, TokenizerFiles
-from quantcli.models.tokenizer.sentencepiece_model import MODEL_TYPE_BPE, Piece, SentencePieceModel
+from quantcli.models.tokenizer.sentencepiece_model import MODEL_TYPE_BPE, SentencePieceModel
 from quantcli.models.tokenizer.spm import IDENTITY_NORMALIZER, PREPEND_NEVER, json_prepend_scheme
 
 TYPE_NORMAL, TYPE_UNKNOWN, TYPE_BYTE = 1, 2, 6     # SentencePiece piece types, numbered as gguf.TokenType
@@ -68,15 +68,20 @@ def sentencepiece_from_json(files: TokenizerFiles) -> SentencePieceModel:
         scores.setdefault(left + right, -float(rank))
     unmerged = -float(len(merges))            # below every piece a merge produces
     unk = model.get("unk_token")
-    pieces = []
+    texts: list[str] = []
+    piece_scores: list[float] = []
+    kinds: list[int] = []
     for token_id in range(max(by_id) + 1):
         text = by_id.get(token_id)
         if text is None:                      # a hole in the ids: spm.py pads it as an unused token
-            pieces.append(Piece(f"[PAD{token_id}]", unmerged, 5))
+            texts.append(f"[PAD{token_id}]")
+            piece_scores.append(unmerged)
+            kinds.append(5)
             continue
-        kind = TYPE_BYTE if BYTE_PIECE.fullmatch(text) else TYPE_UNKNOWN if text == unk else TYPE_NORMAL
-        pieces.append(Piece(text, scores.get(text, unmerged), kind))
+        texts.append(text)
+        piece_scores.append(scores.get(text, unmerged))
+        kinds.append(TYPE_BYTE if BYTE_PIECE.fullmatch(text) else TYPE_UNKNOWN if text == unk else TYPE_NORMAL)
     prepend = json_prepend_scheme(files.tokenizer_json or {})
-    return SentencePieceModel(pieces=pieces, model_type=MODEL_TYPE_BPE, byte_fallback=True,
+    return SentencePieceModel(texts=texts, scores=piece_scores, kinds=kinds, model_type=MODEL_TYPE_BPE, byte_fallback=True,
                               normalizer_name=IDENTITY_NORMALIZER, add_dummy_prefix=prepend != PREPEND_NEVER,
                               remove_extra_whitespaces=False)

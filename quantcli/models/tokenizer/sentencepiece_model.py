@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # Protobuf wire types.
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
 FIXED_SIZES = {FIXED64: 8, FIXED32: 4}
@@ -88,9 +90,15 @@ class Piece:
 
 @dataclass(frozen=True)
 class SentencePieceModel:
-    """The parts of a tokenizer.model that decide how llama.cpp must be told about it."""
+    """The parts of a tokenizer.model that decide how llama.cpp must be told about it.
 
-    pieces: list[Piece]
+    The pieces are kept as three columns in id order (texts, scores, types) rather than one object per piece:
+    a 32k vocabulary is read, exported and written without building 32k small objects on the serial path.
+    """
+
+    texts: list[str]
+    scores: list[float]
+    kinds: list[int]  # SentencePiece's piece types, numbered as gguf.TokenType
     model_type: int = MODEL_TYPE_UNIGRAM
     byte_fallback: bool = False
     normalizer_name: str = ""
@@ -101,38 +109,21 @@ class SentencePieceModel:
     def model_type_name(self) -> str:
         return MODEL_TYPE_NAMES.get(self.model_type, str(self.model_type))
 
+    @property
+    def pieces(self) -> list[Piece]:
+        """The pieces one by one (for tests and tools; the export reads the columns)."""
+        return [Piece(t, s, k) for t, s, k in zip(self.texts, self.scores, self.kinds)]
 
+
+_TEXT_TAG = (PIECE_TEXT << 3) | LENGTH_DELIMITED
 _SCORE_TAG = (PIECE_SCORE << 3) | FIXED32
 _TYPE_TAG = (PIECE_TYPE << 3) | VARINT
-
-
-def _piece_fast(buf: bytes) -> Piece | None:
-    """The layout every SentencePiece trainer writes (text < 128 bytes, then score, then an optional small type),
-    decoded without the generic field walk: a 32k vocabulary took 0.5 s the general way, all of it on the
-    conversion's serial path. None for anything else, which the general decoder then reads."""
-    n = len(buf)
-    if n < 2 or buf[0] != (PIECE_TEXT << 3) | LENGTH_DELIMITED or buf[1] >= 0x80:
-        return None
-    pos = 2 + buf[1]
-    if pos + 5 > n or buf[pos] != _SCORE_TAG:
-        return None
-    try:
-        text = buf[2:pos].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    (score,) = struct.unpack_from("<f", buf, pos + 1)
-    pos += 5
-    if pos == n:
-        return Piece(text, score, PIECE_TYPE_NORMAL)
-    if pos + 2 == n and buf[pos] == _TYPE_TAG and buf[pos + 1] < 0x80:
-        return Piece(text, score, buf[pos + 1])
-    return None
+_PIECE_TAG = (MODEL_PIECES << 3) | LENGTH_DELIMITED
+_SHORT = 0x80          # a one-byte varint is below this
 
 
 def _piece(buf: bytes) -> Piece:
-    fast = _piece_fast(buf)
-    if fast is not None:
-        return fast
+    """One SentencePiece message by the general field walk (any field order, unknown fields skipped)."""
     text, score, kind = "", 0.0, PIECE_TYPE_NORMAL
     for number, wire, value in fields(buf):
         if number == PIECE_TEXT and wire == LENGTH_DELIMITED:
@@ -147,30 +138,110 @@ def _piece(buf: bytes) -> Piece:
     return Piece(text, score, kind)
 
 
-def parse_sentencepiece(data: bytes) -> SentencePieceModel:
-    """Decode a serialized ModelProto.
+def _piece_run(data: bytes) -> tuple[list[int], list[int], int]:
+    """Where the leading run of `pieces` fields lies: each message's start and end, and where the run stops.
+
+    Writers put the repeated pieces first (field order), so this one loop over the outer tags is the only
+    per-piece Python work of the reader; the messages themselves are decoded by `_decode_run`."""
+    starts: list[int] = []
+    ends: list[int] = []
+    pos, n = 0, len(data)
+    while pos + 1 < n and data[pos] == _PIECE_TAG:
+        size = data[pos + 1]
+        if size < _SHORT:
+            start = pos + 2
+        else:
+            size, start = _varint(data, pos + 1)
+        pos = start + size
+        if pos > n:
+            raise SentencePieceFormatError("length-delimited field runs past the end")
+        starts.append(start)
+        ends.append(pos)
+    return starts, ends, pos
+
+
+def _decode_run(data: bytes, starts: list[int], ends: list[int]) -> tuple[list[str], list[float], list[int]]:
+    """Decode the piece messages data[starts[i]:ends[i]] into columns, with array operations over all of them.
+
+    Every SentencePiece trainer writes a piece as text (< 128 bytes), score, then an optional one-byte type:
+        0A len text... 15 f32 [18 type]
+    The checks below find the pieces in exactly that layout; all others (if any) go through the general walk.
+    The texts of the fast pieces are decoded in one call: each text is followed in the file by the score's tag
+    byte 0x15, so the bytes from every text's start up to and including that tag, joined, split on U+0015 into
+    the texts, provided no text contains that control character itself (checked by counting it)."""
+    count = len(starts)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    last = len(buf) - 1
+    start = np.asarray(starts, dtype=np.int64)
+    end = np.asarray(ends, dtype=np.int64)
+    size = end - start
+
+    def at(index: np.ndarray) -> np.ndarray:
+        return buf[np.minimum(index, last)].astype(np.int64)   # clipped: out-of-message reads are masked below
+
+    text_len = at(start + 1)
+    score_at = start + 2 + text_len                              # the score's tag byte
+    tail = end - (score_at + 5)                                  # bytes after the score: 0, or 2 for a type
+    fast = ((size >= 7) & (at(start) == _TEXT_TAG) & (text_len < _SHORT) & (tail >= 0)
+            & (at(score_at) == _SCORE_TAG))
+    typed = fast & (tail == 2) & (at(score_at + 5) == _TYPE_TAG) & (at(score_at + 6) < _SHORT)
+    fast &= (tail == 0) | typed
+    kinds_arr = np.where(typed, at(score_at + 6), PIECE_TYPE_NORMAL)
+    score_bytes = buf[np.minimum(score_at[:, None] + np.arange(1, 5), last)]
+    scores_arr = np.ascontiguousarray(score_bytes).view("<f4").reshape(count)
+
+    texts: list[str] = [""] * count
+    picked = np.flatnonzero(fast)
+    if len(picked):
+        spans = text_len[picked] + 1                            # each text and the 0x15 after it
+        offsets = np.cumsum(spans) - spans
+        gather = np.repeat(start[picked] + 2 - offsets, spans) + np.arange(int(spans.sum()))
+        joined = buf[gather].tobytes()
+        if joined.count(_SCORE_TAG) == len(picked):
+            try:
+                decoded = joined.decode("utf-8").split(chr(_SCORE_TAG))
+            except UnicodeDecodeError:
+                fast[:] = False                                  # the general walk says which piece is bad
+            else:
+                if len(picked) == count:
+                    texts = decoded[:-1]
+                else:
+                    for index, text in zip(picked.tolist(), decoded):
+                        texts[index] = text
+        else:
+            fast[:] = False
+    scores = scores_arr.tolist()
+    kinds = kinds_arr.tolist()
+    for index in np.flatnonzero(~fast).tolist():
+        piece = _piece(data[starts[index]:ends[index]])
+        texts[index], scores[index], kinds[index] = piece.text, piece.score, piece.kind
+    return texts, scores, kinds
+
+
+def parse_sentencepiece(data: bytes, *, fast: bool = True) -> SentencePieceModel:
+    """Decode a serialized ModelProto (`fast=False` decodes every piece by the general walk, for tests).
 
     Example:
         >>> m = parse_sentencepiece(Path("tokenizer.model").read_bytes())  # doctest: +SKIP
-        >>> m.pieces[1].text, m.model_type_name  # doctest: +SKIP
+        >>> m.texts[1], m.model_type_name  # doctest: +SKIP
         ('<s>', 'bpe')
     """
-    pieces: list[Piece] = []
     settings: dict[str, object] = {}
-    # Writers put the repeated pieces first (field order); walk that run directly, the rest generically.
-    pos, n, piece_tag = 0, len(data), (MODEL_PIECES << 3) | LENGTH_DELIMITED
-    while pos + 1 < n and data[pos] == piece_tag:
-        size, start = _varint(data, pos + 1)
-        if start + size > n:
-            raise SentencePieceFormatError("length-delimited field runs past the end")
-        pieces.append(_piece(data[start:start + size]))
-        pos = start + size
+    starts, ends, pos = _piece_run(data)
+    if fast and starts:
+        texts, scores, kinds = _decode_run(data, starts, ends)
+    else:
+        run = [_piece(data[a:b]) for a, b in zip(starts, ends)]
+        texts, scores, kinds = [p.text for p in run], [p.score for p in run], [p.kind for p in run]
     for number, wire, value in fields(data[pos:]):
         if wire != LENGTH_DELIMITED:
             continue
         assert isinstance(value, bytes)
         if number == MODEL_PIECES:
-            pieces.append(_piece(value))
+            piece = _piece(value)
+            texts.append(piece.text)
+            scores.append(piece.score)
+            kinds.append(piece.kind)
         elif number == MODEL_TRAINER_SPEC:
             for inner, inner_wire, inner_value in fields(value):
                 if inner == TRAINER_MODEL_TYPE and inner_wire == VARINT:
@@ -185,9 +256,9 @@ def parse_sentencepiece(data: bytes) -> SentencePieceModel:
                     settings["add_dummy_prefix"] = bool(inner_value)
                 elif inner == NORMALIZER_REMOVE_EXTRA_WHITESPACES and inner_wire == VARINT:
                     settings["remove_extra_whitespaces"] = bool(inner_value)
-    if not pieces:
+    if not texts:
         raise SentencePieceFormatError("no pieces")
-    return SentencePieceModel(pieces=pieces, **settings)  # type: ignore[arg-type]
+    return SentencePieceModel(texts=texts, scores=scores, kinds=kinds, **settings)  # type: ignore[arg-type]
 
 
 def read_sentencepiece(path: Path) -> SentencePieceModel:

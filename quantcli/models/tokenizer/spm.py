@@ -116,18 +116,25 @@ def spm_vocab(files: TokenizerFiles, model: SentencePieceModel, vocab_size: int,
     _warn_on_unportable_settings(model, path)
     pre = check_name(pre_tokenizer) if pre_tokenizer is not None else DEFAULT_PRE
     added = _added_from_files(files)
+    n_pieces = len(model.texts)
     if vocab_size <= 0:
-        vocab_size = max([len(model.pieces) - 1, *added]) + 1
-    tokens = [padding_token(i) for i in range(vocab_size)]
-    scores = [PADDING_SCORE] * vocab_size
-    types = [int(TokenType.UNUSED)] * vocab_size
-    if len(model.pieces) > vocab_size:
+        vocab_size = max([n_pieces - 1, *added]) + 1
+    if n_pieces > vocab_size:
         log.warning("%s has %d pieces but vocab_size is %d; pieces from id %d on are dropped",
-                    path, len(model.pieces), vocab_size, vocab_size)
-    for token_id, piece in enumerate(model.pieces[:vocab_size]):
-        kind = piece.kind if piece.kind in KNOWN_TYPES else int(TokenType.NORMAL)
-        text = piece.text.replace(SPACE_MARK, " ") if kind == TokenType.USER_DEFINED else piece.text
-        tokens[token_id], scores[token_id], types[token_id] = text, piece.score, kind
+                    path, n_pieces, vocab_size, vocab_size)
+    # the columns are copied whole (a 32k vocabulary is on the conversion's serial path); only the few pieces
+    # with a type llama.cpp does not know, or user-defined ones, are rewritten one by one
+    kept = min(n_pieces, vocab_size)
+    tokens = model.texts[:kept] + [padding_token(i) for i in range(kept, vocab_size)]
+    scores = model.scores[:kept] + [PADDING_SCORE] * (vocab_size - kept)
+    types = model.kinds[:kept] + [int(TokenType.UNUSED)] * (vocab_size - kept)
+    user_defined = int(TokenType.USER_DEFINED)
+    head = types[:kept]
+    for token_id, kind in enumerate(head if user_defined in head or not KNOWN_TYPES.issuperset(head) else ()):
+        if kind not in KNOWN_TYPES:
+            types[token_id] = int(TokenType.NORMAL)
+        elif kind == user_defined:
+            tokens[token_id] = tokens[token_id].replace(SPACE_MARK, " ")
     for token_id, token in sorted(added.items()):
         if token_id >= vocab_size:
             log.warning("ignoring added token %r: id %d is not below vocab_size %d", token.content, token_id,
@@ -135,7 +142,7 @@ def spm_vocab(files: TokenizerFiles, model: SentencePieceModel, vocab_size: int,
             continue
         tokens[token_id], scores[token_id] = token.gguf_text, ADDED_TOKEN_SCORE
         types[token_id] = int(token.token_type)
-    if not any(t == TokenType.BYTE for t in types) and model.byte_fallback:
+    if int(TokenType.BYTE) not in types and model.byte_fallback:
         raise InputError(f"{path} says byte_fallback but has no <0xXX> byte pieces.",
                          hint="Download the tokenizer files again from the model's repository.")
     return ExportedVocab(model=GGUF_MODEL, pre=pre, tokens=tokens, token_types=types, scores=scores,

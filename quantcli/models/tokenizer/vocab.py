@@ -143,16 +143,21 @@ def json_vocab(files: TokenizerFiles, vocab_size: int) -> tuple[list[str], list[
             f"the tokenizer in {files.folder} uses token id {largest}, but the model's vocab_size is {vocab_size}.",
             hint=f"Check that config.json and {TOKENIZER_JSON}/{TOKENIZER_CONFIG} belong to the same model.",
         )
-    tokens: list[str] = []
-    types: list[int] = []
-    for token_id in range(vocab_size):
-        if token_id in extra:
-            tokens.append(extra[token_id].gguf_text)
-            types.append(extra[token_id].token_type)
-        elif token_id in by_id:
-            tokens.append(by_id[token_id])
-            types.append(TokenType.NORMAL)
-        else:
-            tokens.append(padding_token(token_id))
-            types.append(TokenType.UNUSED)
-    return tokens, types, by_id
+    # filled by id from the two maps rather than by asking both maps about every id: a 150k vocabulary is on
+    # the conversion's serial path
+    tokens: list[str | None] = [None] * vocab_size
+    types = [int(TokenType.NORMAL)] * vocab_size
+    for token_id, text in by_id.items():
+        if token_id >= 0:
+            tokens[token_id] = text
+    for token_id, token in extra.items():
+        if token_id >= 0:
+            tokens[token_id] = token.gguf_text
+            types[token_id] = int(token.token_type)
+    if None in tokens:
+        unused = int(TokenType.UNUSED)
+        for token_id, text in enumerate(tokens):
+            if text is None:
+                tokens[token_id] = padding_token(token_id)
+                types[token_id] = unused
+    return tokens, types, by_id  # type: ignore[return-value]
