@@ -68,7 +68,7 @@ def compare_tensors(a: str, b: str) -> str:
 
 def quantcli(model: Path, out: Path, qtype: str, threads: int) -> list[str]:
     return [sys.executable, "-m", "quantcli.cli.app", "convert", str(model), "--type", qtype, "-o", str(out),
-            "--verify", "none", "--threads", str(threads)]
+            "--verify", "none", "--threads", str(threads), "--force"]   # --force: a repeat is a conversion, not a cache hit
 
 
 def row(label: str, peer: Measurement, ours: Measurement, check: str = "", peer_before: Measurement | None = None) -> dict:
