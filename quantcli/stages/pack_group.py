@@ -10,9 +10,10 @@ checkpoint's order. A folder places each tensor at its planned offset (io/safete
 so it takes them in any order. Reading runs ahead on one thread and writing behind on another
 (stages/overlap.py); the calling thread runs the kernels on all threads.
 
-Memory: one tensor being read and one waiting (depth 1), the tensor being encoded (its stored values, the
-transformed copy a permuted GGUF tensor gets, one float32 copy shared by the folders, and the bytes of the
-output being encoded), one encoded array waiting and one being written: a few tensors, never the model.
+Memory: one tensor being read and one waiting (depth 1), the tensor being encoded (its mapped stored values,
+the transformed copy a permuted GGUF tensor gets unless the kernels take its rows by index, one float32 copy
+shared by the folders, and the bytes of the output being encoded), one encoded array waiting and one being
+written: a few tensors, never the model.
 
 Every output is built under a partial name (GGUF files, and each folder under its hidden partial folder) and
 renamed only after every output is complete; an error or Ctrl-C removes them all and touches no final name.
