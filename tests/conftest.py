@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import doctest
 import os
+
+# first: the worker's share of the cores has to be in the environment before numpy and torch load their thread pools
+from tests.fixtures import threads  # noqa: F401  (isort: skip)
 from collections.abc import Iterator
 from typing import Callable
 

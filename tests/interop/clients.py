@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tests.fixtures.threads import THREADS
+
 N_CTX = 128          # llama.cpp rounds this up (to 256); results are compared by position
-THREADS = 2
 
 
 def load_llama(path: Path, **kwargs: Any) -> Any:
@@ -23,7 +24,7 @@ def load_llama(path: Path, **kwargs: Any) -> Any:
     """
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, verbose=False, n_threads=THREADS,
+    return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, verbose=False, n_threads=THREADS, n_threads_batch=THREADS,
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, **kwargs)
 
 
