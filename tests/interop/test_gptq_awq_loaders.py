@@ -111,8 +111,9 @@ def check_against_loader(model: str, out: object) -> None:
     loaded = load(out)
     mine = ours(out)
     assert mine, "the folder has quantized modules"
+    stored = Checkpoint.open(out).tensors
     for name, w in mine.items():
-        if not name.endswith(".weight") or name[: -len(".weight")] + ".qweight" not in Checkpoint.open(out).tensors:
+        if not name.endswith(".weight") or name[: -len(".weight")] + ".qweight" not in stored:
             continue
         module = loaded.get_submodule(name[: -len(".weight")])
         assert "gptqmodel" in type(module).__module__, f"{name} was not loaded as a quantized module"
