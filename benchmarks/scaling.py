@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -57,29 +58,44 @@ def binary_quantize_command(binary: Path) -> PeerCommand:
 def scaling_rows(models: list[Path], f16: dict[str, Path], work: Path, repeats: int,
                  quantcli_cmd, env_ours: dict[str, str],  # type: ignore[no-untyped-def]
                  peer_cmd: PeerCommand = quantize_command) -> list[dict]:
-    """Per model: llama-quantize (from the F16 GGUF) and quantcli convert (from HF) at 1 and 2 threads, one
-    after the other per repeat (paired, so a load change on a shared machine hits both sides alike)."""
+    """Per model and repeat: llama-quantize (from the F16 GGUF) at 1 and 2 threads, then quantcli convert (from HF)
+    at 1 and 2 threads, one after the other, and S fitted from that repeat's four times.
+
+    Each repeat is its own quadruple because the machine drifts: a 2-vCPU VM's second core gives more or less
+    depending on its neighbours, and the same command's 2-thread time moved by 20 % over ten minutes here. Running
+    all 1-thread repeats of one tool before all its 2-thread repeats put that drift into e and S; pairing them
+    within a minute keeps a drift out of each quadruple, and the medians of the per-repeat figures are reported.
+    """
     rows = []
     ftype = int(MIXES[SCALING_TYPE].ftype)
     for model in models:
-        def timed(label: str, cmd: list[str], out: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        def timed(label: str, cmd: list[str], out: Path, env: dict[str, str] | None = None) -> float:
             try:
-                return measure(label, cmd, repeats, env) if env is not None else measure(label, cmd, repeats)
+                m = measure(label, cmd, 1, env) if env is not None else measure(label, cmd, 1)
+                return m.seconds
             finally:
                 out.unlink(missing_ok=True)   # one output on disk at a time: a shared disk may not hold four
 
-        peer = {n: timed("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n),
-                         work / f"scale-peer-{n}.gguf") for n in (1, 2)}
-        ours = {n: timed("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n),
-                         work / f"scale-ours-{n}.gguf", env_ours) for n in (1, 2)}
-        gain = peer[1].seconds / peer[2].seconds
-        s = serial_part(ours[1].seconds, ours[2].seconds, gain)
-        rows.append({"model": model.name, "llama.cpp 1t s": round(peer[1].seconds, 2),
-                     "llama.cpp 2t s": round(peer[2].seconds, 2), "e (llama.cpp t1/t2)": round(gain, 2),
-                     "quantcli 1t s": round(ours[1].seconds, 2), "quantcli 2t s": round(ours[2].seconds, 2),
-                     "quantcli serial S s": round(s, 2), "S / quantcli 1t": round(s / ours[1].seconds, 3),
-                     "ratio 1t": round(ours[1].seconds / peer[1].seconds, 3),
-                     "ratio 2t": round(ours[2].seconds / peer[2].seconds, 3)})
+        runs = []
+        for _ in range(repeats):
+            t = {f"peer{n}": timed("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n),
+                                   work / f"scale-peer-{n}.gguf") for n in (1, 2)}
+            t.update({f"ours{n}": timed("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n),
+                                        work / f"scale-ours-{n}.gguf", env_ours) for n in (1, 2)})
+            t["e"] = t["peer1"] / t["peer2"]
+            t["S"] = serial_part(t["ours1"], t["ours2"], t["e"])
+            runs.append(t)
+            print(json.dumps({"model": model.name, **{k: round(v, 2) for k, v in t.items()}}), flush=True)
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        s_all = sorted(r["S"] for r in runs)
+        rows.append({"model": model.name, "llama.cpp 1t s": round(med["peer1"], 2),
+                     "llama.cpp 2t s": round(med["peer2"], 2), "e (llama.cpp t1/t2)": round(med["e"], 2),
+                     "quantcli 1t s": round(med["ours1"], 2), "quantcli 2t s": round(med["ours2"], 2),
+                     "quantcli serial S s": round(med["S"], 2),
+                     "S per repeat, low..high": f"{s_all[0]:.2f}..{s_all[-1]:.2f}",
+                     "S / quantcli 1t": round(med["S"] / med["ours1"], 3),
+                     "ratio 1t": round(med["ours1"] / med["peer1"], 3),
+                     "ratio 2t": round(med["ours2"] / med["peer2"], 3)})
         print(json.dumps(rows[-1]), flush=True)
         for p in work.glob("scale-*.gguf"):   # the outputs, not the F16 inputs
             p.unlink()
@@ -94,7 +110,8 @@ def scaling_report(rows: list[dict]) -> list[str]:
             "quantcli converts from the HF folder; llama-quantize starts from the F16 GGUF (its conversion to F16 is",
             "not counted). e is llama-quantize's own gain from the second thread on this machine; S is quantcli's",
             "serial part fitted with that gain (benchmarks/scaling.py). With S small, more cores help quantcli as",
-            "much as they help the peer.", "",
+            "much as they help the peer. Each repeat runs the four commands back to back and fits its own e and S;",
+            "the columns are the medians over the repeats (S's own median, not S of the median times).", "",
             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
             *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows)]
 
@@ -135,7 +152,7 @@ def main() -> None:
             "llama.cpp's quantizer through llama-cpp-python"
         section = scaling_report(rows) + [
             "", f"Measured {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine()}; peer: "
-                f"{peer}; median of {args.repeats}; load average (1, 5, 15 min) {load_before} before and "
+                f"{peer}; medians of {args.repeats} repeats; load average (1, 5, 15 min) {load_before} before and "
                 f"{load_average()} after the runs."]
         print("\n".join(section))
         if args.doc:
