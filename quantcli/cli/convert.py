@@ -128,10 +128,10 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
             return
         for line in describe_split(split, request.dry_run):
             out.print(line, highlight=False)
+        if split.cached and not request.dry_run:
+            out.print("  same inputs and settings, sha256 re-checked; skipped (--force redoes it)", highlight=False)
+        print_publish(result.publish)
         if not request.dry_run:
-            if split.cached:
-                out.print("  same inputs and settings, sha256 re-checked; skipped (--force redoes it)", highlight=False)
-            print_publish(result.publish)
             err.print(f"done in {result.seconds:.2f} s", highlight=False)
         return
     if json:
@@ -140,6 +140,7 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
     if request.dry_run:
         for f in result.folders:
             print_folder_plan(f)
+        print_publish(result.publish)
         return
     if result.calibration is not None:
         c = result.calibration
@@ -168,6 +169,10 @@ def execute(request, *, json: bool) -> None:  # type: ignore[no-untyped-def]
 def print_publish(record: dict | None) -> None:
     """The publish stage's outcome: where the outputs went."""
     if not record:
+        return
+    if record.get("status") == "planned":
+        out.print(f"would publish every output to {record['url']}{' (private)' if record.get('private') else ''}",
+                  highlight=False)
         return
     out.print(f"published {len(record.get('files') or [])} files to {record['url']}", highlight=False)
     if record.get("commit_url"):

@@ -191,6 +191,9 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
         result.outputs = [_output_result(plan, path) for plan, path in pairs]
     if request.dry_run:
         result.stages = run.stages
+        if publishing is not None:      # what a real run would do at its end; nothing is sent
+            result.publish = {"repo": publishing.repo_id, "private": publishing.private,
+                              "url": f"https://huggingface.co/{publishing.repo_id}", "status": "planned"}
         return result
     _run_locked(run, result, layout, gguf, jobs, ckpt, snapshot, started)    # raises when a stage failed
     if publishing is not None:

@@ -264,3 +264,22 @@ def test_hub_failures_become_one_line_input_errors_and_others_propagate(tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-publish-")]
     with pytest.raises(ValueError, match="a bug"):        # not the hub's: not disguised as one
         run_publish(plan, api=RecordingApi(tmp_path / "hub-side", fail=ValueError("a bug")))
+
+
+@pytest.mark.slow
+def test_a_dry_run_says_where_it_would_publish_and_sends_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  hub: RecordingApi) -> None:
+    from tests.fixtures.paths import model_path
+
+    out = tmp_path / "out"
+    args = ["convert", str(model_path("tiny-llama")), "--type", "Q8_0", "-o", str(out), "--dry-run",
+            "--publish", "me/{model}-GGUF", "--publish-private"]
+    r = invoke(args, tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    assert "would publish every output to https://huggingface.co/me/tiny-llama-GGUF (private)" in r.output
+    r = invoke(args + ["--json"], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["publish"] == {"repo": "me/tiny-llama-GGUF", "private": True,
+                                               "url": "https://huggingface.co/me/tiny-llama-GGUF",
+                                               "status": "planned"}
+    assert hub.calls == [] and written(out) == []
