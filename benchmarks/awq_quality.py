@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=None, help="markdown file with the awq markers to update")
-    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=64, help="inputs per scale; 0 = one scale per output channel")
     ap.add_argument("--calib-chunks", type=int, default=16)
     ap.add_argument("--eval-chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         folders: list[Path] = []
         for kind in args.schemes.split(","):
             scheme = IntScheme(f"W4A16_{kind}", bits=4, group_size=args.group_size or None, symmetric=kind == "sym")
-            label = f"W4A16 {kind} g{args.group_size or 'channel'}"
+            label = f"W4A16 {kind} " + (f"g{args.group_size}" if args.group_size else "per-channel")
             for method in ("rtn-minmax", "rtn-mse", "awq"):
                 log(f"{label} {method}")
                 if method == "awq":

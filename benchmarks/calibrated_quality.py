@@ -1,6 +1,7 @@
 """KL divergence of calibrated integer quantization (GPTQ) against round-to-nearest, on SmolLM2, with the engine.
 
-    python -m benchmarks.calibrated_quality --models /work/main/models --out docs/quality.md \
+    python -m benchmarks.calibrated_quality --models /work/main/models [--model SmolLM2-135M-Instruct] \
+        --out docs/quality.md \
         [--calib-chunks 16] [--calib-ctx 512] [--eval-chunks 8] [--group 64] [--threads 2]
 
 For each scheme (4-bit symmetric, one group size and per channel), every linear of every block is quantized by
@@ -109,7 +110,7 @@ def render(results: dict[str, object], times: dict[str, float], bpw: dict[str, f
            seconds: float) -> str:
     first = next(iter(results.values()))
     lines = [BEGIN, "",
-             f"{MODEL}, every block linear 4-bit symmetric, scales in {args.scale_dtype} (the checkpoint's dtype, "
+             f"{args.model}, every block linear 4-bit symmetric, scales in {args.scale_dtype} (the checkpoint's dtype, "
              f"as the pack stage stores them); embeddings and the tied head unquantized. Evaluation: `builtin:eval`, "
              f"ctx {args.ctx}, {first.n_chunks} chunks ({first.n_scored} scored tokens). GPTQ calibration: "
              f"`builtin:calibration`, {args.calib_chunks} x {args.calib_ctx} tokens, damp 0.01, blocks of 128 columns, "
@@ -140,6 +141,9 @@ def update(out: Path, table: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=Path("/work/main/models"))
+    parser.add_argument("--model", default=MODEL,
+                        help="folder name under --models (a decoder with model.layers.N.*_proj linears and a "
+                             "byte-level BPE tokenizer that adds no BOS, as SmolLM2 and the tiny test models)")
     parser.add_argument("--out", type=Path, default=None, help="the markdown file whose marked section to rewrite")
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--calib-chunks", type=int, default=16)
@@ -157,7 +161,7 @@ def main() -> None:
     from quantcli.io.int_scheme import scheme_named
 
     start = time.perf_counter()
-    source = args.models / MODEL
+    source = args.models / args.model
     tensors = load_file(str(source / "model.safetensors"))
     calib = tokens_of(source, "calibration", args.calib_ctx, args.calib_chunks)
     evals = tokens_of(source, "eval", args.ctx, args.eval_chunks)
