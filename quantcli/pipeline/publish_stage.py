@@ -51,6 +51,11 @@ class PublishTarget:
     message: str | None
     api: Any = field(compare=False, repr=False)
 
+    def record(self, status: str) -> dict[str, Any]:
+        """The head of the manifest's and the JSON report's `publish` record: where the outputs go, and how far."""
+        return {"repo": self.repo_id, "private": self.private, "url": f"https://huggingface.co/{self.repo_id}",
+                "status": status}
+
 
 def model_name(model: str) -> str:
     """{model} of a repo template, known before anything is downloaded: a local folder's name (the repo's for a
@@ -98,7 +103,7 @@ def publish_outputs(run: Run, result: ConvertResult, target: PublishTarget) -> N
         raise InputError("publishing a run needs its run manifest, and this run wrote none.",
                          hint="Run convert with its manifest on (the CLI always writes one).")
     started = time.perf_counter()
-    record: dict[str, Any] = {"repo": target.repo_id, "private": target.private, "url": f"https://huggingface.co/{target.repo_id}"}
+    record = target.record("started")
     with run.stage("publish", target.repo_id) as rec:
         try:
             plan = plan_run_publish(result.manifest, target.repo_id, private=target.private,

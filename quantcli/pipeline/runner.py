@@ -192,8 +192,7 @@ def run_convert(request: ConvertRequest, hooks: RunHooks | None = None) -> Conve
     if request.dry_run:
         result.stages = run.stages
         if publishing is not None:      # what a real run would do at its end; nothing is sent
-            result.publish = {"repo": publishing.repo_id, "private": publishing.private,
-                              "url": f"https://huggingface.co/{publishing.repo_id}", "status": "planned"}
+            result.publish = publishing.record("planned")
         return result
     _run_locked(run, result, layout, gguf, jobs, ckpt, snapshot, started)    # raises when a stage failed
     if publishing is not None:
