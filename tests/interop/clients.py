@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tests.fixtures.threads import THREADS
+from tests.fixtures.threads import LLAMA_THREADS
 
 N_CTX = 128          # llama.cpp rounds this up (to 256); results are compared by position
 
@@ -24,7 +24,7 @@ def load_llama(path: Path, **kwargs: Any) -> Any:
     """
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, verbose=False, n_threads=THREADS, n_threads_batch=THREADS,
+    return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, verbose=False, **LLAMA_THREADS,
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, **kwargs)
 
 

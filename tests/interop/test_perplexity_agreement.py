@@ -27,7 +27,7 @@ from quantcli.stages.chunks import chunk_tokens, with_bos
 from quantcli.stages.perplexity import PerplexityResult, PerplexityScorer
 from quantcli.stages.verify import open_layout
 from tests.fixtures.paths import model_path
-from tests.fixtures.threads import THREADS
+from tests.fixtures.threads import LLAMA_THREADS
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ def eval_chunks(path: Path) -> tuple[np.ndarray, int | None]:
 def llama_cpp_perplexity(path: Path, chunks: np.ndarray, bos: int | None) -> PerplexityResult:
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=CTX, n_batch=CTX, logits_all=True,
-                          n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=CTX, n_batch=CTX, logits_all=True, verbose=False,
+                          **LLAMA_THREADS)
     scorer = PerplexityScorer(CTX)
     try:
         for chunk, given in zip(chunks, with_bos(chunks, bos)):

@@ -11,7 +11,7 @@ from gguf import GGUFReader, GGUFWriter
 
 from quantcli.errors import InputError
 from quantcli.io.gguf_split import SHARD_PATTERN, parse_size, plan_shards, shard_name, split_gguf
-from tests.fixtures.threads import THREADS
+from tests.fixtures.threads import LLAMA_THREADS
 
 
 def write_sample(path: Path, n_tensors: int = 7, seed: int = 0) -> dict[str, np.ndarray]:
@@ -117,8 +117,7 @@ def test_llama_cpp_loads_a_split_tiny_model_and_computes_the_same_logits(tmp_pat
     assert len(parts) >= 3
 
     def logits(path: Path) -> np.ndarray:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False,
-                              n_threads=THREADS, n_threads_batch=THREADS)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, **LLAMA_THREADS)
         tokens = [1, 100, 2000, 300, 45]
         llm.eval(tokens)
         scores = np.array(llm.scores[: len(tokens)], dtype=np.float32)

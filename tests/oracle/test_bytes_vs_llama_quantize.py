@@ -18,7 +18,7 @@ from quantcli.errors import InputError
 from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
 from quantcli.quant.mixes import MIXES
 from tests.fixtures.paths import model_path
-from tests.fixtures.threads import THREADS
+from tests.fixtures.threads import LLAMA_THREADS
 from tests.gguf_files import scalar_metadata, stored_tensors, tensor_shapes
 
 pytestmark = [pytest.mark.slow, pytest.mark.backend]
@@ -180,7 +180,7 @@ ENGLISH = Path("/usr/share/common-licenses/GPL-3")  # from Debian's base-files: 
 
 def perplexity(path: Path, tokens: list[int]) -> float:
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(tokens) + 8, logits_all=True, verbose=False,
-                          n_threads=THREADS, n_threads_batch=THREADS)
+                          **LLAMA_THREADS)
     llm.eval(tokens)
     logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)
     logp = logits - logits.max(axis=1, keepdims=True)

@@ -19,7 +19,7 @@ from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
 from quantcli.quant.algorithms.gptq_kquant import DEFAULT_GGUF_TYPES, LEGACY_TYPES
 from quantcli.recipe.schema import CalibrateSpec
 from tests.fixtures.paths import model_path
-from tests.fixtures.threads import THREADS
+from tests.fixtures.threads import LLAMA_THREADS
 
 pytestmark = pytest.mark.slow
 DEFAULT_LEGACY = {t.name for t in LEGACY_TYPES if t in DEFAULT_GGUF_TYPES}
@@ -56,7 +56,7 @@ def test_gptq_file_has_the_plain_mix_layout_and_llama_cpp_runs_it(tmp_path: Path
     assert legacy <= set(changed)
     if mix == "Q3_K_S":
         assert legacy and set(done.gptq[0]["types"]) & DEFAULT_LEGACY
-    llm = llama_cpp.Llama(model_path=str(gptq), n_ctx=64, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(gptq), n_ctx=64, verbose=False, **LLAMA_THREADS)
     tokens = llm.tokenize(b"The capital of France is")
     generated = []
     for tok in llm.generate(tokens, top_k=1, temp=0.0):
