@@ -29,7 +29,7 @@ from typing import Callable
 from quantcli.quant.mixes import MIXES
 
 from .doc_section import replace_section
-from .measure import measure
+from .measure import measure, run_once
 from .peer import quantize_command
 
 SCALING_TYPE = "Q4_K_M"
@@ -55,6 +55,14 @@ def binary_quantize_command(binary: Path) -> PeerCommand:
     return command
 
 
+def _timed(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one run of `cmd`, whose output `out` is deleted after it."""
+    try:
+        return run_once(cmd, env).seconds
+    finally:
+        out.unlink(missing_ok=True)   # one output on disk at a time: a shared disk may not hold four
+
+
 def scaling_rows(models: list[Path], f16: dict[str, Path], work: Path, repeats: int,
                  quantcli_cmd, env_ours: dict[str, str],  # type: ignore[no-untyped-def]
                  peer_cmd: PeerCommand = quantize_command) -> list[dict]:
@@ -69,19 +77,12 @@ def scaling_rows(models: list[Path], f16: dict[str, Path], work: Path, repeats: 
     rows = []
     ftype = int(MIXES[SCALING_TYPE].ftype)
     for model in models:
-        def timed(label: str, cmd: list[str], out: Path, env: dict[str, str] | None = None) -> float:
-            try:
-                m = measure(label, cmd, 1, env) if env is not None else measure(label, cmd, 1)
-                return m.seconds
-            finally:
-                out.unlink(missing_ok=True)   # one output on disk at a time: a shared disk may not hold four
-
         runs = []
         for _ in range(repeats):
-            t = {f"peer{n}": timed("peer", peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n),
-                                   work / f"scale-peer-{n}.gguf") for n in (1, 2)}
-            t.update({f"ours{n}": timed("ours", quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n),
-                                        work / f"scale-ours-{n}.gguf", env_ours) for n in (1, 2)})
+            t = {f"peer{n}": _timed(peer_cmd(f16[model.name], work / f"scale-peer-{n}.gguf", ftype, n),
+                                    work / f"scale-peer-{n}.gguf") for n in (1, 2)}
+            t.update({f"ours{n}": _timed(quantcli_cmd(model, work / f"scale-ours-{n}.gguf", SCALING_TYPE, n),
+                                         work / f"scale-ours-{n}.gguf", env_ours) for n in (1, 2)})
             t["e"] = t["peer1"] / t["peer2"]
             t["S"] = serial_part(t["ours1"], t["ours2"], t["e"])
             runs.append(t)
