@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .direct_file import SequentialFile
+
 PARTIAL_MARK = ".partial-"
 # `.<final name>.partial-<pid>[-<n>]`; the bare `-<pid>` form is what earlier versions wrote.
 _PARTIAL = re.compile(r"^\..+\.partial-(?P<pid>\d+)(?:-\d+)?$")
@@ -73,14 +75,16 @@ def sweep_partials(folder: Path) -> list[Path]:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Open `path` for writing under its partial name; rename when the block ends, delete if it raises."""
+def atomic_file(path: Path, *, large: bool = False) -> Iterator[BinaryIO]:
+    """Open `path` for writing under its partial name; rename when the block ends, delete if it raises.
+
+    `large`: a file of tensor data written front to back, which goes around the page cache (io/direct_file.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
     try:
-        with open(tmp, "wb") as fp:
-            yield fp
+        with (SequentialFile(tmp) if large else open(tmp, "wb")) as fp:
+            yield fp  # type: ignore[misc]
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

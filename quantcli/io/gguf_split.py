@@ -136,7 +136,7 @@ def _write_shard(path: Path, src: BinaryIO, source: _Source, members: list[int],
         infos.append(t.info + struct.pack("<Q", offset))
         offset += t.n_bytes
     head = struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(members), n_kv) + kv_bytes + b"".join(infos)
-    with atomic_file(path) as out:
+    with atomic_file(path, large=True) as out:
         out.write(head)
         out.write(b"\0" * (_pad(len(head), align) - len(head)))
         pos = 0

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import Sequence
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, GGMLQuantizationType, GGUFValueType
@@ -26,6 +25,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERS
 from ..errors import OutputError
 from .gguf_metadata import MetaKV
 from .atomic import partial_name
+from .direct_file import SequentialFile
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -183,11 +183,10 @@ class GGUFStreamWriter:
             raise ValueError(f"tensor {dup!r} is planned twice")
         self._next = 0
         self._pos = 0
-        # hashed as written, so the manifest and the cache need not read the file back (issue 11's serial part)
-        self._digest = hashlib.sha256()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fp: BinaryIO = open(self.tmp_path, "wb")
+            # around the page cache and hashed as written (io/direct_file.py says why)
+            self._fp = SequentialFile(self.tmp_path)
         except OSError as exc:
             raise OutputError(f"cannot write to {self.path.parent}: {exc.strerror}.",
                               hint="Choose an output folder you can write to (-o).") from exc
@@ -201,7 +200,6 @@ class GGUFStreamWriter:
     def _write(self, data: bytes | memoryview) -> None:
         try:
             self._fp.write(data)
-            self._digest.update(data)
         except OSError as exc:
             self.abort()
             raise OutputError(f"writing {self.path} failed: {exc.strerror}.", hint=write_error_hint(exc)) from exc
@@ -239,14 +237,13 @@ class GGUFStreamWriter:
     @property
     def sha256(self) -> str:
         """Hex sha256 of every byte written so far: the whole file's once all tensors are written."""
-        return self._digest.hexdigest()
+        return self._fp.sha256
 
     def commit(self) -> None:
         """Flush and rename the finished file to its final name (no fsync: io/atomic.py says why)."""
         if self._next != len(self.tensors):
             raise RuntimeError(f"commit() after {self._next} of {len(self.tensors)} tensors")
         try:
-            self._fp.flush()
             self._fp.close()
             os.replace(self.tmp_path, self.path)
         except OSError as exc:
@@ -260,7 +257,7 @@ class GGUFStreamWriter:
             return
         self._state = _State.ABORTED
         try:
-            self._fp.close()
+            self._fp.abort()
         except (OSError, AttributeError):
             pass
         self.tmp_path.unlink(missing_ok=True)

@@ -57,6 +57,11 @@ def header_bytes(entries: list[TensorEntry], metadata: dict[str, str] | None = N
     return len(raw).to_bytes(8, "little") + raw
 
 
+def _le_bytes(array: np.ndarray, dtype: np.dtype) -> memoryview:
+    """The tensor's stored bytes (little-endian), through a view where it already is: no copy in memory."""
+    return np.ascontiguousarray(array).astype(dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8).data
+
+
 class SafetensorsWriter:
     """Writes one safetensors file: header on open, then write() each planned tensor in order, then close."""
 
@@ -65,7 +70,7 @@ class SafetensorsWriter:
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: duplicate tensor names in the plan")
         self.path, self.entries, self._next = Path(path), entries, 0
-        self._cm = atomic_file(self.path)
+        self._cm = atomic_file(self.path, large=True)
         self._fp = self._cm.__enter__()
         self._fp.write(header_bytes(entries, metadata))
 
@@ -78,7 +83,7 @@ class SafetensorsWriter:
         want = DTYPES[e.dtype]
         if array.dtype != want or tuple(array.shape) != e.shape:
             raise ValueError(f"{self.path}: {name!r} is {array.dtype}{array.shape}, planned {want}{e.shape}")
-        self._fp.write(np.ascontiguousarray(array).astype(want.newbyteorder("<"), copy=False).tobytes())
+        self._fp.write(_le_bytes(array, want))
         self._next += 1
 
     def __enter__(self) -> "SafetensorsWriter":
@@ -203,8 +208,7 @@ class PlacedTensorWriter:
             raise ValueError(f"{self.folder}: {name!r} is {array.dtype}{array.shape}, planned {want}{e.shape}")
         fp = self._files[i][1]
         fp.seek(offset)
-        # the bytes SafetensorsWriter writes, through a view: no copy of the tensor in memory
-        fp.write(np.ascontiguousarray(array).astype(want.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8).data)
+        fp.write(_le_bytes(array, want))
         self._written.add(name)
 
     def close(self) -> list[str]:
