@@ -94,6 +94,9 @@ def test_a_bad_repo_id_exits_2_before_anything_is_read_or_written(tmp_path: Path
 
 
 def test_offline_mode_without_an_api_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set its constant, so the test holds whatever the caller's
+    # environment says (make test exports HF_HUB_OFFLINE=1, a bare pytest may not)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     out = tmp_path / "out"
     r = invoke(["convert", str(tmp_path), "--type", "Q8_0", "-o", str(out), "--publish", "me/x-GGUF"], tmp_path,
                monkeypatch)
