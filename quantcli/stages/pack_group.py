@@ -132,7 +132,7 @@ def write_group(ggufs: Sequence[tuple[Plan, Path]], folders: Sequence[tuple[IntP
             w = PlacedTensorWriter(tmp, plan_entries(plan), plan.options.max_shard_bytes, metadata=header_metadata(plan))
             stack.callback(w.abort)            # a no-op once closed
             fwriters.append(w)
-        with WriteBehind(write, depth=1) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
+        with WriteBehind(write, depth=2) as sink, closing(read_ahead(read_sources(), depth=1)) as sources:
             for step, raw, stored in sources:
                 if step.tensor is not None:
                     for (plan, _), writer, done in zip(ggufs, gwriters, given):
