@@ -12,8 +12,9 @@ so it takes them in any order. Reading runs ahead on one thread and writing behi
 
 Memory: one tensor being read and one waiting (depth 1), the tensor being encoded (its mapped stored values,
 the transformed copy a permuted GGUF tensor gets unless the kernels take its rows by index, one float32 copy
-shared by the folders, and the bytes of the output being encoded), one encoded array waiting and one being
-written: a few tensors, never the model.
+shared by the folders, and the bytes of the output being encoded), two encoded arrays waiting and one being
+written (two: with one, the kernels stalled whenever the writer was still hashing a large tensor): a few
+tensors, never the model.
 
 Every output is built under a partial name (GGUF files, and each folder under its hidden partial folder) and
 renamed only after every output is complete; an error or Ctrl-C removes them all and touches no final name.

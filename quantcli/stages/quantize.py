@@ -242,7 +242,7 @@ def write_ggufs(outputs: Sequence[tuple[Plan, Path]], ckpt: Checkpoint, *, threa
     Every file goes to a temporary name and is renamed only when complete; on any error or interrupt the
     temporary files are removed and no final name is touched. Reading runs ahead on one thread and writing
     behind on another (stages/overlap.py), so the calling thread only feeds the kernels; one tensor waits to be
-    encoded and one to be written (depth 1 each: every extra slot would hold one more tensor in memory).
+    encoded and two to be written (every extra slot holds one more tensor in memory; stages/pack_group.py).
 
     `overrides`, one mapping per output (or None), gives already encoded rows for some tensors by GGUF name (the
     GPTQ pass, stages/gptq_gguf.py); they are written as they are, in the planned type and size.
