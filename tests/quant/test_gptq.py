@@ -9,7 +9,8 @@ import pytest
 
 from quantcli.errors import InputError
 from quantcli.quant.algorithms.gptq import dequantize, prepare_hessian, quantize_weight
-from quantcli.quant.algorithms.hessian import Hessians, dampen, inverse_cholesky_upper, prepare
+from quantcli.quant.algorithms import hessian
+from quantcli.quant.algorithms.hessian import Hessians, dampen, gram_upper, inverse_cholesky_upper, prepare
 from quantcli.quant.backend import get_backend
 from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.rtn import encode
@@ -61,6 +62,33 @@ def test_hessian_is_two_over_n_xxt_in_float64_across_chunks_and_shared_inputs() 
     np.testing.assert_array_equal(hs.hessian("q"), hs.hessian("k"))
     with pytest.raises(ValueError, match="no inputs"):
         hs.hessian("other")
+
+
+@pytest.mark.parametrize("blas_syrk", [True, False], ids=["syrk", "numpy"])
+def test_hessian_is_symmetric_and_bit_for_bit_numpys_product(blas_syrk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the upper triangle is computed (syrk through ctypes, or NumPy where the BLAS is not NumPy's OpenBLAS);
+    the mirrored sum equals the float64 sum of NumPy's full X^T X products bit for bit."""
+    if not blas_syrk:
+        monkeypatch.setattr(hessian, "_ssyrk", lambda: None)
+    chunks = [_correlated(700, 130, seed=s).astype(np.float32) for s in (2, 3, 4)]
+    hs = Hessians(["w"])
+    want = np.zeros((130, 130))
+    for x in chunks:
+        hs.capture("w", x)
+        want += x.T @ x
+    np.testing.assert_array_equal(hs.gram("w"), want)
+    np.testing.assert_array_equal(hs.hessian("w"), want * (2.0 / 2100))
+    assert np.array_equal(hs.hessian("w"), hs.hessian("w").T)
+
+
+def test_gram_upper_leaves_the_lower_triangle_alone() -> None:
+    x = _correlated(300, 40, seed=5).astype(np.float32)
+    out = np.full((40, 40), 7.0, dtype=np.float32)
+    gram_upper(x, out)
+    upper = np.triu_indices(40)
+    np.testing.assert_array_equal(out[upper], (x.T @ x)[upper])
+    if hessian._ssyrk() is not None:       # BLAS wrote only the upper triangle
+        assert (out[np.tril_indices(40, -1)] == 7.0).all()
 
 
 def test_inverse_cholesky_factor_and_dampening() -> None:
