@@ -110,8 +110,7 @@ def test_abort_drops_the_buffer_and_close_twice_is_harmless(tmp_path: Path) -> N
 
 def test_leaving_by_an_exception_aborts(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
-    with pytest.raises(RuntimeError):
-        with SequentialFile(path) as f:
-            f.write(b"partial")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), SequentialFile(path) as f:
+        f.write(b"partial")
+        raise RuntimeError
     assert path.read_bytes() == b""
