@@ -189,7 +189,6 @@ class GGUFStreamWriter:
             dup = next(n for n in names if names.count(n) > 1)
             raise ValueError(f"tensor {dup!r} is planned twice")
         self._next = 0
-        self._pos = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # around the page cache and hashed as written (io/direct_file.py says why)
@@ -210,7 +209,6 @@ class GGUFStreamWriter:
         except OSError as exc:
             self.abort()
             raise OutputError(f"writing {self.path} failed: {exc.strerror}.", hint=write_error_hint(exc)) from exc
-        self._pos += len(data)
 
     def _write_header(self, metadata: Sequence[MetaKV]) -> None:
         infos = []
@@ -222,8 +220,9 @@ class GGUFStreamWriter:
             offset += t.nbytes
         head = struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(self.tensors), len(metadata))
         self._write(head + encode_metadata(metadata) + b"".join(infos))
-        self._write(b"\0" * (_pad(self._pos, self.align) - self._pos))
-        self._data_start = self._pos
+        pos = self._fp.size
+        self._write(b"\0" * (_pad(pos, self.align) - pos))
+        self._data_start = self._fp.size
 
     def write_tensor(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
         if self._state is not _State.DATA:
@@ -236,7 +235,7 @@ class GGUFStreamWriter:
         buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else memoryview(data).cast("B")
         if len(buf) != info.nbytes:
             raise RuntimeError(f"tensor {name!r} has {len(buf)} bytes, the plan says {info.nbytes}")
-        rel = self._pos - self._data_start
+        rel = self._fp.size - self._data_start
         self._write(b"\0" * (_pad(rel, self.align) - rel))
         self._write(buf)
         self._next += 1

@@ -122,11 +122,8 @@ class Hessians:
 
     def hessian(self, name: str) -> np.ndarray:
         """float64 [cols, cols]: 2/n * sum x x^T over the n captured tokens."""
-        n = self._count[name]
-        if n == 0:
-            raise ValueError(f"{name}: no inputs were captured")
-        h = mirror_upper(self._sum[name])
-        h *= 2.0 / n
+        h = self.gram(name)
+        h *= 2.0 / self._count[name]
         return h
 
     def release(self, names: Iterable[str] | None = None) -> None:
