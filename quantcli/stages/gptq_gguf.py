@@ -27,7 +27,13 @@ from gguf import GGMLQuantizationType
 from ..errors import InputError
 from ..models.transforms import Concat, PermuteRope, Transform
 from ..plan.gguf import FLOAT_TYPES, Plan, TensorPlan
-from ..quant.algorithms.gptq_kquant import GPTQ_TYPES, KGPTQOptions, gptq_kquant
+from ..quant.algorithms.gptq_kquant import (
+    ACTIVATION_BLOCK,
+    GPTQ_TYPES,
+    KGPTQOptions,
+    gptq_kquant,
+    runtime_inputs,
+)
 from ..quant.algorithms.hessian import Hessians
 from ..quant.backend import get_backend
 from .calibrate import BLOCK_PREFIX, CalibrateOptions, special_ids
@@ -80,13 +86,17 @@ def gptq_targets(plan: Plan, types: tuple[GGMLQuantizationType, ...] = GPTQ_TYPE
 
 
 class _Capture:
-    """The walk's capture callback: X^T X of the GPTQ targets (quant.algorithms.hessian.Hessians), and the
+    """The walk's capture callback: X^T X of the GPTQ targets (quant.algorithms.hessian.Hessians), with each
+    target's inputs rounded as llama.cpp's matmul rounds them when `rounding` names its activation block, and the
     per-column sum of squares an imatrix would hold for the block's other quantized matrices (`squares`: HF name
     -> GGUF name), so those get importance weights from the same pass."""
 
-    def __init__(self, hessians: Hessians, squares: Mapping[str, str], sums: dict[str, np.ndarray],
-                 counts: dict[str, int]) -> None:
-        self.hessians, self.squares, self.sums, self.counts = hessians, squares, sums, counts
+    def __init__(self, hessians: Hessians, rounding: Mapping[str, int], squares: Mapping[str, str],
+                 sums: dict[str, np.ndarray], counts: dict[str, int]) -> None:
+        self.hessians, self.rounding, self.squares, self.sums, self.counts = hessians, rounding, squares, sums, counts
+        # the last input, its block and its rounded copy: q/k/v receive the same input in a row, and handing
+        # Hessians the same rounded object lets it compute the Gram matrix once
+        self._last: tuple[np.ndarray, int, np.ndarray] | None = None
 
     def __call__(self, name: str, x: np.ndarray) -> None:
         tensor = self.squares.get(name)
@@ -94,6 +104,11 @@ class _Capture:
             rows = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
             self.sums[tensor] = self.sums.get(tensor, 0) + np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
             self.counts[tensor] = self.counts.get(tensor, 0) + rows.shape[0]
+        block = self.rounding.get(name)
+        if block is not None:
+            if self._last is None or self._last[0] is not x or self._last[1] != block:
+                self._last = (x, block, runtime_inputs(x, block))
+            x = self._last[2]
         self.hessians.capture(name, x)
 
 
@@ -127,7 +142,8 @@ def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: Cal
             if not names and not any(n in squares for n in step.linears):
                 continue
             hess = Hessians(names)     # q/k/v (gate/up) share one input: its X^T X is computed once
-            step.forward(capture=_Capture(hess, squares, sums, counts))
+            rounding = {n: ACTIVATION_BLOCK[targets[n].qtype] for n in names} if method.runtime_inputs else {}
+            step.forward(capture=_Capture(hess, rounding, squares, sums, counts))
             for n in names:
                 qtype = targets[n].qtype
                 rows, deq = gptq_kquant(step.weight(n), hess.gram(n), qtype, count=hess.count(n), options=method,

@@ -11,7 +11,16 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from quantcli.models.transforms import PermuteRope
-from quantcli.quant.algorithms.gptq_kquant import GPTQ_TYPES, KQUANT_TYPES, LEGACY_TYPES, affine_of, gptq_kquant, output_error
+from quantcli.quant.algorithms.gptq_kquant import (
+    ACTIVATION_BLOCK,
+    GPTQ_TYPES,
+    KQUANT_TYPES,
+    LEGACY_TYPES,
+    affine_of,
+    gptq_kquant,
+    output_error,
+    runtime_inputs,
+)
 from quantcli.quant.backend import get_backend
 from quantcli.quant.base import quant_class
 from quantcli.quant.types._kquant import QK_K
@@ -143,3 +152,53 @@ def test_legacy_blocks_keep_the_encoders_scales_from_the_updated_weights(qtype: 
     start, stop = cls.quant_span
     got, want = encoded.reshape(-1, cls.type_size), plain.reshape(-1, cls.type_size)
     assert np.array_equal(np.delete(got, np.s_[start:stop], axis=1), np.delete(want, np.s_[start:stop], axis=1))
+
+
+def q8_rounded(x: np.ndarray, block: int) -> np.ndarray:
+    """x as llama.cpp's CPU matmul sees it, written out value by value: each block of `block` inputs of a token
+    rounded to 8 bits with the step absmax / 127."""
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        for b0 in range(0, x.shape[1], block):
+            part = x[t, b0:b0 + block]
+            step = np.float32(np.abs(part).max() / np.float32(127))
+            out[t, b0:b0 + block] = np.rint(part / step) * step if step > 0 else 0
+    return out
+
+
+@pytest.mark.parametrize("block", [32, 256])
+def test_runtime_inputs_round_each_block_to_8_bits_of_its_largest_input(block: int) -> None:
+    rng = np.random.default_rng(11)
+    x = correlated_inputs(rng, 40, 512)
+    x[:3, :block] = 0.0                        # a block that is all zeros stays zeros
+    got = runtime_inputs(x, block)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert np.array_equal(got, q8_rounded(x, block))
+    assert not got[:3, :block].any()
+    blocks = x[3:].reshape(37, -1, block)
+    levels = got[3:].reshape(37, -1, block) / (np.abs(blocks).max(axis=2, keepdims=True) / 127)
+    assert np.abs(levels).max() <= 127 + 1e-3 and np.allclose(levels, np.rint(levels), atol=1e-3)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param(T.Q4_K, id="Q4_K"), pytest.param(T.Q4_0, id="Q4_0")])
+def test_the_gguf_pass_takes_its_hessian_from_the_inputs_the_runtime_multiplies(qtype: T) -> None:
+    from quantcli.quant.algorithms.hessian import Hessians
+    from quantcli.stages.gptq_gguf import _Capture
+
+    rng = np.random.default_rng(2)
+    x = correlated_inputs(rng, 64, QK_K)
+    block = ACTIVATION_BLOCK[qtype]
+    hess = Hessians(["q", "k"])
+    capture = _Capture(hess, {"q": block, "k": block}, {}, {}, {})
+    capture("q", x)
+    capture("k", x)                            # same input object, as the engine hands q/k/v
+    rounded = runtime_inputs(x, block).astype(np.float64)
+    expected, unrounded = rounded.T @ rounded, x.T.astype(np.float64) @ x
+    tol = 1e-6 * np.abs(unrounded).max()       # float32 products against float64 ones
+    assert np.abs(expected - unrounded).max() > 1000 * tol
+    for name in ("q", "k"):
+        np.testing.assert_allclose(hess.gram(name), expected, rtol=0, atol=tol)
+        assert hess.count(name) == 64
+    exact = Hessians(["q"])
+    _Capture(exact, {}, {}, {}, {})("q", x)   # no block named: the exact inputs
+    np.testing.assert_allclose(exact.gram("q"), unrounded, rtol=0, atol=tol)

@@ -52,6 +52,26 @@ GPTQ_TYPES = KQUANT_TYPES + LEGACY_TYPES
 DEFAULT_GGUF_TYPES = KQUANT_TYPES + (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 #: Dampening added to H's diagonal, as a fraction of its mean diagonal (GPTQ's percdamp).
 DEFAULT_DAMP = 0.01
+#: llama.cpp's CPU matmul rounds the activations to 8 bits before the dot product with a quantized weight, with one
+#: scale (absmax / 127) per block of this many inputs: Q8_K blocks for the K-quants, Q8_0 / Q8_1 for the rest.
+ACTIVATION_BLOCK = {**{t: 256 for t in KQUANT_TYPES}, **{t: 32 for t in LEGACY_TYPES}}
+
+
+def runtime_inputs(x: np.ndarray, block: int) -> np.ndarray:
+    """x [..., cols] as llama.cpp's CPU matmul multiplies it: each block of `block` inputs rounded to 8 bits on
+    the grid absmax / 127 (float32, a new array).
+
+    Why GPTQ's Hessian is built from these and not from x: the column loop moves each rounding error onto other
+    columns by how their inputs correlate. Small inputs that share a block with a large one lose most of their
+    bits at run time, so a correction aimed at them through the exact correlations partly misses. Measured on
+    SmolLM2 (docs/gguf-gptq.md): llama-perplexity's KLD falls, the engine's (exact inputs) moves little.
+    """
+    shape = x.shape
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, shape[-1] // block, block)
+    step = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(step > 0, np.rint(blocks / step) * step, np.float32(0))
+    return out.astype(np.float32).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,8 @@ class KGPTQOptions:
     importance: bool = True    # weigh the encoder's scale search with diag(H) (llama.cpp's imatrix semantics)
     # the block types a GGUF pass encodes with GPTQ; matrices of other types keep the importance-weighted encoder
     types: tuple[GGMLQuantizationType, ...] = DEFAULT_GGUF_TYPES
+    # H from the inputs as llama.cpp's matmul rounds them (runtime_inputs); the importance weights then too
+    runtime_inputs: bool = True
 
 
 def level_codes(qtype: GGMLQuantizationType) -> type:
