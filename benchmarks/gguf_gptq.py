@@ -125,7 +125,8 @@ def main() -> None:
                         "--chunks", str(args.eval_chunks), "-t", str(args.threads), "--kl-divergence-base",
                         str(base)], capture_output=True, check=True)
     print(f"Model: {args.model}. Machine: {machine()}; {dt.date.today()}; calibration: builtin:calibration, "
-          f"{args.calib_chunks} chunks of {CTX}; evaluation: builtin:eval, {args.eval_chunks} chunks of {CTX}; threads {args.threads}.\n")
+          f"{args.calib_chunks} chunks of {CTX}; evaluation: builtin:eval, {args.eval_chunks} chunks of {CTX}; "
+          f"threads {args.threads}.\n")
     print("| type | file | bytes | KLD mean (engine) | KLD p99 (engine) | PPL (engine) | KLD mean (llama-perplexity) "
           "| convert time |")
     print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
