@@ -67,12 +67,12 @@ def runtime_inputs(x: np.ndarray, block: int) -> np.ndarray:
     (docs/gguf-gptq.md): llama-perplexity's KLD fell on all four files tried, by up to 2.4 %; our engine, which
     computes with exact inputs, scores the same files slightly worse.
     """
-    shape = x.shape
-    blocks = np.asarray(x, dtype=np.float32).reshape(-1, shape[-1] // block, block)
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1] // block, block)
     step = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(step > 0, np.rint(blocks / step) * step, np.float32(0))
-    return out.astype(np.float32).reshape(shape)
+    out = np.divide(blocks, step, out=np.zeros_like(blocks), where=step > 0)   # an all-zero block stays zero
+    np.rint(out, out=out)
+    out *= step
+    return out.reshape(x.shape)
 
 
 @dataclass(frozen=True)
