@@ -42,24 +42,17 @@ def quantcli_convert(source: Path, mix: str, out: Path, *, method: str | None = 
                      calib_chunks: int | None = None, threads: int = 2,
                      gptq_options: KGPTQOptions | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process over all its threads) of one conversion; `gptq_options`
-    replaces the GPTQ pass's defaults for this call (the CLI has no such option)."""
+    replaces the GPTQ pass's defaults (the CLI has no such option)."""
     from quantcli.pipeline.convert import ConvertRequest, convert, recipe_from_type
     from quantcli.recipe.schema import CalibrateSpec
-    from quantcli.stages.gptq_gguf import gptq_overrides
 
     recipe = recipe_from_type(mix)
     if method is not None:
         recipe = replace(recipe, calibrate=CalibrateSpec(data="builtin:calibration", ctx=CTX, chunks=calib_chunks))
-    defaults = dict(gptq_overrides.__kwdefaults__)
-    if gptq_options is not None:
-        gptq_overrides.__kwdefaults__["method"] = gptq_options
-    try:
-        t0, c0 = time.perf_counter(), time.process_time()
-        convert(ConvertRequest(model=str(source), recipe=recipe, output=out, threads=threads, verify="none",
-                               method=method))
-        return time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        gptq_overrides.__kwdefaults__.update(defaults)
+    t0, c0 = time.perf_counter(), time.process_time()
+    convert(ConvertRequest(model=str(source), recipe=recipe, output=out, threads=threads, verify="none",
+                           method=method, gptq=gptq_options))
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def write_text(name: str, path: Path) -> Path:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..quant.imatrix import ImportanceMatrix
     from .cache import CacheHit, StageCache, StageKey
     from .calibrate import CalibrationOutcome
+    from ..quant.algorithms.gptq_kquant import KGPTQOptions
     from ..stages.gptq_gguf import GPTQResult
     from .convert_int import IntConvertRequest, IntConvertResult
     from .convert_split import SplitConvertRequest, SplitConvertResult
@@ -54,6 +55,7 @@ class ConvertRequest:
                                         # gives ctx and chunks; without one, the defaults)
     method: str | None = None           # "gptq": GPTQ error compensation on the K-quant matrices, calibrated on
                                         # calibrate_data (stages/gptq_gguf.py) instead of an imatrix
+    gptq: KGPTQOptions | None = None    # that pass's options (block types, dampening, ...); None: its defaults
     # The pipeline's services, off by default for library callers; the CLI turns them on.
     cache_dir: Path | None = None       # stage cache root (pipeline.cache); None: no caching
     force: bool = False                 # redo every stage even when the cache holds it
@@ -309,7 +311,8 @@ def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[P
         spec = replace(spec, data=request.calibrate_data)
     data = load_calibration_text(spec.data, field=spec.field)
     options = CalibrateOptions(ctx=spec.ctx, chunks=spec.chunks, threads=threads)
-    return [gptq_overrides(source, plan, data, options) for plan, _ in writing]
+    method = {} if request.gptq is None else {"method": request.gptq}
+    return [gptq_overrides(source, plan, data, options, **method) for plan, _ in writing]
 
 
 def _walk_importance(result: GPTQResult, request: ConvertRequest) -> ImportanceMatrix:
