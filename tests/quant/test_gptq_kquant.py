@@ -1,5 +1,5 @@
 """GPTQ on GGUF blocks (quant/algorithms/gptq_kquant.py): the K-quants and the 32-value legacy types, and the
-level rewriting it relies on (LevelCodes).
+level and sub-block scale rewriting it relies on (LevelCodes, SubScaleCodes).
 
 Everything here runs on random data with whatever QUANTCLI_BACKEND selects (the scale search is the type's
 encoder, C or NumPy reference); run it under both. One test runs both backends itself and compares the bytes.
@@ -16,9 +16,12 @@ from quantcli.quant.algorithms.gptq_kquant import (
     GPTQ_TYPES,
     KQUANT_TYPES,
     LEGACY_TYPES,
+    KGPTQOptions,
     affine_of,
+    code_slopes,
     gptq_kquant,
     output_error,
+    refit_sub_block,
     runtime_inputs,
 )
 from quantcli.quant.backend import get_backend
@@ -26,6 +29,7 @@ from quantcli.quant.base import quant_class
 from quantcli.quant.types._kquant import QK_K
 
 TYPES = [pytest.param(t, id=t.name) for t in GPTQ_TYPES]
+KQUANTS = [pytest.param(t, id=t.name) for t in KQUANT_TYPES]
 LEGACY = [pytest.param(t, id=t.name) for t in LEGACY_TYPES]
 
 
@@ -202,3 +206,90 @@ def test_the_gguf_pass_takes_its_hessian_from_the_inputs_the_runtime_multiplies(
     exact = Hessians(["q"])
     _Capture(exact, {}, {}, {}, {})("q", x)   # no block named: the exact inputs
     np.testing.assert_allclose(exact.gram("q"), unrounded, rtol=0, atol=tol)
+
+
+def encoded_kquant(qtype: T, seed: int) -> tuple[type, np.ndarray, np.ndarray]:
+    """(class, blocks, values) of random rows encoded by the type's own importance-weighted search."""
+    rng = np.random.default_rng(seed)
+    w = (rng.normal(size=(12, QK_K)) * rng.uniform(0.01, 1.0, size=(12, 1))).astype(np.float32)
+    imp = rng.uniform(0.1, 4.0, size=QK_K).astype(np.float32)
+    return quant_class(qtype), get_backend().quantize(qtype, w, imp), w
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_scale_codes_read_back_what_was_written_and_nothing_else_changes(qtype: T) -> None:
+    cls, blocks, _ = encoded_kquant(qtype, 21)
+    codes = cls.scale_codes(blocks)
+    assert np.array_equal(cls.with_scale_codes(blocks, codes), blocks)
+    rng = np.random.default_rng(22)
+    lows = [lo for lo, _ in cls.code_ranges]
+    highs = [hi for _, hi in cls.code_ranges]
+    other = rng.integers(lows, np.add(highs, 1), size=codes.shape).astype(np.int32)   # every code, ends included
+    rewritten = cls.with_scale_codes(blocks, other)
+    assert np.array_equal(cls.scale_codes(rewritten), other)
+    start, stop = cls.quant_span
+    assert np.array_equal(rewritten[:, start:stop], blocks[:, start:stop])             # levels untouched
+    assert cls.sub_size * codes.shape[1] == cls.block_size
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_code_slopes_predict_the_decoder_for_any_codes(qtype: T) -> None:
+    cls, blocks, _ = encoded_kquant(qtype, 23)
+    a, b = affine_of(cls, blocks)
+    slopes = code_slopes(cls, blocks, a, b)
+    codes = cls.scale_codes(blocks)
+    rng = np.random.default_rng(24)
+    lows = [lo for lo, _ in cls.code_ranges]
+    highs = [hi for _, hi in cls.code_ranges]
+    other = rng.integers(lows, np.add(highs, 1), size=codes.shape).astype(np.int32)
+    a2, b2 = affine_of(cls, cls.with_scale_codes(blocks, other))
+    first = np.arange(0, cls.block_size, cls.sub_size)
+    moved = (other - codes).astype(np.float64)
+    scale = np.abs(a).max() + np.abs(b).max()
+    assert np.allclose(a[:, first] + (moved * slopes[..., 0]).sum(axis=2), a2[:, first], atol=1e-6 * scale)
+    assert np.allclose(b[:, first] + (moved * slopes[..., 1]).sum(axis=2), b2[:, first], atol=1e-6 * scale)
+
+
+def weighted_rounding_error(cls: type, blocks: np.ndarray, k: int, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per block: the weighted square error of rounding sub-block k's values x to their nearest levels."""
+    a, b = affine_of(cls, blocks)
+    cols = slice(k * cls.sub_size, (k + 1) * cls.sub_size)
+    grid = a[:, cols, None] * np.arange(cls.level_min, cls.levels) + b[:, cols, None]
+    nearest = np.abs(grid - x[..., None]).min(axis=-1)
+    return (nearest ** 2) @ weights
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_refit_keeps_the_codes_unless_another_rounds_the_sub_block_strictly_better(qtype: T) -> None:
+    """Values moved away from what the codes were chosen for (as GPTQ's fed-back errors move them): the refit
+    sub-block's weighted error is never above the encoder's, is below it for some blocks, and the other
+    sub-blocks' codes stay."""
+    cls, blocks, w = encoded_kquant(qtype, 25)
+    rng = np.random.default_rng(26)
+    k = 1
+    cols = slice(k * cls.sub_size, (k + 1) * cls.sub_size)
+    x = w[:, cols].astype(np.float64) * rng.uniform(0.6, 1.6, size=(w.shape[0], 1))
+    weights = rng.uniform(0.2, 5.0, size=cls.sub_size)
+    a, b = affine_of(cls, blocks)
+    refit = refit_sub_block(cls, blocks, k, x, weights, 2, affine=(a, b), slopes=code_slopes(cls, blocks, a, b))
+    before = weighted_rounding_error(cls, blocks, k, x, weights)
+    after = weighted_rounding_error(cls, refit, k, x, weights)
+    assert np.all(after <= before * (1 + 1e-9)) and np.any(after < 0.95 * before)
+    old, new = cls.scale_codes(blocks), cls.scale_codes(refit)
+    assert np.array_equal(np.delete(old, k, axis=1), np.delete(new, k, axis=1))
+    assert np.all(np.abs(new[:, k] - old[:, k]) <= 2)
+    unchanged = np.all(new[:, k] == old[:, k], axis=1)
+    assert np.array_equal(refit[unchanged], blocks[unchanged])
+
+
+@pytest.mark.parametrize("qtype", KQUANTS)
+def test_refitting_sub_block_scales_lowers_the_gptq_output_error(qtype: T) -> None:
+    rng = np.random.default_rng(27)
+    rows, cols, n = 48, width(qtype), 1024
+    x = correlated_inputs(rng, n, cols)
+    h = x.T.astype(np.float64) @ x
+    w = (rng.normal(size=(rows, cols)) * 0.05).astype(np.float32)
+    _, kept = gptq_kquant(w, h, qtype, count=n, options=KGPTQOptions(scale_radius=0))
+    encoded, refit = gptq_kquant(w, h, qtype, count=n)
+    assert np.array_equal(refit, quant_class(qtype).dequantize(encoded, cols))
+    assert output_error(w, refit, h) < output_error(w, kept, h)

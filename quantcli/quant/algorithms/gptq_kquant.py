@@ -10,8 +10,12 @@ of 256 for the K-quants, blocks of 32 for the legacy types. The loop walks the c
    (the byte-exact llama.cpp search, C or NumPy reference) from the weights as the earlier columns' errors
    have left them, with the importance weights llama.cpp's imatrix would give (the mean square input of each
    column, diag(H)/n);
-2. each column of the block is then rounded to the level nearest to its current value under those fixed
-   scales, and its error is fed forward to the remaining columns;
+2. each column of the block is then rounded to the level nearest to its current value under those scales,
+   and its error is fed forward to the remaining columns. For the K-quants, whose super-block holds 8 or 16
+   sub-blocks with their own scale (and min) codes under one d (and dmin), each sub-block's codes are chosen
+   again when the loop reaches it (`refit_sub_block`, within `scale_radius` steps): by then the earlier
+   sub-blocks' errors have moved its values, and GPTQ's cost of an error in column j (1 / [H^-1]_jj) is what
+   the search weighs, not the encoder's importance weights;
 3. the levels are written into the encoder's blocks (`LevelCodes.with_levels`), so the bytes are the type's
    normal layout and decode as any other block does.
 
@@ -28,6 +32,7 @@ rope permutation) may be applied to the encoded rows afterwards.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +40,7 @@ from gguf import GGMLQuantizationType
 
 from ..backend import Backend, get_backend
 from ..base import quant_class
-from ..types._common import LevelCodes
+from ..types._common import LevelCodes, SubScaleCodes
 
 #: The K-quants the column loop supports (each has LevelCodes; blocks of 256 columns).
 KQUANT_TYPES = (GGMLQuantizationType.Q2_K, GGMLQuantizationType.Q3_K, GGMLQuantizationType.Q4_K,
@@ -52,6 +57,10 @@ GPTQ_TYPES = KQUANT_TYPES + LEGACY_TYPES
 DEFAULT_GGUF_TYPES = KQUANT_TYPES + (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1)
 #: Dampening added to H's diagonal, as a fraction of its mean diagonal (GPTQ's percdamp).
 DEFAULT_DAMP = 0.01
+#: How far (in code steps, per field) a K-quant sub-block's scale and min codes may move from the encoder's when
+#: the loop reaches the sub-block. Measured on the widened SmolLM2 (docs/gguf-gptq.md): 2 lowers Q4_K_M's
+#: llama-perplexity KLD by several per cent; 0 keeps the encoder's codes.
+DEFAULT_SCALE_RADIUS = 2
 #: llama.cpp's CPU matmul rounds the activations to 8 bits before the dot product with a quantized weight, with one
 #: scale (absmax / 127) per block of this many inputs: Q8_K blocks for the K-quants, Q8_0 / Q8_1 for the rest.
 ACTIVATION_BLOCK = {**{t: 256 for t in KQUANT_TYPES}, **{t: 32 for t in LEGACY_TYPES}}
@@ -83,6 +92,8 @@ class KGPTQOptions:
     types: tuple[GGMLQuantizationType, ...] = DEFAULT_GGUF_TYPES
     # H from the inputs as llama.cpp's matmul rounds them (runtime_inputs); the importance weights then too
     runtime_inputs: bool = True
+    # re-choose each K-quant sub-block's scale codes within this many steps when the loop reaches it (0: never)
+    scale_radius: int = DEFAULT_SCALE_RADIUS
 
 
 def level_codes(qtype: GGMLQuantizationType) -> type:
@@ -105,6 +116,66 @@ def affine_of(cls: type, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     at_lo = cls.decode_blocks(cls.with_levels(blocks, np.full(shape, lo, dtype=np.int32))).astype(np.float64)
     a = cls.decode_blocks(cls.with_levels(blocks, np.full(shape, lo + 1, dtype=np.int32))).astype(np.float64) - at_lo
     return a, at_lo - a * lo
+
+
+def code_slopes(cls: type, blocks: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How each sub-block's (a, b) moves per unit step of each of its codes: (n_blocks, subs, fields, 2).
+
+    Read from the decoder (one code step per field, every sub-block at once), so no type's scale arithmetic is
+    restated here; a sub-block's decode is linear in its own codes and independent of the other sub-blocks'.
+    """
+    codes = cls.scale_codes(blocks)
+    tops = np.array([hi for _, hi in cls.code_ranges], dtype=np.int32)
+    step = np.where(codes < tops, 1, -1)
+    first = np.arange(0, cls.block_size, cls.sub_size)      # one value per sub-block stands for all of it
+    slopes = np.empty(codes.shape + (2,), dtype=np.float64)
+    for f in range(codes.shape[2]):
+        moved = codes.copy()
+        moved[:, :, f] += step[:, :, f]
+        a_f, b_f = affine_of(cls, cls.with_scale_codes(blocks, moved))
+        slopes[:, :, f, 0] = (a_f - a)[:, first] / step[:, :, f]
+        slopes[:, :, f, 1] = (b_f - b)[:, first] / step[:, :, f]
+    return slopes
+
+
+def refit_sub_block(cls: type, blocks: np.ndarray, k: int, x: np.ndarray, weights: np.ndarray, radius: int, *,
+                    affine: tuple[np.ndarray, np.ndarray], slopes: np.ndarray) -> np.ndarray:
+    """`blocks` with sub-block k's codes re-chosen for its current values x (n_blocks, sub_size) (a copy).
+
+    `affine` is affine_of(cls, blocks) and `slopes` code_slopes of the same blocks (or of blocks differing from
+    them in other sub-blocks' codes only).
+
+    Every code combination within `radius` steps of the current one (clipped to the codes' ranges) is tried;
+    each rounds x to its nearest levels, and the one of lowest weighted square error is kept (the current codes
+    unless another is strictly better). Why: the encoder chose all sub-blocks' codes when the loop reached the
+    super-block, before the earlier sub-blocks' rounding errors had been fed into this one, and for its own
+    importance weights rather than GPTQ's (the caller passes 1 / [H^-1]_jj, the cost of an error in column j).
+    """
+    sub = cls.sub_size
+    codes = cls.scale_codes(blocks)
+    here = codes[:, k, :]                                                       # (n, fields)
+    offsets = np.array(list(itertools.product(range(-radius, radius + 1), repeat=here.shape[1])), dtype=np.int32)
+    lows = np.array([lo for lo, _ in cls.code_ranges], dtype=np.int32)
+    highs = np.array([hi for _, hi in cls.code_ranges], dtype=np.int32)
+    cand = np.clip(here[:, None, :] + offsets[None, :, :], lows, highs)          # (n, C, fields)
+    # float32 is plenty to rank candidates and halves the traffic over the (n, C, sub) arrays
+    moved = (cand - here[:, None, :]).astype(np.float32)
+    a = affine[0][:, k * sub, None, None] + moved @ slopes[:, k, :, 0, None].astype(np.float32)    # (n, C, 1)
+    b = affine[1][:, k * sub, None, None] + moved @ slopes[:, k, :, 1, None].astype(np.float32)
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    inverse = np.divide(1, a, out=np.zeros_like(a), where=a != 0)   # a zero scale: every level decodes to b
+    xs = np.asarray(x, dtype=np.float32)[:, None, :]                             # (n, 1, sub)
+    levels = np.rint((xs - b) * inverse)
+    np.clip(levels, cls.level_min, cls.levels - 1, out=levels)
+    resid = xs - (a * levels + b)
+    resid *= resid
+    err = resid @ np.asarray(weights, dtype=np.float32)                         # (n, C)
+    centre = len(offsets) // 2                                                  # the all-zero offset
+    best = np.argmin(err, axis=1)
+    rows = np.arange(len(best))
+    best = np.where(err[rows, best] < err[:, centre], best, centre)
+    codes[:, k, :] = cand[rows, best]
+    return cls.with_scale_codes(blocks, codes)
 
 
 def inverse_hessian_factor(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +227,7 @@ def gptq_kquant(w: np.ndarray, h: np.ndarray, qtype: GGMLQuantizationType, *, co
     out = np.empty((rows, n_blocks, cls.type_size), dtype=np.uint8)
     levels = np.empty((rows, width), dtype=np.int32)
     bottom, top = cls.level_min, cls.levels - 1
+    refit = options.scale_radius > 0 and issubclass(cls, SubScaleCodes)
     for s in range(n_blocks):
         c0, c1 = s * width, (s + 1) * width
         block_w = work[:, c0:c1]             # a view: the in-block updates below write into `work`
@@ -164,7 +236,15 @@ def gptq_kquant(w: np.ndarray, h: np.ndarray, qtype: GGMLQuantizationType, *, co
         a, b = affine_of(cls, chosen)
         u_blk = u[c0:c1, c0:c1]
         err = np.empty((rows, width), dtype=np.float64)
+        if refit:
+            slopes = code_slopes(cls, chosen, a, b)
+            cost = 1.0 / np.diag(u_blk) ** 2
         for j in range(width):
+            if refit and j % cls.sub_size == 0:
+                sub = slice(j, j + cls.sub_size)
+                chosen = refit_sub_block(cls, chosen, j // cls.sub_size, block_w[:, sub], cost[sub],
+                                         options.scale_radius, affine=(a, b), slopes=slopes)
+                a, b = affine_of(cls, chosen)
             col = block_w[:, j]
             aj, bj = a[:, j], b[:, j]
             with np.errstate(divide="ignore", invalid="ignore"):

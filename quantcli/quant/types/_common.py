@@ -463,3 +463,26 @@ class LevelCodes:
         out = np.array(blocks, dtype=np.uint8, copy=True)
         out[:, start:stop] = cls.pack_levels(np.asarray(L, dtype=np.int32))
         return out
+
+
+class SubScaleCodes:
+    """A K-quant whose sub-block scale (and min) codes can be rewritten under the super-block's own d (and dmin).
+
+    Each sub-block of `sub_size` values has one code per field (Q4_K / Q5_K / Q2_K: scale and min; Q3_K / Q6_K:
+    a signed scale); `code_ranges` gives each field's lowest and highest code. Codes are read and written as
+    signed integers (Q3_K's are the stored 6-bit value - 32, as decoded). A sub-block's values decode as
+    a * L + b with a and b affine in its codes, so a search over codes needs no decode per candidate.
+    """
+
+    sub_size: ClassVar[int]
+    code_ranges: ClassVar[tuple[tuple[int, int], ...]]
+
+    @classmethod
+    def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, type_size) -> (n_blocks, subs, fields) int32."""
+        raise NotImplementedError
+
+    @classmethod
+    def with_scale_codes(cls, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """A copy of `blocks` whose sub-block codes are `codes` (n_blocks, subs, fields), each within its range."""
+        raise NotImplementedError

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import (F32, GROUP_MAX_EPS, block_weights, c_low_byte, c_min_max,
+from ._common import (F32, GROUP_MAX_EPS, SubScaleCodes, block_weights, c_low_byte, c_min_max,
                       f32_div, first_absmax, fp16_value, imatrix_weights, make_qkx3_quants, nearest_int, seq_sum,
                       to_columns)
 
@@ -320,3 +320,20 @@ def decode_scale_min_32(d: np.ndarray, dmin: np.ndarray, packed: np.ndarray, q: 
     d1 = (d * sc.astype(F32))[:, :, None]
     m1 = (dmin * mn.astype(F32))[:, :, None]
     return (d1 * q.reshape(-1, QK_K // 32, 32).astype(F32) - m1).reshape(-1, QK_K)
+
+
+class ScaleMin32Codes(SubScaleCodes):
+    """Q4_K / Q5_K sub-block codes: a 6-bit scale and a 6-bit min per sub-block of 32 (bytes 4..15)."""
+
+    sub_size = 32
+    code_ranges = ((0, SCALE6_MAX), (0, SCALE6_MAX))
+
+    @classmethod
+    def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
+        return np.stack(unpack_scale_min_k4(blocks[:, 4:4 + K_SCALE_SIZE]), axis=2)
+
+    @classmethod
+    def with_scale_codes(cls, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        out = np.array(blocks, dtype=np.uint8, copy=True)
+        out[:, 4:4 + K_SCALE_SIZE] = pack_scale_min_k4(codes[:, :, 0], codes[:, :, 1])
+        return out

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
+from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
                       make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
 from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, make_qp_quants, pack_2bit, per_sub_block, requantize,
                       running_max_from_zero, super_block_sigma2, unpack_2bit)
@@ -58,11 +58,24 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return block_bytes(rows.shape[0], packed, pack_2bit(L), fp16_field(d), fp16_field(dmin))
 
 
-class Q2_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q2_K):
+class Q2_K(QuantType, LevelCodes, SubScaleCodes, qtype=GGMLQuantizationType.Q2_K):
     fp16_offsets = (80, 82)  # byte offsets of the block's fp16 scale fields
     levels = NMAX + 1
     quant_span = (16, 16 + QK_K // 4)
+    sub_size = SUB
+    code_ranges = ((0, 15), (0, 15))   # 4-bit scale (low nibble) and min (high nibble) per sub-block
     chunk_blocks = KQUANT_CHUNK_BLOCKS
+
+    @classmethod
+    def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
+        packed = blocks[:, 0:16].astype(np.int32)
+        return np.stack([packed & 0xF, packed >> 4], axis=2)
+
+    @classmethod
+    def with_scale_codes(cls, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        out = np.array(blocks, dtype=np.uint8, copy=True)
+        out[:, 0:16] = (codes[:, :, 0] | (codes[:, :, 1] << 4)).astype(np.uint8)
+        return out
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

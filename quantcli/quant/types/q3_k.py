@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax, fp16_field, fp16_value,
+from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax, fp16_field, fp16_value,
                       imatrix_weights, make_qx_quants, nearest_int, read_fp16, seq_sum, to_columns)
 from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, SCALE6_OFFSET, make_q3_quants, pack_2bit, pack_q3_scales,
                       per_sub_block, requantize, super_block_sigma2, unpack_2bit, unpack_q3_scales)
@@ -59,11 +59,23 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return block_bytes(rows.shape[0], _pack_quants(L), packed, fp16_field(d))
 
 
-class Q3_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q3_K):
+class Q3_K(QuantType, LevelCodes, SubScaleCodes, qtype=GGMLQuantizationType.Q3_K):
     fp16_offsets = (108,)  # byte offsets of the block's fp16 scale fields
     levels = 2 * NMAX
     quant_span = (0, QK_K // 8 + QK_K // 4)
+    sub_size = SUB
+    code_ranges = ((-SCALE6_OFFSET, SCALE6_OFFSET - 1),)   # 6-bit scales stored + 32
     chunk_blocks = KQUANT_CHUNK_BLOCKS
+
+    @classmethod
+    def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
+        return unpack_q3_scales(blocks[:, 96:108])[:, :, None]
+
+    @classmethod
+    def with_scale_codes(cls, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        out = np.array(blocks, dtype=np.uint8, copy=True)
+        out[:, 96:108] = pack_q3_scales(codes[:, :, 0] + SCALE6_OFFSET)
+        return out
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

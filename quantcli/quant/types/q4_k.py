@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import LevelCodes, block_bytes, fp16_field, read_fp16
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, ScaleMin32Codes, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q4_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -22,7 +22,7 @@ NMAX = 15
 REF_SEARCH = (-1.0, 0.1, 20)
 
 
-class Q4_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q4_K):
+class Q4_K(QuantType, LevelCodes, ScaleMin32Codes, qtype=GGMLQuantizationType.Q4_K):
     fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     levels = NMAX + 1
     quant_span = (16, 16 + QK_K // 2)

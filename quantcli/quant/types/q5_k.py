@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import LevelCodes, block_bytes, fp16_field, read_fp16
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, ScaleMin32Codes, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
                       unpack_4bit_pairs)
 
 #: Q5_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
@@ -25,7 +25,7 @@ def _pack_high_bits(L: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce((hi << shifts).reshape(-1, 8, 32), axis=1).astype(np.uint8)
 
 
-class Q5_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q5_K):
+class Q5_K(QuantType, LevelCodes, ScaleMin32Codes, qtype=GGMLQuantizationType.Q5_K):
     fp16_offsets = (0, 2)  # byte offsets of the block's fp16 scale fields
     levels = NMAX + 1
     quant_span = (16, 16 + QK_K // 8 + QK_K // 2)

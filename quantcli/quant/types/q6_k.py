@@ -16,7 +16,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
+from ._common import (LevelCodes, SubScaleCodes, F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
                       fp16_field, fp16_value, make_qx_quants, nearest_int, read_fp16, to_columns)
 from ._kquant import KQUANT_CHUNK_BLOCKS, QK_K, requantize
 
@@ -57,11 +57,23 @@ def _encode(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return blocks.reshape(rows.shape[0], -1)
 
 
-class Q6_K(QuantType, LevelCodes, qtype=GGMLQuantizationType.Q6_K):
+class Q6_K(QuantType, LevelCodes, SubScaleCodes, qtype=GGMLQuantizationType.Q6_K):
     fp16_offsets = (208,)  # byte offsets of the block's fp16 scale fields
     levels = 2 * NMAX
     quant_span = (0, QK_K // 2 + QK_K // 4)
+    sub_size = SUB
+    code_ranges = ((-SCALE_LEVELS, SCALE_CAP),)   # int8 scales; the encoder writes -128 for a block's largest
     chunk_blocks = KQUANT_CHUNK_BLOCKS
+
+    @classmethod
+    def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.int32)[:, :, None]
+
+    @classmethod
+    def with_scale_codes(cls, blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        out = np.array(blocks, dtype=np.uint8, copy=True)
+        out[:, 192:208] = codes[:, :, 0].astype(np.int8).view(np.uint8)
+        return out
 
     @classmethod
     def encode_chunk(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
