@@ -45,13 +45,18 @@ def correlated_inputs(rng: np.random.Generator, n: int, cols: int) -> np.ndarray
     return (rng.normal(size=(n, cols)) @ mix * rng.uniform(0.2, 3.0, size=cols)).astype(np.float32)
 
 
+def layer_problem(qtype: T, seed: int, n: int = 1024) -> tuple[np.ndarray, np.ndarray, int]:
+    """(W [48, width], H = X^T X, n) of a layer with correlated inputs."""
+    rng = np.random.default_rng(seed)
+    x = correlated_inputs(rng, n, width(qtype))
+    w = (rng.normal(size=(48, width(qtype))) * 0.05).astype(np.float32)
+    return w, x.T.astype(np.float64) @ x, n
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_gptq_lowers_output_error_below_the_plain_encoder(qtype: T) -> None:
-    rng = np.random.default_rng(7)
-    rows, cols, n = 48, width(qtype), 1024
-    x = correlated_inputs(rng, n, cols)
-    h = x.T.astype(np.float64) @ x
-    w = (rng.normal(size=(rows, cols)) * 0.05).astype(np.float32)
+    w, h, n = layer_problem(qtype, 7)
+    cols = w.shape[1]
     cls = quant_class(qtype)
     importance = (np.diag(h) / n).astype(np.float32)   # what llama.cpp's imatrix would hold for these inputs
     plain = cls.dequantize(get_backend().quantize(qtype, w, importance), cols)
@@ -284,12 +289,8 @@ def test_refit_keeps_the_codes_unless_another_rounds_the_sub_block_strictly_bett
 
 @pytest.mark.parametrize("qtype", KQUANTS)
 def test_refitting_sub_block_scales_lowers_the_gptq_output_error(qtype: T) -> None:
-    rng = np.random.default_rng(27)
-    rows, cols, n = 48, width(qtype), 1024
-    x = correlated_inputs(rng, n, cols)
-    h = x.T.astype(np.float64) @ x
-    w = (rng.normal(size=(rows, cols)) * 0.05).astype(np.float32)
+    w, h, n = layer_problem(qtype, 27)
     _, kept = gptq_kquant(w, h, qtype, count=n, options=KGPTQOptions(scale_radius=0))
     encoded, refit = gptq_kquant(w, h, qtype, count=n)
-    assert np.array_equal(refit, quant_class(qtype).dequantize(encoded, cols))
+    assert np.array_equal(refit, quant_class(qtype).dequantize(encoded, w.shape[1]))
     assert output_error(w, refit, h) < output_error(w, kept, h)
