@@ -59,8 +59,8 @@ DEFAULT_GGUF_TYPES = KQUANT_TYPES + (GGMLQuantizationType.Q4_0, GGMLQuantization
 DEFAULT_DAMP = 0.01
 #: How far (in code steps, per field) a K-quant sub-block's scale and min codes may move from the encoder's when
 #: the loop reaches the sub-block. Measured on the widened SmolLM2 (docs/gguf-gptq.md): 2 took Q4_K_M's
-#: llama-perplexity KLD from 1.0 % above llama.cpp's imatrix file to 4.7 % below; 4 gained 0.3 % more, within
-#: noise. 0 keeps the encoder's codes.
+#: llama-perplexity KLD from 1.0 % above llama.cpp's imatrix file to 4.7 % below; 4 gained 1.2 % more (about
+#: the run-to-run noise) for 35 % more time. 0 keeps the encoder's codes.
 DEFAULT_SCALE_RADIUS = 2
 #: llama.cpp's CPU matmul rounds the activations to 8 bits before the dot product with a quantized weight, with one
 #: scale (absmax / 127) per block of this many inputs: Q8_K blocks for the K-quants, Q8_0 / Q8_1 for the rest.
