@@ -14,8 +14,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value, imatrix_weights,
-                      make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
+from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, f32_div, fp16_field, fp16_value,
+                      imatrix_weights, make_qkx3_quants, nearest_int, read_fp16, seq_sum, to_columns)
 from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, make_qp_quants, pack_2bit, per_sub_block, requantize,
                       running_max_from_zero, super_block_sigma2, unpack_2bit)
 

@@ -14,8 +14,9 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax, fp16_field, fp16_value,
-                      imatrix_weights, make_qx_quants, nearest_int, read_fp16, seq_sum, to_columns)
+from ._common import (LevelCodes, SubScaleCodes, F32, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
+                      fp16_field, fp16_value, imatrix_weights, make_qx_quants, nearest_int, read_fp16, seq_sum,
+                      to_columns)
 from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, SCALE6_OFFSET, make_q3_quants, pack_2bit, pack_q3_scales,
                       per_sub_block, requantize, super_block_sigma2, unpack_2bit, unpack_q3_scales)
 

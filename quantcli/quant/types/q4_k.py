@@ -14,8 +14,8 @@ from gguf import GGMLQuantizationType
 
 from ..base import QuantType
 from ._common import LevelCodes, block_bytes, fp16_field, read_fp16
-from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, ScaleMin32Codes, decode_scale_min_32, encode_scale_min_32, pack_4bit_pairs,
-                      unpack_4bit_pairs)
+from ._kquant import (KQUANT_CHUNK_BLOCKS, QK_K, ScaleMin32Codes, decode_scale_min_32, encode_scale_min_32,
+                      pack_4bit_pairs, unpack_4bit_pairs)
 
 #: Q4_K's quants run 0..NMAX; (rmin, rdelta, nstep) of the scale search without an imatrix.
 NMAX = 15

@@ -16,8 +16,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..base import QuantType
-from ._common import (LevelCodes, SubScaleCodes, F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div, first_absmax,
-                      fp16_field, fp16_value, make_qx_quants, nearest_int, read_fp16, to_columns)
+from ._common import (LevelCodes, SubScaleCodes, F32, GROUP_MAX_EPS, block_bytes, block_weights, c_low_byte, f32_div,
+                      first_absmax, fp16_field, fp16_value, make_qx_quants, nearest_int, read_fp16, to_columns)
 from ._kquant import KQUANT_CHUNK_BLOCKS, QK_K, requantize
 
 #: Q6_K's levels are q + NMAX with q in -NMAX..NMAX-1; the largest scale maps to SCALE_LEVELS (as -128).
