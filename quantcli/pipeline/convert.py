@@ -311,8 +311,7 @@ def _gptq_overrides(request: ConvertRequest, source: Path, writing: list[tuple[P
         spec = replace(spec, data=request.calibrate_data)
     data = load_calibration_text(spec.data, field=spec.field)
     options = CalibrateOptions(ctx=spec.ctx, chunks=spec.chunks, threads=threads)
-    method = {} if request.gptq is None else {"method": request.gptq}
-    return [gptq_overrides(source, plan, data, options, **method) for plan, _ in writing]
+    return [gptq_overrides(source, plan, data, options, method=request.gptq) for plan, _ in writing]
 
 
 def _walk_importance(result: GPTQResult, request: ConvertRequest) -> ImportanceMatrix:

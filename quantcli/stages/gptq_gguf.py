@@ -113,13 +113,15 @@ class _Capture:
 
 
 def gptq_overrides(source: Path, plan: Plan, data: CalibrationText, options: CalibrateOptions, *,
-                   method: KGPTQOptions = KGPTQOptions(),
+                   method: KGPTQOptions | None = None,
                    progress: Callable[[int, int], None] | None = None) -> GPTQResult:
-    """Encode every block matrix of `plan` in a GPTQ type with GPTQ over `data`; see the module docstring."""
+    """Encode every block matrix of `plan` in a GPTQ type with GPTQ over `data` (`method` None: the defaults);
+    see the module docstring."""
     from ..engine import Engine
     from .eval_text import text_tokens
 
     check_gptq_mix(plan.mix)
+    method = method or KGPTQOptions()
     started = time.perf_counter()
     targets = gptq_targets(plan, tuple(t for t in method.types if t in GPTQ_TYPES))
     # every other quantized block matrix gets importance weights from the same walk (first source, as calibrate)

@@ -126,8 +126,7 @@ def code_slopes(cls: type, blocks: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     restated here; a sub-block's decode is linear in its own codes and independent of the other sub-blocks'.
     """
     codes = cls.scale_codes(blocks)
-    tops = np.array([hi for _, hi in cls.code_ranges], dtype=np.int32)
-    step = np.where(codes < tops, 1, -1)
+    step = np.where(codes < cls.code_bounds()[1], 1, -1)
     first = np.arange(0, cls.block_size, cls.sub_size)      # one value per sub-block stands for all of it
     slopes = np.empty(codes.shape + (2,), dtype=np.float64)
     for f in range(codes.shape[2]):
@@ -156,9 +155,7 @@ def refit_sub_block(cls: type, blocks: np.ndarray, k: int, x: np.ndarray, weight
     codes = cls.scale_codes(blocks)
     here = codes[:, k, :]                                                       # (n, fields)
     offsets = np.array(list(itertools.product(range(-radius, radius + 1), repeat=here.shape[1])), dtype=np.int32)
-    lows = np.array([lo for lo, _ in cls.code_ranges], dtype=np.int32)
-    highs = np.array([hi for _, hi in cls.code_ranges], dtype=np.int32)
-    cand = np.clip(here[:, None, :] + offsets[None, :, :], lows, highs)          # (n, C, fields)
+    cand = np.clip(here[:, None, :] + offsets[None, :, :], *cls.code_bounds())   # (n, C, fields)
     # float32 is plenty to rank candidates and halves the traffic over the (n, C, sub) arrays
     moved = (cand - here[:, None, :]).astype(np.float32)
     a = affine[0][:, k * sub, None, None] + moved @ slopes[:, k, :, 0, None].astype(np.float32)    # (n, C, 1)

@@ -478,6 +478,12 @@ class SubScaleCodes:
     code_ranges: ClassVar[tuple[tuple[int, int], ...]]
 
     @classmethod
+    def code_bounds(cls) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) code of each field, int32 arrays of length fields (code_ranges as arrays)."""
+        lows, highs = zip(*cls.code_ranges)
+        return np.array(lows, dtype=np.int32), np.array(highs, dtype=np.int32)
+
+    @classmethod
     def scale_codes(cls, blocks: np.ndarray) -> np.ndarray:
         """(n_blocks, type_size) -> (n_blocks, subs, fields) int32."""
         raise NotImplementedError
