@@ -17,11 +17,9 @@ from quantcli.errors import InputError
 
 from .conftest import LLAMA_CONFIG, write_random_checkpoint
 
-RNG = np.random.default_rng(7)
-
-
-def tokens(n_seq: int, ctx: int, vocab: int = 97) -> np.ndarray:
-    return RNG.integers(0, vocab, size=(n_seq, ctx)).astype(np.int32)
+def tokens(n_seq: int, ctx: int, vocab: int = 97, seed: int = 7) -> np.ndarray:
+    """Token ids from their own seed: the same whichever tests ran before in this process."""
+    return np.random.default_rng(seed).integers(0, vocab, size=(n_seq, ctx)).astype(np.int32)
 
 
 def logits(eng: Engine, ids: np.ndarray) -> np.ndarray:

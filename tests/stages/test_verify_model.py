@@ -24,7 +24,6 @@ from quantcli.stages import verify_model as stage
 from quantcli.stages.chunks import chunk_tokens
 from quantcli.stages.perplexity import PerplexityScorer, scored_per_chunk
 
-RNG = np.random.default_rng(7)
 
 
 # ---- reference: one token at a time, straight from the rule -----------------------------------------------------
@@ -62,10 +61,11 @@ def _reference(chunks: np.ndarray, logits: list[np.ndarray], base: list[np.ndarr
             "same_top1": same / n, "rms_dp": math.sqrt(sum(d * d for d in dp) / n)}
 
 
-def _random_case(n_chunks: int = 3, ctx: int = 16, vocab: int = 23) -> tuple[np.ndarray, list, list]:
-    chunks = RNG.integers(0, vocab, size=(n_chunks, ctx)).astype(np.int32)
-    base = [RNG.normal(0, 3, size=(ctx, vocab)).astype(np.float32) for _ in range(n_chunks)]
-    logits = [(b + RNG.normal(0, 0.7, size=b.shape)).astype(np.float32) for b in base]
+def _random_case(n_chunks: int = 3, ctx: int = 16, vocab: int = 23, seed: int = 7) -> tuple[np.ndarray, list, list]:
+    rng = np.random.default_rng(seed)   # its own seed: the same case whichever tests ran before
+    chunks = rng.integers(0, vocab, size=(n_chunks, ctx)).astype(np.int32)
+    base = [rng.normal(0, 3, size=(ctx, vocab)).astype(np.float32) for _ in range(n_chunks)]
+    logits = [(b + rng.normal(0, 0.7, size=b.shape)).astype(np.float32) for b in base]
     return chunks, logits, base
 
 
@@ -110,8 +110,9 @@ def test_only_the_second_half_predicting_the_next_token_is_scored() -> None:
     first.add(chunks[0], logits[0], base[0])
     # Changing the first half's logits and targets, or the last position's logits (it predicts nothing), is unseen.
     lg, bl, ch = logits[0].copy(), base[0].copy(), chunks[0].copy()
-    lg[:6] = RNG.normal(size=lg[:6].shape)
-    bl[:6] = RNG.normal(size=bl[:6].shape)
+    rng = np.random.default_rng(8)
+    lg[:6] = rng.normal(size=lg[:6].shape)
+    bl[:6] = rng.normal(size=bl[:6].shape)
     lg[11] += 5.0
     ch[:6] = (ch[:6] + 1) % 23
     second = PerplexityScorer(12)
