@@ -36,6 +36,37 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Quantization stores each w
         "careful converter keeps the model's answers unchanged: llama.cpp reads the file, runs every layer, and "
         "returns the same next-token scores as the original checkpoint.")
 
+# bitsandbytes' own CPU kernel. On a CPU with AVX512-BF16 (recent Xeons, Zen 4), Linear4bit's forward in eval mode
+# repacks the weight and runs a fused kernel that computes in bfloat16: the input, the block scales and the output
+# are rounded to bf16 (bitsandbytes/backends/cpu/ops.py, gemv_4bit). Elsewhere it dequantizes the weight to the
+# compute dtype and calls torch's linear, in float32 for a float32 model. The float32 path is the one compared
+# exactly (bnb_float32_path); the bf16 kernel's logits are held to bf16 precision, 2^-8 relative per rounding:
+# measured up to 0.6 % of the largest logit on tiny-llama and 1.7 % on SmolLM2's 30 layers, with the same top-1
+# token everywhere (Xeon with AMX, 2026-11-28). A wrong weight moves the logits by their own order (see above).
+BNB_BF16_REL_TOL = 5e-2
+BNB_BF16_TOP1 = 0.9     # share of positions whose top-1 token must agree: bf16 may flip a near-tie
+
+
+def bnb_bf16_kernel() -> bool:
+    """Whether bitsandbytes' Linear4bit takes its bf16 kernel on this CPU (it asks its native library)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def bnb_float32_path(model: object) -> int:
+    """Make every bitsandbytes Linear4bit in `model` compute as bitsandbytes does on a CPU without AVX512-BF16
+    (dequantize, then float32 linear); returns how many would have taken the bf16 kernel on this CPU. Call it
+    before the first forward: that forward repacks the weights for the kernel."""
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():  # type: ignore[attr-defined]
+        if isinstance(module, bnb.nn.Linear4bit) and module.support_avx512bf16_for_cpu:
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
 
 def relative_tolerance(model: str, qtype: str) -> float:
     """The allowed max |llama.cpp - transformers| over the reference's max |value| (see the module docstring)."""
@@ -124,3 +155,10 @@ def reference_logits(text_ids) -> Callable[[str], np.ndarray]:  # type: ignore[n
         return cache[model]
 
     return get
+
+
+def assert_bnb_kernel_close(got: np.ndarray, ref: np.ndarray, what: str) -> None:
+    """bitsandbytes' bf16 CPU kernel against float32 logits [positions, vocab]: bf16 precision, same top-1."""
+    assert_close_to_reference(got, ref, BNB_BF16_REL_TOL, what)
+    agree = float(np.mean(got.argmax(axis=-1) == ref.argmax(axis=-1)))
+    assert agree >= BNB_BF16_TOP1, f"{what}: same top-1 token at {agree:.0%} of positions"

@@ -25,7 +25,8 @@ from quantcli.engine import Engine
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
 from tests.fixtures.paths import model_path
 
-from .conftest import F32_REL_TOL, TEXT, assert_close_to_reference
+from .conftest import (F32_REL_TOL, TEXT, assert_bnb_kernel_close, assert_close_to_reference, bnb_bf16_kernel,
+                       bnb_float32_path)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -60,9 +61,13 @@ def _ids() -> np.ndarray:
     return np.asarray(tok(TEXT, return_tensors="np").input_ids[:, :96], dtype=np.int32)
 
 
-def _loaded(name: str, folder: Path) -> object:
+def _loaded(name: str, folder: Path, *, bnb_kernel: bool = False) -> object:
+    """The folder as its loader loads it; bitsandbytes on its float32 path unless `bnb_kernel`."""
     if name.startswith("nf4"):
-        return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        if not bnb_kernel:
+            bnb_float32_path(model)
+        return model
     return transformers.AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, quantization_config=transformers.CompressedTensorsConfig(dequantize=True)).eval()
 
@@ -114,6 +119,10 @@ def test_engine_logits_agree_with_the_loaders_forward(case: tuple[str, Path]) ->
     got = next(Engine.from_hf(folder).run(ids))
     assert_close_to_reference(got, ref, F32_REL_TOL, f"{name}: engine vs loader")
     assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
+    if name.startswith("nf4") and bnb_bf16_kernel():   # bitsandbytes' default forward here is its bf16 kernel
+        with torch.no_grad():
+            fast = _loaded(name, folder, bnb_kernel=True)(torch.from_numpy(ids.astype(np.int64))).logits[0]
+        assert_bnb_kernel_close(got, fast.float().numpy(), f"{name}: engine vs bitsandbytes' bf16 kernel")
 
 
 @pytest.mark.parametrize("case", ["w8a8"], indirect=True)

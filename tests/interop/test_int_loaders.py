@@ -6,6 +6,8 @@ transformers + compressed-tensors (the versions pyproject pins) load each folder
   both when loaded dense and when loaded compressed (the package decompresses on the first forward; for W8A8 it
   also quantizes every Linear input per token to int8, which the reference below reproduces with hooks);
 - generate the same greedy continuation as that float32 model.
+bitsandbytes NF4 folders likewise, on bitsandbytes' float32 path; on a CPU with AVX512-BF16, its default bf16 kernel
+is also held to bf16 precision (conftest.bnb_float32_path).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from quantcli.io.checkpoint import Checkpoint
 from quantcli.io.quantized_folder import open_folder_reader
 from quantcli.pipeline.convert_int import IntConvertRequest, convert_int
 from tests.fixtures.paths import model_path
+
+from .conftest import assert_bnb_kernel_close, bnb_bf16_kernel, bnb_float32_path
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -185,6 +189,7 @@ def test_bitsandbytes_loads_nf4_and_rebuilds_our_weights(nf4_folder: tuple[str, 
 
     model, out = nf4_folder
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert (bnb_float32_path(loaded) > 0) == bnb_bf16_kernel()
     ours = _nf4_ours(out)
     assert ours
     for name, w in ours.items():
@@ -198,5 +203,9 @@ def test_bitsandbytes_loads_nf4_and_rebuilds_our_weights(nf4_folder: tuple[str, 
     ids = _tokens(model)
     kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
     with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, ref(ids).logits)
+        want = ref(ids).logits
+        assert torch.equal(loaded(ids).logits, want)
         assert loaded.generate(ids, **kwargs).tolist() == ref.generate(ids, **kwargs).tolist()
+        if bnb_bf16_kernel():   # this CPU has AVX512-BF16: bitsandbytes' default forward is its bf16 kernel
+            default = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+            assert_bnb_kernel_close(default(ids).logits[0].numpy(), want[0].numpy(), f"{model} NF4, bf16 kernel")
