@@ -19,6 +19,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _REGISTRY: dict[GGMLQuantizationType, type["QuantType"]] = {}
 FP16_MAX = 65504.0
+#: Values per slice when dequantize decodes a tensor (4 MB of float32): bounds the decoders' temporaries.
+DECODE_SLICE_VALUES = 1 << 20
 
 
 class QuantType:
@@ -82,10 +84,19 @@ class QuantType:
 
     @classmethod
     def dequantize(cls, data: np.ndarray, n_per_row: int) -> np.ndarray:
-        """(nrows, row_bytes) uint8 -> (nrows, n_per_row) float32."""
+        """(nrows, row_bytes) uint8 -> (nrows, n_per_row) float32.
+
+        Decoded a slice of blocks at a time: the decoders build several temporaries the size of their input
+        (integer codes, scales per value), which for a whole output head (32000 x 1024 values) were 100 to 260 MB
+        each, more than the float32 result itself.
+        """
         data = np.ascontiguousarray(data, dtype=np.uint8)
         blocks = data.reshape(-1, cls.type_size)
-        return cls.decode_blocks(blocks).reshape(-1, n_per_row)
+        out = np.empty((len(blocks), cls.block_size), dtype=np.float32)
+        step = max(1, DECODE_SLICE_VALUES // cls.block_size)
+        for b0 in range(0, len(blocks), step):
+            out[b0:b0 + step] = cls.decode_blocks(blocks[b0:b0 + step])
+        return out.reshape(-1, n_per_row)
 
     @classmethod
     def encode_rows(cls, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

@@ -66,3 +66,22 @@ def test_a_mix_and_a_recipe_reach_the_type(qtype: GGMLQuantizationType) -> None:
         assert not builtin, f"{qtype.name} has a built-in recipe now: drop it from NO_BUILTIN_RECIPE"
     else:
         assert builtin, f"no built-in recipe (recipes/*.yaml) outputs {qtype.name}"
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=ids)
+def test_dequantize_in_slices_equals_gguf_py(qtype: GGMLQuantizationType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dequantize decodes a slice of blocks at a time (bounding the decoders' temporaries); slices that do not
+    divide the tensor, or a row, give gguf-py's values all the same."""
+    from gguf import quants as gguf_quants
+
+    from quantcli.quant import base
+
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    data = np.load(GOLDEN / f"{qtype.name.lower()}.npz")["expected"]        # real blocks, finite scales
+    n_per_row = data.shape[1] // type_size * block_size
+    whole = quant_class(qtype).dequantize(data, n_per_row)
+    monkeypatch.setattr(base, "DECODE_SLICE_VALUES", 3 * block_size)
+    sliced = quant_class(qtype).dequantize(data, n_per_row)
+    assert len(data) * n_per_row > 3 * block_size
+    np.testing.assert_array_equal(sliced, whole)
+    np.testing.assert_array_equal(sliced, gguf_quants.dequantize(data, qtype).reshape(sliced.shape))
