@@ -258,8 +258,7 @@ def gptq_kquant(w: np.ndarray, h: np.ndarray, qtype: GGMLQuantizationType, *, co
             work[:, c1:] -= err @ u[c0:c1, c1:]
         out[:, s] = cls.with_levels(chosen, levels)
     encoded = out.reshape(rows, -1)
-    decoded = cls.decode_blocks(out.reshape(-1, cls.type_size)).reshape(rows, cols).astype(np.float32)
-    return encoded, decoded
+    return encoded, cls.dequantize(encoded, cols)
 
 
 def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
