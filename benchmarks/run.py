@@ -27,15 +27,24 @@ QUANT_TYPES = ("Q8_0", "Q4_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ
 CONVERT_TYPES = {"F16": "f16", "Q8_0": "q8_0"}
 
 
+#: Instruction sets that change which kernels numpy's BLAS, llama.cpp and the loaders pick, in the order shown.
+ISA_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX"))
+
+
 def machine() -> str:
-    cpu = "unknown CPU"
+    """The CPU (and the instruction sets that decide the kernels), cores, OS and Python of this machine."""
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    isa = " ".join(name for flag, name in ISA_FLAGS if flag in flags)
+    cpu = f"{cpu} ({isa})" if isa else cpu
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
