@@ -36,9 +36,9 @@ def machine() -> str:
     cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown CPU":
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
+            elif line.startswith("flags"):          # the first processor's: its model name came just before
                 flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:

@@ -17,6 +17,13 @@ LLAMA_CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "
                 "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
 
 
+
+def token_ids(n_seq: int, ctx: int, *, seed: int, vocab: int = LLAMA_CONFIG["vocab_size"]) -> np.ndarray:
+    """(n_seq, ctx) int32 token ids from their own seed: a test sees the same data whichever tests its
+    pytest-xdist worker ran before it."""
+    return np.random.default_rng(seed).integers(0, vocab, size=(n_seq, ctx)).astype(np.int32)
+
+
 def write_random_checkpoint(folder: Path, config: dict, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))

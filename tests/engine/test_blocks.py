@@ -9,12 +9,14 @@ from safetensors.numpy import load_file, save_file
 
 from quantcli.engine import Engine
 
-SEED = 11   # each test draws from its own generator: its data do not depend on which tests ran before
+from .conftest import token_ids
+
+SEED = 11   # of token_ids: every test draws its own ids
 
 
 def test_walk_without_changes_captures_what_run_captures(random_model: Callable[..., Path]) -> None:
     eng = Engine.from_hf(random_model())
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(3, 12))
+    ids = token_ids(3, 12, seed=SEED)
     seen_run: dict[str, list[np.ndarray]] = {}
     eng.run(ids, capture=lambda n, x: seen_run.setdefault(n, []).append(x.copy()), logits=False)
     seen_walk: dict[str, list[np.ndarray]] = {}
@@ -30,7 +32,7 @@ def test_walk_without_changes_captures_what_run_captures(random_model: Callable[
 
 def test_replaced_weights_feed_the_next_block(random_model: Callable[..., Path], tmp_path: Path) -> None:
     folder = random_model()
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(2, 10))
+    ids = token_ids(2, 10, seed=SEED)
     name = "model.layers.0.mlp.down_proj.weight"
     tensors = load_file(str(folder / "model.safetensors"))
     halved = tensors[name] * np.float32(0.5)
@@ -54,6 +56,6 @@ def test_replaced_weights_feed_the_next_block(random_model: Callable[..., Path],
 
 
 def test_forward_on_a_subset_of_sequences(random_model: Callable[..., Path]) -> None:
-    step = next(Engine.from_hf(random_model()).blocks(np.random.default_rng(SEED).integers(0, 97, size=(4, 8))))
+    step = next(Engine.from_hf(random_model()).blocks(token_ids(4, 8, seed=SEED)))
     whole = step.forward()
     np.testing.assert_allclose(step.forward(sequences=slice(1, 3)), whole[1:3], rtol=0, atol=1e-5)

@@ -15,11 +15,10 @@ from quantcli.engine import Engine
 from quantcli.engine import forward
 from quantcli.errors import InputError
 
-from .conftest import LLAMA_CONFIG, write_random_checkpoint
+from .conftest import LLAMA_CONFIG, token_ids, write_random_checkpoint
 
-def tokens(n_seq: int, ctx: int, vocab: int = 97, seed: int = 7) -> np.ndarray:
-    """Token ids from their own seed: the same whichever tests ran before in this process."""
-    return np.random.default_rng(seed).integers(0, vocab, size=(n_seq, ctx)).astype(np.int32)
+def tokens(n_seq: int, ctx: int, vocab: int = 97) -> np.ndarray:
+    return token_ids(n_seq, ctx, seed=7, vocab=vocab)
 
 
 def logits(eng: Engine, ids: np.ndarray) -> np.ndarray:

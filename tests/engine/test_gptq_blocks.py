@@ -16,9 +16,11 @@ from quantcli.quant.algorithms.hessian import Hessians
 from quantcli.io.int_scheme import scheme_named
 from quantcli.quant.int.rtn import encode
 
+from .conftest import token_ids
+
 pytestmark = pytest.mark.backend
 
-SEED = 5   # each test draws from its own generator: its data do not depend on which tests ran before
+SEED = 5   # of token_ids: every test draws its own ids
 
 
 @pytest.mark.parametrize("act_order", [False, True])
@@ -27,7 +29,7 @@ SEED = 5   # each test draws from its own generator: its data do not depend on w
 def test_gptq_returns_valid_codes_for_every_target(random_model: Callable[..., Path], act_order: bool,
                                                     scheme: object) -> None:
     eng = Engine.from_hf(random_model())
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(4, 16))
+    ids = token_ids(4, 16, seed=SEED)
     method: BlockMethod = GPTQ(act_order=act_order, scale_dtype="F32")
     seen: set[str] = set()
     for step in eng.blocks(ids):
@@ -65,7 +67,7 @@ def test_gptq_returns_valid_codes_for_every_target(random_model: Callable[..., P
 def test_later_sub_layers_are_calibrated_on_quantized_earlier_ones(random_model: Callable[..., Path]) -> None:
     """o_proj's Hessian is captured after q/k/v are replaced: quantizing only q/k/v must change what o_proj sees."""
     eng = Engine.from_hf(random_model(seed=3))
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(2, 16))
+    ids = token_ids(2, 16, seed=SEED)
     step = next(eng.blocks(ids))
     names = {step.role(n): n for n in step.linears}
     before = Hessians([names["attn_out"]])

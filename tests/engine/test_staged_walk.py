@@ -19,7 +19,9 @@ from quantcli.io.int_scheme import scheme_named
 from quantcli.io.int_scheme import IntScheme
 from tests.fixtures.paths import model_path
 
-SEED = 17   # each test draws from its own generator: its data do not depend on which tests ran before
+from .conftest import token_ids
+
+SEED = 17   # of token_ids: every test draws its own ids
 
 
 def _collect(into: dict[str, list[np.ndarray]]) -> Callable[[str, np.ndarray], None]:
@@ -29,7 +31,7 @@ def _collect(into: dict[str, list[np.ndarray]]) -> Callable[[str, np.ndarray], N
 def test_walk_without_changes_equals_forward(random_model: Callable[..., Path]) -> None:
     # 3 sequences of 1024 tokens: two chunks per block, so the walk interleaves chunks
     eng = Engine.from_hf(random_model(max_position_embeddings=1024))
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(3, 1024))
+    ids = token_ids(3, 1024, seed=SEED)
     for step in eng.blocks(ids):
         by_forward: dict[str, list[np.ndarray]] = {}
         expected = step.forward(capture=_collect(by_forward))
@@ -48,7 +50,7 @@ def test_walk_without_changes_equals_forward(random_model: Callable[..., Path]) 
 
 def test_walk_outputs_feed_the_next_block_until_a_used_weight_changes(random_model: Callable[..., Path]) -> None:
     eng = Engine.from_hf(random_model(num_hidden_layers=3))
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(2, 12))
+    ids = token_ids(2, 12, seed=SEED)
     walk = eng.blocks(ids)
     # kept: the walk's own array is the next block's input
     first = next(walk)
@@ -68,7 +70,7 @@ def test_walk_outputs_feed_the_next_block_until_a_used_weight_changes(random_mod
 
 
 def test_replacing_an_earlier_weight_during_the_walk_drops_its_outputs(random_model: Callable[..., Path]) -> None:
-    step = next(Engine.from_hf(random_model()).blocks(np.random.default_rng(SEED).integers(0, 97, size=(2, 12))))
+    step = next(Engine.from_hf(random_model()).blocks(token_ids(2, 12, seed=SEED)))
     q = step.linears[0]
 
     def late(names: list[str]) -> None:
@@ -140,7 +142,7 @@ def _assert_same_gptq(folder: Path, ids: np.ndarray, scheme: IntScheme, act_orde
 def test_gptq_through_the_walk_equals_one_forward_per_group_random(random_model: Callable[..., Path],
                                                                     act_order: bool) -> None:
     folder = random_model(seed=4, max_position_embeddings=1024)
-    ids = np.random.default_rng(SEED).integers(0, 97, size=(3, 1024))          # two chunks per block
+    ids = token_ids(3, 1024, seed=SEED)          # two chunks per block
     _assert_same_gptq(folder, ids, scheme_named("W4A16").with_options(group_size=32), act_order)
 
 
@@ -155,7 +157,7 @@ def test_gptq_through_the_walk_equals_one_forward_per_group(model: str) -> None:
 
 def test_sub_layers_reproduce_the_walks_next_inputs_and_take_candidate_weights(
         random_model: Callable[..., Path]) -> None:
-    step = next(Engine.from_hf(random_model(seed=2)).blocks(np.random.default_rng(SEED).integers(0, 97, size=(2, 16))))
+    step = next(Engine.from_hf(random_model(seed=2)).blocks(token_ids(2, 16, seed=SEED)))
     seen: dict[str, list[np.ndarray]] = {}
     step.walk(capture=_collect(seen))
     role = {step.role(n): n for n in step.linears}

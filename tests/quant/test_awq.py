@@ -18,7 +18,7 @@ from quantcli.models.spec import spec_from_config
 from quantcli.quant.algorithms.awq import AWQ, awq_scales, clip_search, fake_quantize, scale_groups
 from quantcli.quant.algorithms.base import Chosen
 from quantcli.io.int_scheme import IntScheme
-from tests.engine.conftest import LLAMA_CONFIG, write_random_checkpoint
+from tests.engine.conftest import LLAMA_CONFIG, token_ids, write_random_checkpoint
 
 W4G32 = IntScheme("W4G32", bits=4, group_size=32, symmetric=True)
 W4G32_ASYM = IntScheme("W4G32A", bits=4, group_size=32, symmetric=False)
@@ -34,10 +34,8 @@ FAMILIES = {
                "sliding_window": 32, "rms_norm_eps": 1e-6},
     "phi3": {**LLAMA_CONFIG, "architectures": ["Phi3ForCausalLM"], "num_key_value_heads": 4},
 }
-def tokens(n_seq: int = 3, ctx: int = 16, seed: int = 5) -> np.ndarray:
-    """Token ids drawn from their own seed: a test sees the same data whichever tests its pytest-xdist worker ran
-    before it."""
-    return np.random.default_rng(seed).integers(0, LLAMA_CONFIG["vocab_size"], size=(n_seq, ctx))
+def tokens(n_seq: int = 3, ctx: int = 16) -> np.ndarray:
+    return token_ids(n_seq, ctx, seed=5)
 
 
 def apply_chosen(folder: Path, chosen: list[Chosen], out: Path) -> Path:
